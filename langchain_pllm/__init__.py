@@ -1,0 +1,28 @@
+"""langchain-pllm: a pool of LLM API keys across vendors as one LangChain chat model and one
+embeddings model, with exact sliding-window limits, circuit breakers and failover.
+"""
+
+from langchain_pllm._version import __version__
+from langchain_pllm.chat_models import BalancedChatModel
+from langchain_pllm.config import load_config
+from langchain_pllm.embeddings import BalancedEmbeddings
+from langchain_pllm.exceptions import NoProviderAvailableError, PllmConfigError
+from langchain_pllm.output_parsers import (
+    JsonValidator,
+    RegexValidator,
+    TextValidator,
+    ValidationResult,
+)
+
+__all__ = [
+    "BalancedChatModel",
+    "BalancedEmbeddings",
+    "JsonValidator",
+    "NoProviderAvailableError",
+    "PllmConfigError",
+    "RegexValidator",
+    "TextValidator",
+    "ValidationResult",
+    "__version__",
+    "load_config",
+]

@@ -1,0 +1,497 @@
+"""The balancer: pick a provider, wait for capacity, call, classify the outcome, retry elsewhere.
+
+It runs a caller-supplied function against a chosen provider and sees only LangChain's model
+errors (the providers classified their SDKs' exceptions), mapping each onto an ``Outcome`` for
+the state and onto a decision: retry elsewhere, or raise now. It knows no vendor format. Sync
+and async paths are mirror images; the sync path never touches asyncio, so it also works from a
+thread whose event loop is running (Jupyter).
+
+Per attempt the hot path is: one lock for the pick, one state ``acquire``, the call, one state
+``release``, one lock for the picker's bookkeeping. Waiting (every live provider at its limit)
+sleeps until the earliest parked provider may have room or a release wakes it, never polling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from langchain_core.exceptions import (
+    ModelAPIError,
+    ModelAuthenticationError,
+    ModelConnectionError,
+    ModelError,
+    ModelNotFoundError,
+    ModelPermissionDeniedError,
+    ModelRateLimitError,
+    ModelTimeoutError,
+)
+
+from langchain_pllm.balancer.clock import Clock
+from langchain_pllm.balancer.picker import Member, Picker
+from langchain_pllm.exceptions import NoProviderAvailableError
+from langchain_pllm.providers import build_provider
+from langchain_pllm.providers.base import Provider
+from langchain_pllm.state.base import BreakerPolicy, Lease, Outcome, StateBackend
+
+if TYPE_CHECKING:
+    from langchain_pllm.config import BalancerConfig, PoolConfig
+
+__all__ = ["Balancer", "outcome_of"]
+
+T = TypeVar("T")
+C = TypeVar("C")
+
+_TRIP = (ModelAuthenticationError, ModelPermissionDeniedError, ModelNotFoundError)
+_TRANSIENT = (ModelAPIError, ModelConnectionError, ModelTimeoutError)
+
+
+def outcome_of(exc: BaseException) -> tuple[Outcome, bool]:
+    """How an exception from a provider call counts for its key, and whether to retry elsewhere."""
+    if isinstance(exc, ModelRateLimitError):
+        return Outcome.RATE_LIMITED, True
+    if isinstance(exc, _TRANSIENT):
+        return Outcome.FAILURE, True
+    if isinstance(exc, _TRIP):
+        return Outcome.TRIP, True
+    if isinstance(exc, ModelError):
+        # Invalid request, context overflow, refusal: it would fail on every key.
+        return (Outcome.FAILURE, True) if exc.is_retryable else (Outcome.NEUTRAL, False)
+    if isinstance(exc, Exception):
+        return Outcome.NEUTRAL, False
+    return Outcome.CANCELLED, False  # CancelledError, KeyboardInterrupt, GeneratorExit
+
+
+_PICKER_FAILED = {
+    Outcome.SUCCESS: False,
+    Outcome.FAILURE: True,
+    Outcome.TRIP: True,
+    Outcome.RATE_LIMITED: None,
+    Outcome.NEUTRAL: None,
+    Outcome.CANCELLED: None,
+}
+
+
+class Balancer:
+    """Spreads calls over one pool of providers. Shared by every face built from the same pool."""
+
+    def __init__(
+        self,
+        pool: PoolConfig,
+        config: BalancerConfig,
+        *,
+        clock: Clock,
+        state: StateBackend,
+        providers: list[Provider] | None = None,
+    ) -> None:
+        self.pool = pool
+        self.config = config
+        self.clock = clock
+        self.state = state
+        built = providers or [build_provider(p) for p in pool.providers]
+        self.members = [
+            Member(i, prov, prov.config, config.window) for i, prov in enumerate(built)
+        ]
+        self.by_id = {m.config.id: m for m in self.members}
+        self.picker = Picker(self.members)
+        self.breaker = BreakerPolicy(config.breaker_threshold, config.health_check_interval)
+        policy = config.retry_policy
+        self.max_attempts = (
+            math.inf
+            if policy == "infinite"
+            else 2
+            if policy == "retry_once"
+            else 1 + config.max_retries
+        )
+        self._lock = threading.Lock()
+        self._waiters: list[Callable[[], None]] = []
+        self._local = state.is_local
+        self.embedding_dims: dict[str, int] = {}
+        """Vector size each provider returned; one pool must use one size."""
+
+    # Acquire / release -------------------------------------------------------------------------
+
+    def _deadline(self) -> float:
+        timeout = self.config.request_timeout
+        return self.clock.now() + timeout if timeout else math.inf
+
+    def _no_provider(
+        self, waited: float, last_error: BaseException | None
+    ) -> NoProviderAvailableError:
+        states = {
+            m.config.id: self.state.snapshot(m.key, m.limits, self.clock.now()).state
+            for m in self.members
+        }
+        if last_error is not None:
+            detail = f"; the last error was {type(last_error).__name__}: {last_error}"
+        else:
+            detail = "; every provider stayed at its rate limit, resting or with its breaker open"
+        err = NoProviderAvailableError(
+            f"no provider had capacity within {waited:.3g}s{detail}", waited=waited, states=states
+        )
+        err.__cause__ = last_error
+        return err
+
+    def _acquire(
+        self,
+        tried: set[int] | None,
+        deadline: float,
+        tokens: int,
+        last_error: BaseException | None,
+    ) -> tuple[Member, Lease]:
+        clock = self.clock
+        wait_until = None
+        wait_start = 0.0
+        while True:
+            now = clock.now()
+            event = None
+            with self._lock:
+                c = self.picker.candidate(tried or (), now)
+                if not isinstance(c, Member):
+                    event = threading.Event()
+                    self._waiters.append(event.set)
+            if isinstance(c, Member):
+                r = self.state.acquire(c.key, c.limits, tokens, now, self.breaker)
+                if isinstance(r, Lease):
+                    return c, r
+                with self._lock:
+                    self.picker.reject(c, r, now)
+                continue
+            if wait_until is None:
+                wait_start = now
+                wait_until = min(deadline, now + self.config.max_wait)
+            if now >= wait_until:
+                raise self._no_provider(now - wait_start, last_error)
+            assert event is not None
+            clock.wait(event, min(c, wait_until) - now)
+
+    async def _aacquire(
+        self,
+        tried: set[int] | None,
+        deadline: float,
+        tokens: int,
+        last_error: BaseException | None,
+    ) -> tuple[Member, Lease]:
+        clock = self.clock
+        wait_until = None
+        wait_start = 0.0
+        while True:
+            now = clock.now()
+            event = None
+            with self._lock:
+                c = self.picker.candidate(tried or (), now)
+                if not isinstance(c, Member):
+                    event = asyncio.Event()
+                    self._waiters.append(_async_setter(event))
+            if isinstance(c, Member):
+                if self._local:
+                    r = self.state.acquire(c.key, c.limits, tokens, now, self.breaker)
+                else:
+                    r = await self.state.aacquire(c.key, c.limits, tokens, now, self.breaker)
+                if isinstance(r, Lease):
+                    return c, r
+                with self._lock:
+                    self.picker.reject(c, r, now)
+                continue
+            if wait_until is None:
+                wait_start = now
+                wait_until = min(deadline, now + self.config.max_wait)
+            if now >= wait_until:
+                raise self._no_provider(now - wait_start, last_error)
+            assert event is not None
+            await clock.await_event(event, min(c, wait_until) - now)
+
+    def _retry_after(self, outcome: Outcome, exc: BaseException | None) -> float | None:
+        if outcome is not Outcome.RATE_LIMITED:
+            return None
+        ra = getattr(exc, "retry_after", None)
+        return self.config.default_retry_after if ra is None else float(ra)
+
+    def _after_release(self, m: Member, outcome: Outcome) -> None:
+        with self._lock:
+            self.picker.done(m, _PICKER_FAILED[outcome])
+            waiters, self._waiters = self._waiters, []
+        for wake in waiters:
+            wake()
+
+    def _release(
+        self,
+        m: Member,
+        lease: Lease,
+        outcome: Outcome,
+        tokens_used: int | None = None,
+        exc: BaseException | None = None,
+    ) -> None:
+        self.state.release(
+            lease,
+            outcome,
+            self.clock.now(),
+            self.breaker,
+            tokens_used=tokens_used,
+            retry_after=self._retry_after(outcome, exc),
+        )
+        self._after_release(m, outcome)
+
+    async def _arelease(
+        self,
+        m: Member,
+        lease: Lease,
+        outcome: Outcome,
+        tokens_used: int | None = None,
+        exc: BaseException | None = None,
+    ) -> None:
+        if self._local:
+            # No await: nothing can cancel it halfway.
+            self._release(m, lease, outcome, tokens_used, exc)
+            return
+        await _shielded(self._arelease_remote(m, lease, outcome, tokens_used, exc))
+
+    async def _arelease_remote(
+        self,
+        m: Member,
+        lease: Lease,
+        outcome: Outcome,
+        tokens_used: int | None,
+        exc: BaseException | None,
+    ) -> None:
+        try:
+            await self.state.arelease(
+                lease,
+                outcome,
+                self.clock.now(),
+                self.breaker,
+                tokens_used=tokens_used,
+                retry_after=self._retry_after(outcome, exc),
+            )
+        finally:
+            self._after_release(m, outcome)
+
+    # Calls -------------------------------------------------------------------------------------
+
+    def call(
+        self,
+        fn: Callable[[Provider], T],
+        *,
+        tokens: int = 0,
+        tokens_of: Callable[[T], int | None] | None = None,
+        avoid: set[int] | None = None,
+    ) -> tuple[T, Member, int]:
+        """Run ``fn`` on a chosen provider, retrying elsewhere as the policy allows.
+
+        Args:
+            fn: The provider call.
+            tokens: Tokens to reserve on the chosen key (estimate; settled after).
+            tokens_of: Reads the real token usage off the result.
+            avoid: Member indexes to avoid if any other can serve.
+
+        Returns:
+            The result, the member that served it and the number of attempts made.
+        """
+        deadline = self._deadline()
+        tried = set(avoid) if avoid else None
+        attempt = 0
+        last_error: BaseException | None = None
+        while True:
+            m, lease = self._acquire(tried, deadline, tokens, last_error)
+            attempt += 1
+            try:
+                result = fn(m.provider)
+            except BaseException as e:
+                outcome, retry = outcome_of(e)
+                self._release(m, lease, outcome, None, e)
+                if not retry or attempt >= self.max_attempts or self.clock.now() >= deadline:
+                    raise
+                if tried is None:
+                    tried = set()
+                tried.add(m.index)
+                last_error = e
+                continue
+            used = tokens_of(result) if tokens_of else None
+            self._release(m, lease, Outcome.SUCCESS, used)
+            return result, m, attempt
+
+    async def acall(
+        self,
+        fn: Callable[[Provider], Awaitable[T]],
+        *,
+        tokens: int = 0,
+        tokens_of: Callable[[T], int | None] | None = None,
+        avoid: set[int] | None = None,
+    ) -> tuple[T, Member, int]:
+        """Async twin of ``call``."""
+        deadline = self._deadline()
+        tried = set(avoid) if avoid else None
+        attempt = 0
+        last_error: BaseException | None = None
+        while True:
+            m, lease = await self._aacquire(tried, deadline, tokens, last_error)
+            attempt += 1
+            try:
+                result = await fn(m.provider)
+            except BaseException as e:
+                outcome, retry = outcome_of(e)
+                await self._arelease(m, lease, outcome, None, e)
+                if not retry or attempt >= self.max_attempts or self.clock.now() >= deadline:
+                    raise
+                if tried is None:
+                    tried = set()
+                tried.add(m.index)
+                last_error = e
+                continue
+            used = tokens_of(result) if tokens_of else None
+            await self._arelease(m, lease, Outcome.SUCCESS, used)
+            return result, m, attempt
+
+    def stream(
+        self,
+        open_stream: Callable[[Provider], Iterator[C]],
+        *,
+        tokens: int = 0,
+        tokens_of: Callable[[C], int | None] | None = None,
+        avoid: set[int] | None = None,
+    ) -> Iterator[tuple[C, Member, int]]:
+        """Stream from a chosen provider; fail over only while nothing has been yielded."""
+        deadline = self._deadline()
+        tried = set(avoid) if avoid else None
+        attempt = 0
+        last_error: BaseException | None = None
+        while True:
+            m, lease = self._acquire(tried, deadline, tokens, last_error)
+            attempt += 1
+            used = 0
+            started = False
+            it = open_stream(m.provider)
+            try:
+                for chunk in it:
+                    if tokens_of is not None:
+                        used += tokens_of(chunk) or 0
+                    started = True
+                    yield chunk, m, attempt
+            except BaseException as e:
+                outcome, retry = outcome_of(e)
+                if isinstance(e, GeneratorExit):
+                    outcome, retry = Outcome.CANCELLED, False
+                close = getattr(it, "close", None)
+                if close is not None:
+                    close()
+                self._release(m, lease, outcome, used or None, e)
+                if (
+                    started
+                    or not retry
+                    or attempt >= self.max_attempts
+                    or self.clock.now() >= deadline
+                ):
+                    raise
+                if tried is None:
+                    tried = set()
+                tried.add(m.index)
+                last_error = e
+                continue
+            self._release(m, lease, Outcome.SUCCESS, used or None)
+            return
+
+    async def astream(
+        self,
+        open_stream: Callable[[Provider], AsyncIterator[C]],
+        *,
+        tokens: int = 0,
+        tokens_of: Callable[[C], int | None] | None = None,
+        avoid: set[int] | None = None,
+    ) -> AsyncIterator[tuple[C, Member, int]]:
+        """Async twin of ``stream``."""
+        deadline = self._deadline()
+        tried = set(avoid) if avoid else None
+        attempt = 0
+        last_error: BaseException | None = None
+        while True:
+            m, lease = await self._aacquire(tried, deadline, tokens, last_error)
+            attempt += 1
+            used = 0
+            started = False
+            it = open_stream(m.provider)
+            try:
+                async for chunk in it:
+                    if tokens_of is not None:
+                        used += tokens_of(chunk) or 0
+                    started = True
+                    yield chunk, m, attempt
+            except BaseException as e:
+                outcome, retry = outcome_of(e)
+                if isinstance(e, GeneratorExit):
+                    outcome, retry = Outcome.CANCELLED, False
+                aclose = getattr(it, "aclose", None)
+                if aclose is not None:
+                    try:
+                        await aclose()
+                    except BaseException:  # noqa: S110
+                        pass  # the stream is already broken; its own error is the one to keep
+                await self._arelease(m, lease, outcome, used or None, e)
+                if (
+                    started
+                    or not retry
+                    or attempt >= self.max_attempts
+                    or self.clock.now() >= deadline
+                ):
+                    raise
+                if tried is None:
+                    tried = set()
+                tried.add(m.index)
+                last_error = e
+                continue
+            await self._arelease(m, lease, Outcome.SUCCESS, used or None)
+            return
+
+    # Stats -------------------------------------------------------------------------------------
+
+    def count_validation_failure(self, member: Member) -> None:
+        """Count an output of ``member`` that failed its validator."""
+        self.state.count_validation_failure(member.key)
+
+    def get_stats(self) -> dict[str, dict[str, Any]]:
+        """Per-provider stats as DESIGN.md section 2 lists them (plus a few extras)."""
+        now = self.clock.now()
+        out: dict[str, dict[str, Any]] = {}
+        for m in self.members:
+            snap = self.state.snapshot(m.key, m.limits, now)
+            cfg = m.config
+            out[cfg.id] = {
+                "vendor": cfg.vendor,
+                "model": cfg.model,
+                "total_requests": snap.total_requests,
+                "total_tokens": snap.total_tokens,
+                "error_count": snap.error_count,
+                "active_requests": snap.active_requests,
+                "state": snap.state,
+                "window_used": snap.window_used,
+                "rate_limit": cfg.rate_limit,
+                "tpm": cfg.tpm,
+                "tokens_in_window": snap.tokens_in_window,
+                "validation_failures": snap.validation_failures,
+                "resting_for": max(0.0, snap.rest_until - now),
+            }
+        return out
+
+
+def _async_setter(event: asyncio.Event) -> Callable[[], None]:
+    loop = asyncio.get_running_loop()
+
+    def wake() -> None:
+        try:
+            loop.call_soon_threadsafe(event.set)
+        except RuntimeError:
+            pass  # that waiter's loop is gone
+
+    return wake
+
+
+async def _shielded(aw: Awaitable[None]) -> None:
+    """Finish a release even if the caller is being cancelled, so no slot leaks."""
+    task = asyncio.ensure_future(aw)
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await task
+        raise

@@ -1,0 +1,91 @@
+"""Time as an injectable object, so 60-second windows and 300-second health intervals are
+tested in microseconds.
+
+The balancer never calls ``time`` or ``asyncio.sleep`` directly: it asks its clock for ``now()``
+and waits through the clock. ``MonotonicClock`` is the real thing; ``ManualClock`` is a virtual
+clock whose waits move time forward instead of sleeping (tenacity's injectable sleep and
+aiolimiter's mock loop time are the models), so a test that waits for a window to roll over
+finishes at once and still sees exact timestamps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+__all__ = ["Clock", "ManualClock", "MonotonicClock"]
+
+
+class Clock:
+    """Interface: a monotonic ``now()`` in seconds and waits that an event can cut short."""
+
+    def now(self) -> float:
+        """Return the current time in seconds (monotonic; the origin is arbitrary)."""
+        raise NotImplementedError
+
+    def wait(self, event: threading.Event, seconds: float) -> None:
+        """Block until ``event`` is set or ``seconds`` have passed."""
+        raise NotImplementedError
+
+    async def await_event(self, event: asyncio.Event, seconds: float) -> None:
+        """Wait until ``event`` is set or ``seconds`` have passed."""
+        raise NotImplementedError
+
+
+class MonotonicClock(Clock):
+    """The real clock: ``time.monotonic`` and real waits."""
+
+    now = staticmethod(time.monotonic)  # type: ignore[assignment]
+
+    def wait(self, event: threading.Event, seconds: float) -> None:
+        """Block on the event with a timeout."""
+        event.wait(max(0.0, seconds))
+
+    async def await_event(self, event: asyncio.Event, seconds: float) -> None:
+        """Wait on the event with a timeout."""
+        try:
+            await asyncio.wait_for(event.wait(), max(0.0, seconds))
+        except asyncio.TimeoutError:
+            pass
+
+
+class ManualClock(Clock):
+    """A virtual clock for tests: time moves only by ``advance`` or by waiting.
+
+    A wait that no event cuts short moves time forward by the whole wait, at once. With many
+    waiters this behaves like a discrete-event simulation: each waiter jumps to its own wake
+    time, and time never runs backwards.
+    """
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self._now = start
+        self._lock = threading.Lock()
+
+    def now(self) -> float:
+        """Return the virtual time."""
+        return self._now
+
+    def advance(self, seconds: float) -> None:
+        """Move time forward by ``seconds``."""
+        with self._lock:
+            self._now += seconds
+
+    def set(self, t: float) -> None:
+        """Move time forward to ``t`` (never backwards)."""
+        with self._lock:
+            self._now = max(self._now, t)
+
+    def wait(self, event: threading.Event, seconds: float) -> None:
+        """Jump forward to the wake time unless the event is already set."""
+        if not event.is_set() and seconds > 0:
+            self.set(self._now + seconds)
+
+    async def await_event(self, event: asyncio.Event, seconds: float) -> None:
+        """Let other tasks run once; if the event is still unset, jump to the wake time."""
+        await asyncio.sleep(0)
+        if not event.is_set() and seconds > 0:
+            self.set(self._now + seconds)
+
+
+DEFAULT_CLOCK = MonotonicClock()

@@ -1,0 +1,165 @@
+"""Choosing the next provider in O(log n): a heap of members ordered by load.
+
+The order DESIGN.md asks for is: fewest active requests (scaled by weight), then fewest recent
+failures, then least recently used. Every member has at most one live entry in the ``ready``
+heap; an entry is a tuple of that sort key and a version number, and changing a member (a pick,
+a release) bumps its version and pushes a fresh entry, leaving the old one to be skipped when
+popped (lazy deletion). Members the state refused (window full, resting, breaker open) wait in
+the ``parked`` heap ordered by the time they may have capacity again, and return to ``ready``
+when that time comes or when one of their own requests ends. So a pick is a few heap operations
+whatever the pool size, and 1,000 keys cost what 10 cost.
+
+The picker is not thread-safe; the balancer calls it under its lock.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+from collections.abc import Collection
+from typing import TYPE_CHECKING
+
+from langchain_pllm.state.base import Limits
+
+if TYPE_CHECKING:
+    from langchain_pllm.config import ProviderConfig
+    from langchain_pllm.providers.base import Provider
+
+__all__ = ["Member", "Picker"]
+
+
+class Member:
+    """One provider as the balancer sees it: config, limits and local load."""
+
+    __slots__ = (
+        "active",
+        "config",
+        "failures",
+        "index",
+        "key",
+        "last_used",
+        "limits",
+        "parked",
+        "provider",
+        "version",
+        "weight",
+    )
+
+    def __init__(self, index: int, provider: Provider, config: ProviderConfig, window: float):
+        self.index = index
+        self.provider = provider
+        self.config = config
+        self.key = config.key_fingerprint
+        self.limits = Limits(config.rate_limit, config.tpm, config.max_concurrency, window)
+        self.weight = config.weight
+        self.active = 0
+        self.failures = 0
+        self.last_used = 0
+        self.version = 0
+        self.parked = False
+
+
+class Picker:
+    """The ready and parked heaps over a fixed list of members."""
+
+    def __init__(self, members: list[Member]) -> None:
+        self.members = members
+        self._ready: list[tuple[float, int, int, int, int]] = []
+        self._parked: list[tuple[float, int, int]] = []
+        self._tick = itertools.count(1)
+        for m in members:
+            self._push(m)
+
+    def _push(self, m: Member) -> None:
+        m.version += 1
+        heapq.heappush(
+            self._ready, (m.active / m.weight, m.failures, m.last_used, m.index, m.version)
+        )
+        if len(self._ready) > 4 * len(self.members) + 64:
+            self._compact()
+
+    def _compact(self) -> None:
+        # Drop stale entries so the heap stays O(n); amortised over many pushes.
+        live = []
+        for entry in self._ready:
+            m = self.members[entry[3]]
+            if entry[4] == m.version and not m.parked:
+                live.append(entry)
+        heapq.heapify(live)
+        self._ready = live
+
+    def _unpark_due(self, now: float) -> None:
+        parked = self._parked
+        while parked and parked[0][0] <= now:
+            _, index, version = heapq.heappop(parked)
+            m = self.members[index]
+            if m.parked and m.version == version:
+                m.parked = False
+                self._push(m)
+
+    def candidate(self, tried: Collection[int], now: float) -> Member | float:
+        """Take the best member not parked, preferring those not in ``tried``.
+
+        The member's local ``active`` count is raised at once (so concurrent picks spread);
+        the caller must follow with ``reject`` or ``done``.
+
+        Returns:
+            The member, or the earliest time a parked member may have capacity
+            (``math.inf`` if none is parked and none is ready).
+        """
+        self._unpark_due(now)
+        ready = self._ready
+        members = self.members
+        skipped: list[tuple[float, int, int, int, int]] = []
+        chosen: Member | None = None
+        while ready:
+            entry = heapq.heappop(ready)
+            m = members[entry[3]]
+            if entry[4] != m.version or m.parked:
+                continue
+            if tried and m.index in tried:
+                skipped.append(entry)
+                continue
+            chosen = m
+            break
+        if chosen is None and skipped:
+            chosen = members[skipped.pop(0)[3]]
+        for entry in skipped:
+            heapq.heappush(ready, entry)
+        if chosen is None:
+            return self._parked[0][0] if self._parked else math.inf
+        chosen.active += 1
+        chosen.last_used = next(self._tick)
+        self._push(chosen)
+        return chosen
+
+    def reject(self, m: Member, wake: float, now: float) -> None:
+        """The state refused ``m`` until ``wake``: undo the pick and park the member."""
+        m.active -= 1
+        m.version += 1
+        m.parked = True
+        if wake == math.inf:
+            # Only a release frees it (concurrency cap, a probe in flight). Our own releases
+            # unpark it at once; look again after a window in case the release happened in
+            # another balancer or process sharing the key.
+            wake = now + m.limits.window
+        heapq.heappush(self._parked, (wake, m.index, m.version))
+
+    def done(self, m: Member, failed: bool | None) -> None:
+        """An attempt on ``m`` ended: lower its load, note the outcome, make it ready again.
+
+        ``failed`` is True for a failure of the key, False for a success, None when the attempt
+        says nothing about the key (cancelled, the request's own fault).
+        """
+        m.active -= 1
+        if failed is True:
+            m.failures += 1
+        elif failed is False:
+            m.failures = 0
+        m.parked = False
+        self._push(m)
+
+    def next_wake(self) -> float:
+        """The earliest time a parked member may be ready."""
+        return self._parked[0][0] if self._parked else math.inf

@@ -1,0 +1,577 @@
+"""``BalancedChatModel``: a pool of chat keys across vendors as one LangChain chat model."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from operator import itemgetter
+from typing import Any, Literal
+
+from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
+from langchain_core.language_models import BaseChatModel, LanguageModelInput
+from langchain_core.language_models.chat_models import (
+    agenerate_from_stream,
+    generate_from_stream,
+)
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.output_parsers import (
+    JsonOutputKeyToolsParser,
+    JsonOutputParser,
+    PydanticOutputParser,
+    PydanticToolsParser,
+)
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from langchain_core.runnables import Runnable, RunnableMap, RunnablePassthrough
+from langchain_core.tools import BaseTool
+from langchain_core.utils.function_calling import convert_to_openai_tool
+from langchain_core.utils.pydantic import is_basemodel_subclass
+from pydantic import ConfigDict, Field, PrivateAttr, SecretStr
+
+from langchain_pllm.balancer import Balancer, Clock, shared_balancer
+from langchain_pllm.balancer.picker import Member
+from langchain_pllm.config import (
+    BalancerConfig,
+    PoolConfig,
+    ProviderConfig,
+    balancer_from_mapping,
+    load_config,
+    pool_from_providers,
+)
+from langchain_pllm.exceptions import PllmConfigError
+from langchain_pllm.providers.base import ChatRequest, estimate_tokens
+
+__all__ = ["BalancedChatModel"]
+
+# Private call keyword: provider ids to avoid for this call if any other can serve.
+AVOID_KWARG = "pllm_avoid"
+
+
+class BalancedChatModel(BaseChatModel):
+    """A pool of LLM API keys, across vendors, behind one LangChain chat model.
+
+    Every call goes to the provider (one key and model) with the fewest requests in flight
+    that has room in its sliding-window rate limit and a closed circuit breaker. Failures are
+    retried on another key; a 429 rests that key for exactly its ``Retry-After``; a key that
+    keeps failing is taken out and health-checked back in. Drop it in wherever ``ChatOpenAI``
+    goes.
+
+    Setup:
+        ``pip install langchain-pllm``. Keys come from the config (``${ENV}`` references are
+        read from the environment); nothing is read from the environment implicitly.
+
+    Key init args — the pool:
+        providers: list[dict]
+            Entries ``{"vendor", "api_key", "model", "api_base", "rate_limit", "tpm",
+            "max_concurrency", "weight", "timeout", "name"}``. ``vendor`` is one of
+            ``openai``, ``siliconflow``, ``deepseek``, ``anthropic``, ``google``, ``zhipu``.
+        balancer: dict
+            ``retry_policy`` (fixed | retry_once | infinite), ``max_retries``,
+            ``breaker_threshold``, ``health_check_interval``, ``state`` (``memory`` or a
+            ``redis://`` URL shared by every process), ``window``, ``max_wait``,
+            ``request_timeout``.
+        retry_policy, max_retries: str, int
+            Shortcuts overriding the same ``balancer`` settings.
+
+    Key init args — completion params (sent to whichever vendor serves):
+        temperature: float | None
+        max_tokens: int | None
+        top_p: float | None
+        stop: list[str] | None
+        timeout: float | None
+            Seconds per attempt.
+        model_kwargs: dict
+            Further parameters passed to the vendor.
+
+    Instantiate:
+        .. code-block:: python
+
+            from langchain_pllm import BalancedChatModel
+
+            model = BalancedChatModel.from_config("pllm.yaml")
+            # or
+            model = BalancedChatModel(
+                providers=[
+                    {"vendor": "openai", "api_key": "sk-...", "model": "gpt-4o-mini",
+                     "rate_limit": 20},
+                    {"vendor": "deepseek", "api_key": "sk-...", "model": "deepseek-chat"},
+                ],
+                max_retries=3,
+            )
+
+    Invoke:
+        .. code-block:: python
+
+            msg = model.invoke("Translate 'hello' into French.")
+            msg.content                              # "Bonjour"
+            msg.response_metadata["provider"]        # "openai-0": the key that served
+
+    Stream:
+        .. code-block:: python
+
+            for chunk in model.stream("Tell me a story"):
+                print(chunk.content, end="")
+
+        A failure before the first chunk is retried on another key unseen; after it, the error
+        reaches the caller (text is never duplicated).
+
+    Async:
+        .. code-block:: python
+
+            await model.ainvoke("hi")
+            await model.abatch(["a", "b", "c"])
+            async for chunk in model.astream("hi"): ...
+
+    Tool calling:
+        .. code-block:: python
+
+            def add(a: int, b: int) -> int:
+                '''Add two integers.'''
+                return a + b
+
+            msg = model.bind_tools([add]).invoke("What is 2 + 3?")
+            msg.tool_calls   # [{"name": "add", "args": {"a": 2, "b": 3}, "id": "..."}]
+
+    Structured output:
+        .. code-block:: python
+
+            class Joke(BaseModel):
+                setup: str
+                punchline: str
+
+            model.with_structured_output(Joke).invoke("Tell me a joke")
+
+    Validated output (re-asks with a retry prompt, preferring another key):
+        .. code-block:: python
+
+            from langchain_pllm import JsonValidator
+            model.with_validation(JsonValidator(), max_retries=2).invoke("Reply in JSON")
+
+    Token usage:
+        .. code-block:: python
+
+            model.invoke("hi").usage_metadata
+            # {"input_tokens": 8, "output_tokens": 2, "total_tokens": 10}
+
+    Response metadata:
+        ``model_provider`` (the vendor that served, as LangChain's partner packages name it),
+        ``provider`` (the provider id), ``vendor``, ``model_name``, ``attempts``,
+        ``finish_reason``.
+
+    Stats:
+        ``model.get_stats()`` maps each provider id to its requests, tokens, errors, active
+        requests, breaker state and window use. API keys never appear there, nor in ``repr``,
+        logs or errors.
+    """
+
+    model_config = ConfigDict(populate_by_name=True, arbitrary_types_allowed=True)
+
+    providers: list[ProviderConfig] = Field(default_factory=list)
+    """The pool: one entry per key and model."""
+    balancer: BalancerConfig = Field(default_factory=BalancerConfig)
+    """Retry, breaker, wait and state settings."""
+    api_key: SecretStr | None = None
+    """Key used by provider entries that give none."""
+    temperature: float | None = None
+    """Sampling temperature."""
+    max_tokens: int | None = None
+    """Most tokens to generate."""
+    top_p: float | None = None
+    """Nucleus sampling."""
+    stop: list[str] | None = Field(default=None, alias="stop_sequences")
+    """Stop sequences."""
+    timeout: float | None = None
+    """Seconds per attempt (each provider's own ``timeout`` wins)."""
+    streaming: bool = False
+    """Whether ``invoke`` streams under the hood."""
+    model_kwargs: dict[str, Any] = Field(default_factory=dict)
+    """Further parameters passed to the vendor."""
+    clock: Clock | None = Field(default=None, exclude=True, repr=False)
+    """Time source; tests pass a ``ManualClock``."""
+
+    _pool: PoolConfig = PrivateAttr()
+    _has_tpm: bool = PrivateAttr(default=False)
+    _balancer: Balancer | None = PrivateAttr(default=None)
+
+    def __init__(self, **data: Any) -> None:
+        """Validate the pool and the balancer settings; raise ``PllmConfigError`` if wrong."""
+        pool, balancer = _pool_and_balancer(data, capability="chat")
+        data["providers"] = list(pool.providers)
+        data["balancer"] = balancer
+        super().__init__(**data)
+        self._pool = pool
+        self._has_tpm = any(p.tpm for p in pool.providers)
+
+    @classmethod
+    def from_config(cls, source: Any, **kwargs: Any) -> BalancedChatModel:
+        """Build from a YAML path, YAML text or dict (its ``llm:`` pool and ``balancer:``)."""
+        config = load_config(source)
+        if config.llm is None:
+            raise PllmConfigError(
+                "the config has no chat pool; add an `llm:` section with at least one provider",
+                field="llm",
+            )
+        return cls(providers=list(config.llm.providers), balancer=config.balancer, **kwargs)
+
+    # LangChain identity ------------------------------------------------------------------------
+
+    @property
+    def _llm_type(self) -> str:
+        return "pllm-balanced-chat"
+
+    @property
+    def lc_secrets(self) -> dict[str, str]:
+        """Secrets are never serialized."""
+        return {"api_key": "PLLM_API_KEY"}
+
+    @classmethod
+    def is_lc_serializable(cls) -> bool:
+        """The pool holds secrets and live state: not serializable."""
+        return False
+
+    @property
+    def model_name(self) -> str:
+        """The model name if the pool serves one, else the names joined by ``|``."""
+        names = dict.fromkeys(p.model for p in self.providers)
+        return "|".join(names)
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        return {
+            "providers": [p.id for p in self.providers],
+            "models": self.model_name,
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+        }
+
+    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> Any:
+        params = super()._get_ls_params(stop=stop, **kwargs)
+        params["ls_provider"] = "pllm"
+        params["ls_model_name"] = kwargs.get("model") or self.model_name
+        temperature = kwargs.get("temperature", self.temperature)
+        if temperature is not None:
+            params["ls_temperature"] = temperature
+        max_tokens = kwargs.get("max_tokens", self.max_tokens)
+        if max_tokens is not None:
+            params["ls_max_tokens"] = max_tokens
+        stop = stop or kwargs.get("stop") or self.stop
+        if stop:
+            params["ls_stop"] = stop
+        return params
+
+    # The balancer ------------------------------------------------------------------------------
+
+    @property
+    def balancer_instance(self) -> Balancer:
+        """The shared balancer of this pool (one per pool, settings and clock in the process)."""
+        balancer = self._balancer
+        if balancer is None:
+            # Held here so the process-wide registry (weak values) keeps it while we live.
+            balancer = self._balancer = shared_balancer(self._pool, self.balancer, self.clock)
+        return balancer
+
+    def get_stats(self) -> dict[str, dict[str, Any]]:
+        """Per-provider stats: requests, tokens, errors, active, breaker state, window use."""
+        return self.balancer_instance.get_stats()
+
+    # Generation --------------------------------------------------------------------------------
+
+    def _request(
+        self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]
+    ) -> tuple[ChatRequest, int, set[int] | None, Balancer]:
+        params: dict[str, Any] = {}
+        if self.temperature is not None:
+            params["temperature"] = self.temperature
+        if self.max_tokens is not None:
+            params["max_tokens"] = self.max_tokens
+        if self.top_p is not None:
+            params["top_p"] = self.top_p
+        if self.stop:
+            params["stop"] = self.stop
+        if self.model_kwargs:
+            params.update(self.model_kwargs)
+        avoid_ids = kwargs.pop(AVOID_KWARG, None)
+        if kwargs:
+            params.update(kwargs)
+        if stop:
+            params["stop"] = stop
+        balancer = self.balancer_instance
+        avoid = None
+        if avoid_ids:
+            avoid = {balancer.by_id[i].index for i in avoid_ids if i in balancer.by_id}
+        request = ChatRequest(messages, params, self.timeout)
+        tokens = estimate_tokens(messages, params.get("max_tokens")) if self._has_tpm else 0
+        return request, tokens, avoid, balancer
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        if self.streaming:
+            return generate_from_stream(self._stream(messages, stop, run_manager, **kwargs))
+        request, tokens, avoid, balancer = self._request(messages, stop, kwargs)
+        message, member, attempts = balancer.call(
+            lambda p: p.chat(request), tokens=tokens, tokens_of=_total_tokens, avoid=avoid
+        )
+        return _result(message, member, attempts)
+
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        if self.streaming:
+            return await agenerate_from_stream(
+                self._astream(messages, stop, run_manager, **kwargs)
+            )
+        request, tokens, avoid, balancer = self._request(messages, stop, kwargs)
+        message, member, attempts = await balancer.acall(
+            lambda p: p.achat(request), tokens=tokens, tokens_of=_total_tokens, avoid=avoid
+        )
+        return _result(message, member, attempts)
+
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
+        request, tokens, avoid, balancer = self._request(messages, stop, kwargs)
+        member: Member | None = None
+        attempts = 0
+        for chunk, member, attempts in balancer.stream(
+            lambda p: p.stream(request), tokens=tokens, tokens_of=_total_tokens, avoid=avoid
+        ):
+            gen = ChatGenerationChunk(message=chunk)
+            if run_manager is not None:
+                run_manager.on_llm_new_token(gen.text, chunk=gen)
+            yield gen
+        if member is not None:
+            yield ChatGenerationChunk(message=_last_chunk(member, attempts))
+
+    async def _astream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[ChatGenerationChunk]:
+        request, tokens, avoid, balancer = self._request(messages, stop, kwargs)
+        member: Member | None = None
+        attempts = 0
+        async for chunk, member, attempts in balancer.astream(
+            lambda p: p.astream(request), tokens=tokens, tokens_of=_total_tokens, avoid=avoid
+        ):
+            gen = ChatGenerationChunk(message=chunk)
+            if run_manager is not None:
+                await run_manager.on_llm_new_token(gen.text, chunk=gen)
+            yield gen
+        if member is not None:
+            yield ChatGenerationChunk(message=_last_chunk(member, attempts))
+
+    # Tools and structured output ---------------------------------------------------------------
+
+    def bind_tools(
+        self,
+        tools: Sequence[dict[str, Any] | type | Callable[..., Any] | BaseTool],
+        *,
+        tool_choice: dict[str, Any] | str | bool | None = None,
+        strict: bool | None = None,
+        parallel_tool_calls: bool | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, AIMessage]:
+        """Bind tools (any form ``convert_to_openai_tool`` takes) for every vendor of the pool.
+
+        Args:
+            tools: Tools, functions, pydantic models or OpenAI tool dicts.
+            tool_choice: ``"auto"``, ``"none"``, ``"any"``/``"required"`` (must call some
+                tool), a tool name, ``True`` (the only tool), or an OpenAI tool-choice dict.
+            strict: Ask for schema-exact arguments where the vendor supports it.
+            parallel_tool_calls: Allow several tool calls in one reply.
+            **kwargs: Further call parameters.
+
+        Returns:
+            A runnable that calls the model with the tools.
+        """
+        formatted = [convert_to_openai_tool(t, strict=strict) for t in tools]
+        if tool_choice is not None and tool_choice is not False:
+            kwargs["tool_choice"] = _tool_choice(tool_choice, formatted)
+        if parallel_tool_calls is not None:
+            kwargs["parallel_tool_calls"] = parallel_tool_calls
+        return super().bind(tools=formatted, **kwargs)
+
+    def with_structured_output(
+        self,
+        schema: dict[str, Any] | type | None = None,
+        *,
+        method: Literal["function_calling", "json_mode", "json_schema"] = "function_calling",
+        include_raw: bool = False,
+        strict: bool | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, Any]:
+        """Return a runnable whose output matches ``schema``.
+
+        Args:
+            schema: A pydantic model, TypedDict, JSON schema dict or OpenAI tool dict.
+            method: ``function_calling`` (portable across every vendor of a mixed pool),
+                ``json_schema`` (the vendor's native structured output, where it has one) or
+                ``json_mode`` (a JSON object; describe the schema in the prompt).
+            include_raw: Return ``{"raw", "parsed", "parsing_error"}`` instead of raising.
+            strict: Ask for schema-exact output where the vendor supports it.
+            **kwargs: Not supported; an unknown keyword is an error.
+
+        Returns:
+            A runnable producing the parsed output.
+        """
+        if kwargs:
+            raise ValueError(f"with_structured_output got unexpected arguments: {sorted(kwargs)}")
+        if schema is None and method != "json_mode":
+            raise ValueError(f"schema is required for method={method!r}; pass a pydantic model")
+        is_model = isinstance(schema, type) and is_basemodel_subclass(schema)
+        parser: Runnable[Any, Any]
+        if method == "function_calling":
+            tool = convert_to_openai_tool(schema, strict=strict)  # type: ignore[arg-type]
+            name = tool["function"]["name"]
+            llm = self.bind_tools([tool], tool_choice=name, strict=strict)
+            if is_model:
+                parser = PydanticToolsParser(tools=[schema], first_tool_only=True)  # type: ignore[list-item]
+            else:
+                parser = JsonOutputKeyToolsParser(key_name=name, first_tool_only=True)
+        elif method == "json_schema":
+            tool = convert_to_openai_tool(schema, strict=strict)  # type: ignore[arg-type]
+            fn = tool["function"]
+            json_schema: dict[str, Any] = {"name": fn["name"], "schema": fn["parameters"]}
+            if strict is not None:
+                json_schema["strict"] = strict
+            llm = self.bind(response_format={"type": "json_schema", "json_schema": json_schema})
+            parser = (
+                PydanticOutputParser(pydantic_object=schema)  # type: ignore[arg-type]
+                if is_model
+                else JsonOutputParser()
+            )
+        elif method == "json_mode":
+            llm = self.bind(response_format={"type": "json_object"})
+            parser = (
+                PydanticOutputParser(pydantic_object=schema)  # type: ignore[arg-type]
+                if is_model
+                else JsonOutputParser()
+            )
+        else:
+            raise ValueError(
+                f"method must be 'function_calling', 'json_schema' or 'json_mode', got {method!r}"
+            )
+        if not include_raw:
+            return llm | parser
+        parsed = RunnablePassthrough.assign(
+            parsed=itemgetter("raw") | parser, parsing_error=lambda _: None
+        )
+        fallback = RunnablePassthrough.assign(parsed=lambda _: None)
+        return RunnableMap(raw=llm) | parsed.with_fallbacks(
+            [fallback], exception_key="parsing_error"
+        )
+
+    def with_validation(self, validator: Any, max_retries: int = 2) -> Runnable[Any, Any]:
+        """Ask, check the reply with ``validator``, re-ask with its retry prompt on failure.
+
+        A retry prefers a provider that has not failed this check. Returns the validated value,
+        or raises ``ValidationFailedError`` holding every attempt when retries run out.
+
+        Args:
+            validator: A ``JsonValidator``, ``RegexValidator`` or ``TextValidator``.
+            max_retries: Further attempts after the first failed check.
+
+        Returns:
+            A runnable over the same inputs as the model.
+        """
+        from langchain_pllm.validation import ValidatingRunnable
+
+        return ValidatingRunnable(model=self, validator=validator, max_retries=max_retries)
+
+
+# Helpers ---------------------------------------------------------------------------------------
+
+
+def _pool_and_balancer(data: dict[str, Any], capability: str) -> tuple[PoolConfig, BalancerConfig]:
+    """Validate the pool and balancer keyword arguments of a face into config objects."""
+    api_key = data.get("api_key")
+    if isinstance(api_key, SecretStr):
+        api_key = api_key.get_secret_value()
+    pool = pool_from_providers(data.get("providers") or [], default_api_key=api_key)
+    raw = data.get("balancer")
+    if isinstance(raw, BalancerConfig):
+        settings: dict[str, Any] = raw.model_dump()
+    elif isinstance(raw, Mapping):
+        settings = dict(raw)
+    elif raw is None:
+        settings = {}
+    else:
+        raise PllmConfigError(
+            f"must be a mapping of balancer settings, got {type(raw).__name__}", field="balancer"
+        )
+    for shortcut in ("retry_policy", "max_retries"):
+        if data.get(shortcut) is not None:
+            settings[shortcut] = data.pop(shortcut)
+        else:
+            data.pop(shortcut, None)
+    balancer = balancer_from_mapping(settings)
+    from langchain_pllm.providers import provider_class
+
+    for i, p in enumerate(pool.providers):
+        cls = provider_class(p.vendor)
+        if capability == "embeddings" and not cls.supports_embeddings:
+            raise PllmConfigError(
+                f"vendor {p.vendor!r} has no embeddings API; remove it from the embeddings pool",
+                field=f"providers[{i}].vendor",
+            )
+    return pool, balancer
+
+
+def _total_tokens(message: AIMessage | AIMessageChunk) -> int | None:
+    usage = message.usage_metadata
+    return usage["total_tokens"] if usage else None
+
+
+def _result(message: AIMessage, member: Member, attempts: int) -> ChatResult:
+    meta = message.response_metadata
+    meta["provider"] = member.config.id
+    meta["vendor"] = member.config.vendor
+    meta["attempts"] = attempts
+    meta.setdefault("model_provider", member.provider.model_provider)
+    meta.setdefault("model_name", member.config.model)
+    meta.setdefault("finish_reason", None)
+    return ChatResult(generations=[ChatGeneration(message=message)])
+
+
+def _last_chunk(member: Member, attempts: int) -> AIMessageChunk:
+    return AIMessageChunk(
+        content="",
+        response_metadata={
+            "model_provider": member.provider.model_provider,
+            "provider": member.config.id,
+            "vendor": member.config.vendor,
+            "model_name": member.config.model,
+            "attempts": attempts,
+        },
+        chunk_position="last",
+    )
+
+
+def _tool_choice(choice: dict[str, Any] | str | bool, tools: list[dict[str, Any]]) -> Any:
+    if isinstance(choice, dict):
+        return choice
+    if choice is True:
+        if len(tools) != 1:
+            raise ValueError("tool_choice=True needs exactly one tool; name the tool instead")
+        choice = tools[0]["function"]["name"]
+    if choice in ("auto", "none", "required"):
+        return choice
+    if choice == "any":
+        return "required"
+    names = [t["function"]["name"] for t in tools]
+    if choice not in names:
+        raise ValueError(f"tool_choice {choice!r} names no bound tool; bound tools: {names}")
+    return {"type": "function", "function": {"name": choice}}

@@ -1,0 +1,220 @@
+"""``BalancedEmbeddings``: a pool of embedding keys as one LangChain ``Embeddings``.
+
+A large input is cut into batches no larger than the smallest batch limit in the pool and no
+larger than an even share per available provider, so the batches spread over every key at once;
+they run concurrently (threads on the sync path, tasks on the async one), each through the
+balancer with its limits and failover, and come back in input order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from langchain_core.embeddings import Embeddings
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr
+
+from langchain_pllm.balancer import Balancer, Clock, shared_balancer
+from langchain_pllm.balancer.picker import Member
+from langchain_pllm.chat_models import _pool_and_balancer
+from langchain_pllm.config import BalancerConfig, PoolConfig, ProviderConfig, load_config
+from langchain_pllm.exceptions import PllmConfigError
+from langchain_pllm.providers.base import EmbeddingResult
+
+__all__ = ["BalancedEmbeddings"]
+
+
+class BalancedEmbeddings(BaseModel, Embeddings):
+    """A pool of embedding keys across vendors behind one LangChain ``Embeddings``.
+
+    Setup:
+        ``pip install langchain-pllm``; keys come from the config.
+
+    Instantiate:
+        .. code-block:: python
+
+            from langchain_pllm import BalancedEmbeddings
+
+            emb = BalancedEmbeddings.from_config("pllm.yaml")   # the `embedding:` section
+            # or
+            emb = BalancedEmbeddings(providers=[
+                {"vendor": "openai", "api_key": "sk-...", "model": "text-embedding-3-small"},
+                {"vendor": "openai", "api_key": "sk-...", "model": "text-embedding-3-small"},
+            ])
+
+    Embed single text:
+        .. code-block:: python
+
+            vector = emb.embed_query("hello")
+
+    Embed multiple texts:
+        .. code-block:: python
+
+            vectors = emb.embed_documents(texts)   # order kept; batches spread over the keys
+
+    Async:
+        .. code-block:: python
+
+            vector = await emb.aembed_query("hello")
+            vectors = await emb.aembed_documents(texts)
+
+    Every provider of one pool must give vectors of the same dimension: a mismatch raises
+    ``PllmConfigError`` naming both providers instead of mixing vector spaces.
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, populate_by_name=True)
+
+    providers: list[ProviderConfig] = Field(default_factory=list)
+    """The pool: one entry per key and model."""
+    balancer: BalancerConfig = Field(default_factory=BalancerConfig)
+    """Retry, breaker, wait and state settings."""
+    api_key: SecretStr | None = None
+    """Key used by provider entries that give none."""
+    max_concurrency: int = 16
+    """Most batches in flight at once for one ``embed_documents`` call."""
+    clock: Clock | None = Field(default=None, exclude=True, repr=False)
+    """Time source; tests pass a ``ManualClock``."""
+
+    _pool: PoolConfig = PrivateAttr()
+    _has_tpm: bool = PrivateAttr(default=False)
+    _balancer: Balancer | None = PrivateAttr(default=None)
+
+    def __init__(self, **data: Any) -> None:
+        """Validate the pool and balancer settings; raise ``PllmConfigError`` if wrong."""
+        pool, balancer = _pool_and_balancer(data, capability="embeddings")
+        data["providers"] = list(pool.providers)
+        data["balancer"] = balancer
+        super().__init__(**data)
+        self._pool = pool
+        self._has_tpm = any(p.tpm for p in pool.providers)
+
+    @classmethod
+    def from_config(cls, source: Any, **kwargs: Any) -> BalancedEmbeddings:
+        """Build from a YAML path, YAML text or dict (its ``embedding:`` pool and ``balancer:``)."""
+        config = load_config(source)
+        if config.embedding is None:
+            raise PllmConfigError(
+                "the config has no embeddings pool; add an `embedding:` section with at least "
+                "one provider",
+                field="embedding",
+            )
+        return cls(providers=list(config.embedding.providers), balancer=config.balancer, **kwargs)
+
+    @property
+    def balancer_instance(self) -> Balancer:
+        """The shared balancer of this pool."""
+        balancer = self._balancer
+        if balancer is None:
+            # Held here so the process-wide registry (weak values) keeps it while we live.
+            balancer = self._balancer = shared_balancer(self._pool, self.balancer, self.clock)
+        return balancer
+
+    def get_stats(self) -> dict[str, dict[str, Any]]:
+        """Per-provider stats, as ``BalancedChatModel.get_stats``."""
+        return self.balancer_instance.get_stats()
+
+    # Planning ----------------------------------------------------------------------------------
+
+    def _batches(self, texts: list[str], balancer: Balancer) -> list[tuple[int, list[str]]]:
+        limit = min(m.provider.batch_limit for m in balancer.members)
+        live = sum(1 for s in balancer.get_stats().values() if s["state"] != "open") or 1
+        size = max(1, min(limit, math.ceil(len(texts) / live)))
+        return [(start, texts[start : start + size]) for start in range(0, len(texts), size)]
+
+    def _tokens(self, batch: list[str]) -> int:
+        return sum(len(t) for t in batch) // 4 + len(batch) if self._has_tpm else 0
+
+    def _check_dimension(self, balancer: Balancer, member: Member, result: EmbeddingResult) -> None:
+        if not result.vectors:
+            return
+        dims = balancer.embedding_dims
+        dim = len(result.vectors[0])
+        for pid, other in list(dims.items()):
+            if other != dim:
+                raise PllmConfigError(
+                    f"providers {pid!r} ({other} dimensions) and {member.config.id!r} "
+                    f"({dim} dimensions) give vectors of different sizes; one embeddings pool "
+                    "must use one model (or dimension) everywhere",
+                    field="embedding",
+                )
+        dims[member.config.id] = dim
+        if any(len(v) != dim for v in result.vectors):
+            raise PllmConfigError(
+                f"provider {member.config.id!r} returned vectors of mixed sizes", field="embedding"
+            )
+
+    # Sync --------------------------------------------------------------------------------------
+
+    def _embed_batch(self, balancer: Balancer, batch: list[str]) -> list[list[float]]:
+        result, member, _ = balancer.call(
+            lambda p: p.embed(batch), tokens=self._tokens(batch), tokens_of=_tokens_of
+        )
+        self._check_dimension(balancer, member, result)
+        if len(result.vectors) != len(batch):
+            raise PllmConfigError(
+                f"provider {member.config.id!r} returned {len(result.vectors)} vectors for "
+                f"{len(batch)} texts",
+                field="embedding",
+            )
+        return result.vectors
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        """Embed texts; batches spread over the pool concurrently, order kept."""
+        if not texts:
+            return []
+        balancer = self.balancer_instance
+        batches = self._batches(list(texts), balancer)
+        if len(batches) == 1:
+            return self._embed_batch(balancer, batches[0][1])
+        out: list[list[float]] = [[] for _ in texts]
+        workers = min(len(batches), self.max_concurrency)
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pllm-embed") as pool:
+            futures = [(start, pool.submit(self._embed_batch, balancer, b)) for start, b in batches]
+            for start, fut in futures:
+                vectors = fut.result()
+                out[start : start + len(vectors)] = vectors
+        return out
+
+    def embed_query(self, text: str) -> list[float]:
+        """Embed one text."""
+        return self.embed_documents([text])[0]
+
+    # Async -------------------------------------------------------------------------------------
+
+    async def _aembed_batch(
+        self, balancer: Balancer, batch: list[str], gate: asyncio.Semaphore
+    ) -> list[list[float]]:
+        async with gate:
+            result, member, _ = await balancer.acall(
+                lambda p: p.aembed(batch), tokens=self._tokens(batch), tokens_of=_tokens_of
+            )
+        self._check_dimension(balancer, member, result)
+        if len(result.vectors) != len(batch):
+            raise PllmConfigError(
+                f"provider {member.config.id!r} returned {len(result.vectors)} vectors for "
+                f"{len(batch)} texts",
+                field="embedding",
+            )
+        return result.vectors
+
+    async def aembed_documents(self, texts: list[str]) -> list[list[float]]:
+        """Async twin of ``embed_documents``."""
+        if not texts:
+            return []
+        balancer = self.balancer_instance
+        batches = self._batches(list(texts), balancer)
+        gate = asyncio.Semaphore(self.max_concurrency)
+        results = await asyncio.gather(
+            *(self._aembed_batch(balancer, b, gate) for _, b in batches)
+        )
+        return [v for vectors in results for v in vectors]
+
+    async def aembed_query(self, text: str) -> list[float]:
+        """Async twin of ``embed_query``."""
+        return (await self.aembed_documents([text]))[0]
+
+
+def _tokens_of(result: EmbeddingResult) -> int | None:
+    return result.tokens

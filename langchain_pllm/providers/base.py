@@ -1,0 +1,171 @@
+"""What a provider is: one API key and model of one vendor, spoken to through its official SDK.
+
+A provider converts LangChain messages to its vendor's wire format and back, and classifies
+every SDK exception once into LangChain's model errors (see ``langchain_pllm.exceptions``).
+It knows nothing of balancing: it is handed a request and either returns an ``AIMessage`` /
+yields ``AIMessageChunk``s or raises a classified error. Like httpx's transports it is a pair
+of sync and async twins; SDK clients are built lazily, once per provider (and, for async
+clients, once per event loop, since their connection pools belong to a loop).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
+
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+
+if TYPE_CHECKING:
+    from langchain_pllm.config import ProviderConfig
+
+__all__ = ["ChatRequest", "EmbeddingResult", "Provider", "estimate_tokens"]
+
+C = TypeVar("C")
+
+
+@dataclass(slots=True)
+class ChatRequest:
+    """One chat request as the faces hand it to a provider.
+
+    ``params`` holds the standard LangChain call parameters under their LangChain names
+    (``temperature``, ``max_tokens``, ``top_p``, ``stop``, ``tools`` in OpenAI tool format,
+    ``tool_choice``, ``response_format``, ``parallel_tool_calls``, ...); each provider maps them
+    to its vendor's names and drops (with a warning, once) what its vendor does not take.
+    """
+
+    messages: Sequence[BaseMessage]
+    params: dict[str, Any] = field(default_factory=dict)
+    timeout: float | None = None
+
+
+@dataclass(slots=True)
+class EmbeddingResult:
+    """Vectors for one batch, in input order, and the tokens the vendor counted (if it said)."""
+
+    vectors: list[list[float]]
+    tokens: int | None = None
+
+
+class _PerLoop(Generic[C]):
+    """One object per running event loop, dropped with the loop."""
+
+    __slots__ = ("_by_loop",)
+
+    def __init__(self) -> None:
+        self._by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, C] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def get(self, build: Any) -> C:
+        loop = asyncio.get_running_loop()
+        obj = self._by_loop.get(loop)
+        if obj is None:
+            obj = self._by_loop[loop] = build()
+        return obj
+
+
+class Provider:
+    """Base class of every vendor provider."""
+
+    vendor: ClassVar[str]
+    """Config name of the vendor (``openai``, ``anthropic``...)."""
+    model_provider: ClassVar[str]
+    """LangChain's name for the vendor in ``response_metadata["model_provider"]``."""
+    supports_chat: ClassVar[bool] = True
+    supports_embeddings: ClassVar[bool] = False
+    embed_batch_limit: ClassVar[int] = 2048
+    """Most texts the vendor takes in one embeddings request."""
+
+    def __init__(self, config: ProviderConfig) -> None:
+        self.config = config
+        self.id = config.id
+        self.model = config.model
+        self._sync_client: Any = None
+        self._async_clients: _PerLoop[Any] = _PerLoop()
+        self._warned: set[str] = set()
+
+    # Clients -----------------------------------------------------------------------------------
+
+    @property
+    def sync_client(self) -> Any:
+        """The SDK's sync client, built on first use."""
+        if self._sync_client is None:
+            self._sync_client = self._build_sync_client()
+        return self._sync_client
+
+    @property
+    def async_client(self) -> Any:
+        """The SDK's async client for the running event loop, built on first use."""
+        return self._async_clients.get(self._build_async_client)
+
+    def _build_sync_client(self) -> Any:
+        raise NotImplementedError
+
+    def _build_async_client(self) -> Any:
+        raise NotImplementedError
+
+    @property
+    def batch_limit(self) -> int:
+        """Most texts per embeddings request for this provider."""
+        return self.config.batch_size or self.embed_batch_limit
+
+    # Chat --------------------------------------------------------------------------------------
+
+    def chat(self, request: ChatRequest) -> AIMessage:
+        """Send one chat request; return the reply or raise a classified model error."""
+        raise NotImplementedError(f"{self.vendor} does not serve chat")
+
+    async def achat(self, request: ChatRequest) -> AIMessage:
+        """Async twin of ``chat``."""
+        raise NotImplementedError(f"{self.vendor} does not serve chat")
+
+    def stream(self, request: ChatRequest) -> Iterator[AIMessageChunk]:
+        """Stream one chat request. Usage, if any, rides on exactly one chunk (not cumulative)."""
+        raise NotImplementedError(f"{self.vendor} does not stream chat")
+
+    def astream(self, request: ChatRequest) -> AsyncIterator[AIMessageChunk]:
+        """Async twin of ``stream``."""
+        raise NotImplementedError(f"{self.vendor} does not stream chat")
+
+    # Embeddings --------------------------------------------------------------------------------
+
+    def embed(self, texts: list[str]) -> EmbeddingResult:
+        """Embed one batch (at most ``batch_limit`` texts)."""
+        raise NotImplementedError(f"{self.vendor} does not serve embeddings")
+
+    async def aembed(self, texts: list[str]) -> EmbeddingResult:
+        """Async twin of ``embed``."""
+        raise NotImplementedError(f"{self.vendor} does not serve embeddings")
+
+    # Helpers -----------------------------------------------------------------------------------
+
+    def warn_once(self, what: str, message: str) -> None:
+        """Warn about a dropped parameter once per provider, not once per request."""
+        if what not in self._warned:
+            self._warned.add(what)
+            import warnings
+
+            warnings.warn(message, stacklevel=3)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(id={self.id!r}, model={self.model!r})"
+
+
+def estimate_tokens(messages: Sequence[BaseMessage], max_tokens: int | None) -> int:
+    """A cheap upper-leaning guess of a request's tokens, reserved before the call.
+
+    Four characters a token for the prompt, plus the reply budget (or 256 when unbounded); the
+    real usage replaces the guess when the reply arrives.
+    """
+    chars = 0
+    for m in messages:
+        content = m.content
+        if isinstance(content, str):
+            chars += len(content)
+        else:
+            for block in content:
+                chars += len(block) if isinstance(block, str) else len(str(block.get("text", "")))
+    return chars // 4 + 4 * len(messages) + (max_tokens if max_tokens else 256)

@@ -1,0 +1,92 @@
+"""Shared pieces of error classification: HTTP status to LangChain error class, Retry-After.
+
+Every vendor ends up speaking HTTP, so the classification of a status code is one table here;
+each provider adds only what its SDK spells differently (exception classes, context-overflow
+codes such as Zhipu's ``1261``).
+"""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from langchain_core.exceptions import (
+    ContextOverflowError,
+    ModelAPIError,
+    ModelAuthenticationError,
+    ModelError,
+    ModelInvalidRequestError,
+    ModelNotFoundError,
+    ModelPermissionDeniedError,
+    ModelRateLimitError,
+    ModelTimeoutError,
+)
+
+__all__ = ["CONTEXT_OVERFLOW_HINTS", "class_for_status", "is_context_overflow", "retry_after_of"]
+
+CONTEXT_OVERFLOW_HINTS = (
+    "context_length_exceeded",
+    "context length",
+    "maximum context",
+    "prompt is too long",
+    "too many tokens",
+    "exceeds the context window",
+    "input tokens exceed",
+)
+
+
+def class_for_status(status: int) -> type[ModelError]:
+    """The LangChain model error class for an HTTP status code."""
+    if status == 429:
+        return ModelRateLimitError
+    if status == 401:
+        return ModelAuthenticationError
+    if status == 403:
+        return ModelPermissionDeniedError
+    if status == 404:
+        return ModelNotFoundError
+    if status == 408:
+        return ModelTimeoutError
+    if status >= 500 or status == 409:
+        # 529 is Anthropic's "overloaded": a server-side condition like 503.
+        return ModelAPIError
+    return ModelInvalidRequestError
+
+
+def is_context_overflow(message: str) -> bool:
+    """Whether an error message says the prompt was too long."""
+    low = message.lower()
+    return any(hint in low for hint in CONTEXT_OVERFLOW_HINTS)
+
+
+def retry_after_of(headers: Mapping[str, Any] | None) -> float | None:
+    """Seconds to wait from ``retry-after-ms`` or ``Retry-After`` (seconds or an HTTP date)."""
+    if not headers:
+        return None
+    raw_ms = headers.get("retry-after-ms")
+    if raw_ms is not None:
+        try:
+            return max(0.0, float(raw_ms) / 1000.0)
+        except (TypeError, ValueError):
+            pass
+    raw = headers.get("retry-after")
+    if raw is None:
+        return None
+    try:
+        return max(0.0, float(raw))
+    except (TypeError, ValueError):
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(str(raw))
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def overflow_or(cls: type[ModelError], message: str) -> type[ModelError]:
+    """Refine a bad-request class into ``ContextOverflowError`` when the message says so."""
+    if cls is ModelInvalidRequestError and is_context_overflow(message):
+        return ContextOverflowError
+    return cls

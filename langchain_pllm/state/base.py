@@ -1,0 +1,141 @@
+"""The interface between the balancer and wherever a key's live state is kept.
+
+A key (one API key and model, named by its fingerprint, never the key itself) has: a sliding
+window of request starts, a sliding window of tokens, a count of requests in flight, a
+resting-until time (from ``Retry-After``), a circuit breaker, and counters for stats. The
+balancer needs exactly two operations per request attempt, so a shared store (Redis) needs
+exactly two round trips: ``acquire`` (check every limit and reserve in one atomic step) and
+``release`` (give back the in-flight slot, settle tokens, move the breaker, count). The state
+knows nothing of vendors or of how providers are picked; the balancer knows nothing of how the
+state is stored. ``now`` is always passed in, so the state needs no clock of its own.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+__all__ = ["BreakerPolicy", "KeySnapshot", "Lease", "Limits", "Outcome", "StateBackend"]
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """A key's limits. ``None`` means unlimited."""
+
+    rate_limit: int | None
+    tpm: int | None
+    max_concurrency: int | None
+    window: float
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerPolicy:
+    """When a breaker opens and when it is tried again."""
+
+    threshold: int
+    interval: float
+
+
+class Outcome(enum.IntEnum):
+    """How an attempt ended, as far as the key's state is concerned."""
+
+    SUCCESS = 0
+    FAILURE = 1  # transient (5xx, connection, timeout): counts toward the breaker
+    TRIP = 2  # auth, permission, model not found: opens the breaker at once
+    RATE_LIMITED = 3  # rests the key for retry_after; the breaker does not count it
+    NEUTRAL = 4  # the request's own fault (bad request, context overflow): no breaker count
+    CANCELLED = 5  # the caller gave up: nothing is learned about the key
+
+
+class Lease:
+    """What ``acquire`` reserved, handed back to ``release``."""
+
+    __slots__ = ("extra", "key", "probe", "started", "tokens")
+
+    def __init__(
+        self, key: str, started: float, tokens: int, probe: bool, extra: object = None
+    ) -> None:
+        self.key = key
+        self.started = started
+        self.tokens = tokens
+        self.probe = probe
+        self.extra = extra  # backend-specific handle (a token-window entry, a lease id)
+
+
+@dataclass(frozen=True, slots=True)
+class KeySnapshot:
+    """A key's state as ``get_stats()`` shows it."""
+
+    state: str  # "closed" | "open" | "half_open"
+    active_requests: int
+    window_used: int
+    tokens_in_window: int
+    total_requests: int
+    total_tokens: int
+    error_count: int
+    validation_failures: int
+    rest_until: float
+
+
+class StateBackend:
+    """Where windows, breakers and counters live. Sync and async twins; all thread-safe."""
+
+    def acquire(
+        self, key: str, limits: Limits, tokens: int, now: float, breaker: BreakerPolicy
+    ) -> Lease | float:
+        """Reserve a request (and ``tokens``) on ``key`` if every limit allows it.
+
+        Returns:
+            A ``Lease`` on success; otherwise the time at which trying again may succeed
+            (``math.inf`` if only a release can free capacity).
+        """
+        raise NotImplementedError
+
+    def release(
+        self,
+        lease: Lease,
+        outcome: Outcome,
+        now: float,
+        breaker: BreakerPolicy,
+        *,
+        tokens_used: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        """Give back the in-flight slot, settle tokens, update the breaker and counters."""
+        raise NotImplementedError
+
+    def snapshot(self, key: str, limits: Limits, now: float) -> KeySnapshot:
+        """Read a key's state for stats."""
+        raise NotImplementedError
+
+    def count_validation_failure(self, key: str) -> None:
+        """Count an output that failed its validator."""
+        raise NotImplementedError
+
+    async def aacquire(
+        self, key: str, limits: Limits, tokens: int, now: float, breaker: BreakerPolicy
+    ) -> Lease | float:
+        """Async twin of ``acquire``."""
+        return self.acquire(key, limits, tokens, now, breaker)
+
+    async def arelease(
+        self,
+        lease: Lease,
+        outcome: Outcome,
+        now: float,
+        breaker: BreakerPolicy,
+        *,
+        tokens_used: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        """Async twin of ``release``."""
+        self.release(lease, outcome, now, breaker, tokens_used=tokens_used, retry_after=retry_after)
+
+    async def asnapshot(self, key: str, limits: Limits, now: float) -> KeySnapshot:
+        """Async twin of ``snapshot``."""
+        return self.snapshot(key, limits, now)
+
+    @property
+    def is_local(self) -> bool:
+        """True when every call is in-process and cheap (the balancer may skip the async twins)."""
+        return False

@@ -1,0 +1,220 @@
+"""In-process state: the default, and the model for every other backend.
+
+Each key's windows are deques of start times, expired from the left, so a check costs amortised
+O(1) whatever the limit. One lock guards all keys: every critical section is a handful of deque
+and integer operations, far shorter than any contention it could cause.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import weakref
+from collections import deque
+
+from langchain_pllm.state.base import (
+    BreakerPolicy,
+    KeySnapshot,
+    Lease,
+    Limits,
+    Outcome,
+    StateBackend,
+)
+
+__all__ = ["MemoryState", "memory_state_for"]
+
+CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
+
+
+class _KeyState:
+    __slots__ = (
+        "active",
+        "breaker",
+        "error_count",
+        "failures",
+        "open_until",
+        "probe_out",
+        "rest_until",
+        "starts",
+        "token_sum",
+        "tokens",
+        "total_requests",
+        "total_tokens",
+        "validation_failures",
+    )
+
+    def __init__(self) -> None:
+        self.starts: deque[float] = deque()
+        self.tokens: deque[list[float]] = deque()  # [start, tokens] pairs, settled in place
+        self.token_sum = 0
+        self.active = 0
+        self.rest_until = 0.0
+        self.breaker = CLOSED
+        self.failures = 0
+        self.open_until = 0.0
+        self.probe_out = False
+        self.total_requests = 0
+        self.total_tokens = 0
+        self.error_count = 0
+        self.validation_failures = 0
+
+    def expire(self, now: float, window: float) -> None:
+        cutoff = now - window
+        starts = self.starts
+        while starts and starts[0] <= cutoff:
+            starts.popleft()
+        tokens = self.tokens
+        while tokens and tokens[0][0] <= cutoff:
+            self.token_sum -= int(tokens.popleft()[1])
+
+
+class MemoryState(StateBackend):
+    """Windows, breakers and counters in this process's memory."""
+
+    def __init__(self) -> None:
+        self._keys: dict[str, _KeyState] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def is_local(self) -> bool:
+        """Every call is in-process."""
+        return True
+
+    def _get(self, key: str) -> _KeyState:
+        s = self._keys.get(key)
+        if s is None:
+            s = self._keys.setdefault(key, _KeyState())
+        return s
+
+    def acquire(
+        self, key: str, limits: Limits, tokens: int, now: float, breaker: BreakerPolicy
+    ) -> Lease | float:
+        """Check breaker, rest, concurrency, request window and token window; reserve all."""
+        with self._lock:
+            s = self._get(key)
+            probe = False
+            if s.breaker is not CLOSED:
+                if s.breaker is OPEN:
+                    if now < s.open_until:
+                        return s.open_until
+                    s.breaker = HALF_OPEN
+                    s.probe_out = False
+                if s.probe_out:
+                    return math.inf  # the probe's release wakes the waiters
+                probe = True
+            if now < s.rest_until:
+                return s.rest_until
+            if limits.max_concurrency is not None and s.active >= limits.max_concurrency:
+                return math.inf
+            s.expire(now, limits.window)
+            if limits.rate_limit is not None and len(s.starts) >= limits.rate_limit:
+                return s.starts[0] + limits.window
+            entry = None
+            if limits.tpm is not None:
+                # A request larger than the whole budget may still run alone in an empty window,
+                # or it could never run at all.
+                if s.token_sum + tokens > limits.tpm and s.tokens:
+                    return s.tokens[0][0] + limits.window
+                entry = [now, tokens]
+                s.tokens.append(entry)
+                s.token_sum += tokens
+            s.starts.append(now)
+            s.active += 1
+            s.total_requests += 1
+            if probe:
+                s.probe_out = True
+            return Lease(key, now, tokens, probe, entry)
+
+    def release(
+        self,
+        lease: Lease,
+        outcome: Outcome,
+        now: float,
+        breaker: BreakerPolicy,
+        *,
+        tokens_used: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        """Settle the lease and move the breaker."""
+        with self._lock:
+            s = self._get(lease.key)
+            s.active -= 1
+            entry = lease.extra
+            if outcome is Outcome.SUCCESS or tokens_used is not None:
+                used = tokens_used if tokens_used is not None else lease.tokens
+                s.total_tokens += used
+            elif outcome is not Outcome.CANCELLED:
+                used = 0  # a refused request spent no tokens
+            else:
+                used = lease.tokens  # a cancelled one may have: keep the estimate
+            if isinstance(entry, list):
+                s.token_sum += used - int(entry[1])
+                entry[1] = used
+            if lease.probe:
+                s.probe_out = False
+            if outcome is Outcome.SUCCESS:
+                s.failures = 0
+                if s.breaker is not CLOSED and lease.probe:
+                    s.breaker = CLOSED
+            elif outcome is Outcome.FAILURE:
+                s.error_count += 1
+                s.failures += 1
+                if lease.probe or s.failures >= breaker.threshold:
+                    self._open(s, now, breaker)
+            elif outcome is Outcome.TRIP:
+                s.error_count += 1
+                s.failures += 1
+                self._open(s, now, breaker)
+            elif outcome is Outcome.RATE_LIMITED:
+                s.error_count += 1
+                s.rest_until = max(s.rest_until, now + (retry_after or 0.0))
+            elif outcome is Outcome.NEUTRAL:
+                s.error_count += 1
+
+    @staticmethod
+    def _open(s: _KeyState, now: float, breaker: BreakerPolicy) -> None:
+        s.breaker = OPEN
+        s.open_until = now + breaker.interval
+
+    def snapshot(self, key: str, limits: Limits, now: float) -> KeySnapshot:
+        """Read one key's state."""
+        with self._lock:
+            s = self._get(key)
+            s.expire(now, limits.window)
+            state = s.breaker
+            if state is OPEN and now >= s.open_until:
+                state = HALF_OPEN
+            return KeySnapshot(
+                state=state,
+                active_requests=s.active,
+                window_used=len(s.starts),
+                tokens_in_window=s.token_sum,
+                total_requests=s.total_requests,
+                total_tokens=s.total_tokens,
+                error_count=s.error_count,
+                validation_failures=s.validation_failures,
+                rest_until=s.rest_until,
+            )
+
+    def count_validation_failure(self, key: str) -> None:
+        """Count an output that failed its validator."""
+        with self._lock:
+            self._get(key).validation_failures += 1
+
+
+_BY_CLOCK: weakref.WeakKeyDictionary[object, MemoryState] = weakref.WeakKeyDictionary()
+_BY_CLOCK_LOCK = threading.Lock()
+
+
+def memory_state_for(clock: object) -> MemoryState:
+    """The one in-memory state of this process for ``clock``.
+
+    Timestamps from different clocks cannot share a window, so each clock gets its own state;
+    every balancer on the default clock shares one, which is what makes limits belong to the key
+    rather than to a Python object.
+    """
+    with _BY_CLOCK_LOCK:
+        state = _BY_CLOCK.get(clock)
+        if state is None:
+            state = _BY_CLOCK[clock] = MemoryState()
+        return state

@@ -1,0 +1,210 @@
+"""A fake Anthropic Messages API speaking the real wire format.
+
+Serves `POST /v1/messages`: JSON replies with `text` and `tool_use` content blocks, and SSE
+streams with the full event sequence (`message_start`, `content_block_start`,
+`content_block_delta` with `text_delta` / `input_json_delta`, `content_block_stop`,
+`message_delta`, `message_stop`), each frame with its `event:` line, without which the SDK
+yields nothing. Errors use `{"type": "error", "error": {"type", "message"}}`, so the
+`anthropic` SDK raises `RateLimitError`, `OverloadedError` (529) and the rest.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+
+from langchain_pllm.testing.replies import Conversation, Reply, json_pieces, text_pieces
+from langchain_pllm.testing.server import FakeVendorServer, Frame, RequestRejected, sse
+
+_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    402: "billing_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    504: "timeout_error",
+    529: "overloaded_error",
+}
+
+_STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use"}
+
+
+class FakeAnthropicServer(FakeVendorServer):
+    """Fake Anthropic API: point `Anthropic(base_url=srv.base_url, ...)` at it.
+
+    Path: `POST /v1/messages`; `base_url` is the root URL (the SDK adds `/v1`). The key is read
+    from `x-api-key` or `Authorization: Bearer`; a request without an `anthropic-version`
+    header is refused with 400, as the real API does. `Fault.code` replaces the error `type`.
+    Anthropic has no embeddings endpoint. See `FakeVendorServer` for arguments.
+    """
+
+    vendor = "anthropic"
+    api_prefix = ""
+
+    def _routes(self) -> list[tuple[str, str, Any]]:
+        return [("POST", "/v1/messages", self._handle_messages)]
+
+    async def _handle_messages(self, request: web.Request) -> web.StreamResponse:
+        return await self._serve_chat(request, "claude-sonnet-4-5")
+
+    def _api_key_of(self, request: web.Request) -> str | None:
+        return request.headers.get("x-api-key") or super()._api_key_of(request)
+
+    def _check_request(self, request: web.Request, body: dict[str, Any]) -> None:
+        if "anthropic-version" not in request.headers:
+            raise RequestRejected(400, "anthropic-version: header is required")
+        if not isinstance(body.get("max_tokens"), int):
+            raise RequestRejected(400, "max_tokens: Field required")
+
+    def _error_body(self, status: int, message: str, code: str | None) -> dict[str, Any]:
+        error_type = code or _ERROR_TYPES.get(status, "api_error" if status >= 500 else "")
+        return {
+            "type": "error",
+            "error": {"type": error_type or "invalid_request_error", "message": message},
+            "request_id": f"req_{self._next_id():024d}",
+        }
+
+    def _conversation(self, body: dict[str, Any]) -> Conversation:
+        conversation = Conversation()
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise RequestRejected(400, "messages: at least one message is required")
+        system = body.get("system")
+        if system:
+            conversation.message_texts.append(_blocks_text(system))
+        for message in messages:
+            text = _blocks_text(message.get("content"))
+            conversation.message_texts.append(text)
+            if message.get("role") == "user":
+                conversation.last_user_text = _blocks_text(message.get("content"), plain=True)
+        last = messages[-1]
+        if last.get("role") == "user" and isinstance(last.get("content"), list):
+            results = [b for b in last["content"] if b.get("type") == "tool_result"]
+            if results:
+                conversation.tool_result = _blocks_text(results[-1].get("content"))
+        tool_choice = body.get("tool_choice") or {}
+        if tool_choice.get("type") != "none":
+            for tool in body.get("tools") or ():
+                if "input_schema" in tool:  # server tools (web search...) have none
+                    conversation.tools.append((tool["name"], tool["input_schema"]))
+            if tool_choice.get("type") == "tool":
+                conversation.forced_tool = tool_choice.get("name")
+            conversation.tool_required = tool_choice.get("type") == "any"
+        output_format = (body.get("output_config") or {}).get("format") or body.get(
+            "output_format"
+        )
+        if isinstance(output_format, dict) and output_format.get("type") == "json_schema":
+            conversation.response_schema = output_format.get("schema") or {}
+        return conversation
+
+    def _usage(self, prompt: int, completion: int) -> dict[str, Any]:
+        return {
+            "input_tokens": prompt,
+            "output_tokens": completion,
+            "cache_creation_input_tokens": 0,
+            "cache_read_input_tokens": 0,
+        }
+
+    def _content_blocks(self, reply: Reply, message_id: str) -> list[dict[str, Any]]:
+        blocks: list[dict[str, Any]] = []
+        if reply.text:
+            blocks.append({"type": "text", "text": reply.text})
+        for index, (name, args) in enumerate(reply.tool_calls or ()):
+            blocks.append(
+                {"type": "tool_use", "id": f"toolu_{message_id}_{index}", "name": name, "input": args}
+            )
+        return blocks
+
+    def _message(
+        self, body: dict[str, Any], model: str, message_id: str, reply: Reply
+    ) -> dict[str, Any]:
+        stop_reason = reply.resolved_finish_reason()
+        return {
+            "id": f"msg_{message_id}",
+            "type": "message",
+            "role": "assistant",
+            "model": body.get("model", model),
+            "content": self._content_blocks(reply, message_id),
+            "stop_reason": _STOP_REASONS.get(stop_reason, stop_reason),
+            "stop_sequence": None,
+        }
+
+    def _chat_body(
+        self, body: dict[str, Any], model: str, reply: Reply, usage: dict[str, Any]
+    ) -> dict[str, Any]:
+        message = self._message(body, model, str(self._next_id()), reply)
+        message["usage"] = usage
+        return message
+
+    def _chat_frames(
+        self, body: dict[str, Any], model: str, reply: Reply, usage: dict[str, Any]
+    ) -> list[Frame]:
+        message_id = str(self._next_id())
+        final = self._message(body, model, message_id, reply)
+        start = {
+            **final,
+            "content": [],
+            "stop_reason": None,
+            "usage": {**usage, "output_tokens": 1},
+        }
+        frames: list[Frame] = [
+            (sse({"type": "message_start", "message": start}, "message_start"), False),
+            (sse({"type": "ping"}, "ping"), False),
+        ]
+        for index, block in enumerate(final["content"]):
+            if block["type"] == "text":
+                opening = {"type": "text", "text": ""}
+                deltas = [{"type": "text_delta", "text": p} for p in text_pieces(block["text"])]
+            else:
+                opening = {**block, "input": {}}
+                arguments = json.dumps(block["input"])
+                deltas = [
+                    {"type": "input_json_delta", "partial_json": p} for p in json_pieces(arguments)
+                ]
+            event = {"type": "content_block_start", "index": index, "content_block": opening}
+            frames.append((sse(event, "content_block_start"), False))
+            for delta in deltas:
+                event = {"type": "content_block_delta", "index": index, "delta": delta}
+                frames.append((sse(event, "content_block_delta"), True))
+            event = {"type": "content_block_stop", "index": index}
+            frames.append((sse(event, "content_block_stop"), False))
+        closing = {
+            "type": "message_delta",
+            "delta": {"stop_reason": final["stop_reason"], "stop_sequence": None},
+            "usage": usage,  # cumulative: replaces, not adds to, message_start's counts
+        }
+        frames.append((sse(closing, "message_delta"), False))
+        frames.append((sse({"type": "message_stop"}, "message_stop"), False))
+        return frames
+
+    def _malformed_frame(self) -> bytes:
+        return b'event: message_start\ndata: {"type": "message_start", "message": {\n\n'
+
+
+def _blocks_text(content: Any, plain: bool = False) -> str:
+    """Text of Anthropic content: a string or blocks (with `plain`, text blocks only)."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        return str(content)
+    texts: list[str] = []
+    for block in content:
+        if not isinstance(block, dict):
+            continue
+        kind = block.get("type")
+        if kind == "text":
+            texts.append(str(block.get("text", "")))
+        elif plain:
+            continue
+        elif kind == "tool_use":
+            texts.append(json.dumps(block.get("input", {})))
+        elif kind == "tool_result":
+            texts.append(_blocks_text(block.get("content")))
+    return " ".join(t for t in texts if t)
