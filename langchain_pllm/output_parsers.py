@@ -576,7 +576,8 @@ class TextValidator(OutputValidator[str]):
 _FENCE_RE = re.compile(r"```([A-Za-z0-9_+-]*)[ \t]*\n?(.*?)```", re.DOTALL)
 _JSON_TOKEN_RE = re.compile(r'\\.|["{}\[\]]', re.DOTALL)
 _CLOSING = {"{": "}", "[": "]"}
-_MAX_BRACKET_STARTS = 1000  # bounds the quadratic worst case on bracket-laden prose
+_MAX_QUOTED_OPENERS = 32  # each costs a scan to the end of the text
+_MAX_PARSE_ATTEMPTS = 256  # each costs a json.loads of its candidate
 _IDENTIFIER_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
@@ -592,12 +593,14 @@ class _JsonSearch:
         self.syntax_error: str | None = None
         self.schema_error: str | None = None
         self.scalar_error: str | None = None
+        self.attempts = 0
 
     def try_candidate(self, candidate: str, where: str, *, whole: bool = False) -> Any:
         """Return the value if ``candidate`` is acceptable JSON, else ``_NOT_FOUND``."""
-        if not candidate or candidate in self.tried:
+        if not candidate or candidate in self.tried or self.attempts >= _MAX_PARSE_ATTEMPTS:
             return _NOT_FOUND
         self.tried.add(candidate)
+        self.attempts += 1
         try:
             parsed = json.loads(candidate, strict=self.validator.strict)
         except (ValueError, RecursionError) as exc:
@@ -639,18 +642,43 @@ class _JsonSearch:
 def _bracket_spans(text: str, openers: str) -> Iterator[tuple[int, int]]:
     """Yield ``(start, end)`` of each balanced ``{...}``/``[...]`` span, in order of start.
 
-    The first bracket that is never closed yields ``(start, len(text))`` too, so that a cut-off
-    answer is reported as such rather than as "no JSON found".
+    One pass matches every bracket, skipping brackets inside JSON strings, so bracket-laden
+    prose costs linear time. The first bracket left open at the end yields ``(start,
+    len(text))`` too, so that a cut-off answer is reported as such, not as "no JSON found".
     """
-    starts = [i for i, char in enumerate(text) if char in openers][:_MAX_BRACKET_STARTS]
-    reported_cut_off = False
-    for start in starts:
-        end, cut_off = _bracket_end(text, start)
+    spans: list[tuple[int, int]] = []
+    quoted_openers: list[int] = []
+    stack: list[tuple[int, str]] = []
+    in_string = False
+    for token in _JSON_TOKEN_RE.finditer(text):
+        char = token.group()
+        if not stack:
+            # Outside any bracket this is prose: its quotes and closers mean nothing.
+            if char in _CLOSING:
+                stack.append((token.start(), _CLOSING[char]))
+        elif char[0] == "\\":
+            continue
+        elif char == '"':
+            in_string = not in_string
+        elif in_string:
+            if char in openers:
+                quoted_openers.append(token.start())
+        elif char in _CLOSING:
+            stack.append((token.start(), _CLOSING[char]))
+        elif char == stack[-1][1]:
+            start, _ = stack.pop()
+            spans.append((start, token.end()))
+        else:
+            stack.clear()  # a mismatched closer ends every bracket still open
+    cut_off = [start for start, _ in stack if text[start] in openers][:1]
+    spans.extend((start, len(text)) for start in cut_off)
+    # A bracket that sat inside a "string" may be real JSON after a stray quote in prose,
+    # e.g. 'he said "hi [1]... {"a": 1}'; scan a few of those on their own.
+    for start in quoted_openers[:_MAX_QUOTED_OPENERS]:
+        end, _ = _bracket_end(text, start)
         if end is not None:
-            yield start, end
-        elif cut_off and not reported_cut_off:
-            reported_cut_off = True
-            yield start, len(text)
+            spans.append((start, end))
+    yield from sorted(span for span in spans if text[span[0]] in openers)
 
 
 def _bracket_end(text: str, start: int) -> tuple[int | None, bool]:

@@ -95,9 +95,7 @@ class FakeAnthropicServer(FakeVendorServer):
             if tool_choice.get("type") == "tool":
                 conversation.forced_tool = tool_choice.get("name")
             conversation.tool_required = tool_choice.get("type") == "any"
-        output_format = (body.get("output_config") or {}).get("format") or body.get(
-            "output_format"
-        )
+        output_format = (body.get("output_config") or {}).get("format") or body.get("output_format")
         if isinstance(output_format, dict) and output_format.get("type") == "json_schema":
             conversation.response_schema = output_format.get("schema") or {}
         return conversation
@@ -116,7 +114,12 @@ class FakeAnthropicServer(FakeVendorServer):
             blocks.append({"type": "text", "text": reply.text})
         for index, (name, args) in enumerate(reply.tool_calls or ()):
             blocks.append(
-                {"type": "tool_use", "id": f"toolu_{message_id}_{index}", "name": name, "input": args}
+                {
+                    "type": "tool_use",
+                    "id": f"toolu_{message_id}_{index}",
+                    "name": name,
+                    "input": args,
+                }
             )
         return blocks
 
@@ -157,6 +160,8 @@ class FakeAnthropicServer(FakeVendorServer):
             (sse({"type": "ping"}, "ping"), False),
         ]
         for index, block in enumerate(final["content"]):
+            opening: dict[str, Any]
+            deltas: list[dict[str, Any]]
             if block["type"] == "text":
                 opening = {"type": "text", "text": ""}
                 deltas = [{"type": "text_delta", "text": p} for p in text_pieces(block["text"])]

@@ -1,0 +1,180 @@
+"""The ``pllm`` command: ``demo`` (offline, on built-in fake vendors), ``check`` and ``chat``.
+
+``python -m langchain_pllm demo`` needs no key and no network: it starts fake vendor servers on
+loopback, one healthy, one that fails every request and one that rate-limits with
+``Retry-After``, sends a batch through ``BalancedChatModel`` and prints each key's stats.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ["main"]
+
+
+def _table(stats: dict[str, dict[str, Any]]) -> str:
+    cols = (
+        "vendor",
+        "model",
+        "state",
+        "total_requests",
+        "error_count",
+        "total_tokens",
+        "window_used",
+        "rate_limit",
+        "active_requests",
+    )
+    rows = [["provider", *cols]]
+    for pid, s in stats.items():
+        rows.append([pid, *("-" if s.get(c) is None else str(s.get(c)) for c in cols)])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def demo(args: argparse.Namespace) -> int:
+    """Run a batch through a pool of three fake keys: healthy, failing, rate-limited."""
+    from langchain_pllm import BalancedChatModel
+    from langchain_pllm.testing import FakeOpenAIServer, Fault
+
+    n = args.requests
+    with (
+        FakeOpenAIServer() as healthy,
+        FakeOpenAIServer() as failing,
+        FakeOpenAIServer() as limited,
+    ):
+        failing.fault_for_key("sk-demo-failing", Fault(status=500, message="upstream exploded"))
+        limited.fault_for_key(
+            "sk-demo-limited", Fault(status=429, retry_after=0.5, message="slow down"), times=3
+        )
+        model = BalancedChatModel(
+            providers=[
+                {
+                    "vendor": "openai",
+                    "name": "healthy",
+                    "api_key": "sk-demo-healthy",
+                    "model": "gpt-4o-mini",
+                    "api_base": healthy.base_url,
+                    "rate_limit": 10,
+                },
+                {
+                    "vendor": "deepseek",
+                    "name": "failing",
+                    "api_key": "sk-demo-failing",
+                    "model": "deepseek-chat",
+                    "api_base": failing.base_url,
+                    "rate_limit": 10,
+                },
+                {
+                    "vendor": "siliconflow",
+                    "name": "limited",
+                    "api_key": "sk-demo-limited",
+                    "model": "Qwen/Qwen2.5-7B-Instruct",
+                    "api_base": limited.base_url,
+                    "rate_limit": 10,
+                },
+            ],
+            # A 2-second window instead of 60 s so the demo shows waiting without taking minutes.
+            balancer={"breaker_threshold": 3, "health_check_interval": 300, "window": 2.0},
+            max_retries=3,
+        )
+        prompts = [f"question number {i}" for i in range(n)]
+        print(
+            f"Sending {n} prompts through 3 keys (10 requests per 2 s window each; "
+            "one key fails every request, one answers 429 + Retry-After three times)..."
+        )
+        started = time.perf_counter()
+        results = model.batch(prompts, config={"max_concurrency": 8}, return_exceptions=True)
+        elapsed = time.perf_counter() - started
+        ok = 0
+        for prompt, result in zip(prompts, results, strict=True):
+            if isinstance(result, Exception):
+                print(f"  {prompt!r:24} -> ERROR {type(result).__name__}: {result}")
+                continue
+            ok += 1
+            if args.verbose:
+                meta = result.response_metadata
+                print(
+                    f"  {prompt!r:24} -> {result.content!r} "
+                    f"[{meta['provider']}, attempts={meta['attempts']}]"
+                )
+        print(f"{ok}/{n} answered, in order, in {elapsed:.2f}s\n")
+        print(_table(model.get_stats()))
+        stats = model.get_stats()
+        print()
+        for pid, st in stats.items():
+            print(
+                f"{pid}: served {st['total_requests'] - st['error_count']} of its "
+                f"{st['total_requests']} requests, breaker {st['state']}"
+            )
+        return 0 if ok == n else 1
+
+
+def check(args: argparse.Namespace) -> int:
+    """Validate a config file and print its pools (never the keys)."""
+    from langchain_pllm import PllmConfigError, load_config
+
+    try:
+        config = load_config(args.config)
+    except PllmConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+    for name, pool in (("llm", config.llm), ("embedding", config.embedding)):
+        if pool is None:
+            continue
+        print(f"{name}:")
+        for p in pool.providers:
+            limits = f"rate_limit={p.rate_limit} tpm={p.tpm}"
+            print(f"  {p.id:20} {p.vendor:12} {p.model:30} {p.api_base}  {limits}")
+    print("balancer:", json.dumps(config.balancer.model_dump()))
+    return 0
+
+
+def chat(args: argparse.Namespace) -> int:
+    """Send one prompt through the chat pool of a config file."""
+    from langchain_pllm import BalancedChatModel, PllmConfigError
+
+    try:
+        model = BalancedChatModel.from_config(args.config)
+    except PllmConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+    if args.stream:
+        for chunk in model.stream(args.prompt):
+            print(chunk.content, end="", flush=True)
+        print()
+    else:
+        msg = model.invoke(args.prompt)
+        print(msg.content)
+        print(json.dumps(msg.response_metadata, default=str), file=sys.stderr)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``pllm`` and ``python -m langchain_pllm``."""
+    parser = argparse.ArgumentParser(prog="pllm", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("demo", help="offline demo on built-in fake vendor servers")
+    p.add_argument("--requests", type=int, default=40)
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.set_defaults(func=demo)
+    p = sub.add_parser("check", help="validate a config file")
+    p.add_argument("config")
+    p.set_defaults(func=check)
+    p = sub.add_parser("chat", help="send one prompt through a config's chat pool")
+    p.add_argument("config")
+    p.add_argument("prompt")
+    p.add_argument("--stream", action="store_true")
+    p.set_defaults(func=chat)
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

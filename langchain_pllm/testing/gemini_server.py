@@ -1,0 +1,243 @@
+"""A fake Gemini API (generativelanguage) speaking the real REST wire format.
+
+Serves `POST /v1beta/models/{model}:generateContent`, `:streamGenerateContent?alt=sse` (frames
+of `GenerateContentResponse` with cumulative `usageMetadata`, the last with `finishReason`),
+`:batchEmbedContents` and `:embedContent` (the `v1` prefix is accepted too). The key comes from
+`x-goog-api-key` or `?key=`. Errors use `{"error": {"code", "message", "status"}}`, so
+`google-genai` raises `errors.ClientError` / `errors.ServerError` with the right `.status`.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+
+from langchain_pllm.testing.replies import Conversation, Reply, text_pieces
+from langchain_pllm.testing.server import FakeVendorServer, Frame, sse
+
+_STATUSES = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    409: "ABORTED",
+    429: "RESOURCE_EXHAUSTED",
+    499: "CANCELLED",
+    500: "INTERNAL",
+    501: "UNIMPLEMENTED",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
+
+_FINISH_REASONS = {"stop": "STOP", "length": "MAX_TOKENS", "tool_calls": "STOP"}
+
+
+class FakeGeminiServer(FakeVendorServer):
+    """Fake Gemini API: point `google-genai` at it.
+
+    Usage::
+
+        client = genai.Client(
+            api_key="g-key",
+            http_options=types.HttpOptions(base_url=srv.base_url, api_version="v1beta"),
+        )
+
+    `Fault.code` replaces the error `status` string. Embedding batches default to at most 100
+    texts, as the real `batchEmbedContents`. See `FakeVendorServer` for arguments.
+    """
+
+    vendor = "google"
+    api_prefix = ""
+    default_max_batch = 100
+
+    def _routes(self) -> list[tuple[str, str, Any]]:
+        return [("POST", "/{version:v1beta|v1}/models/{target}", self._handle_model_call)]
+
+    async def _handle_model_call(self, request: web.Request) -> web.StreamResponse:
+        model, _, method = request.match_info["target"].rpartition(":")
+        if method == "generateContent":
+            return await self._serve_chat(request, model, stream=False)
+        if method == "streamGenerateContent":
+            return await self._serve_chat(request, model, stream=True)
+        if method in ("batchEmbedContents", "embedContent"):
+            return await self._serve_embeddings(request, model)
+        payload = self._error_body(404, f"Method {method!r} is not found.", None)
+        return web.json_response(payload, status=404)
+
+    def _api_key_of(self, request: web.Request) -> str | None:
+        return request.headers.get("x-goog-api-key") or request.query.get("key")
+
+    def _error_body(self, status: int, message: str, code: str | None) -> dict[str, Any]:
+        fallback = "INTERNAL" if status >= 500 else "INVALID_ARGUMENT"
+        return {
+            "error": {
+                "code": status,
+                "message": message,
+                "status": code or _STATUSES.get(status, fallback),
+            }
+        }
+
+    def _conversation(self, body: dict[str, Any]) -> Conversation:
+        conversation = Conversation()
+        contents = body.get("contents")
+        if not isinstance(contents, list) or not contents:
+            raise ValueError("contents must not be empty")
+        system = body.get("systemInstruction") or body.get("system_instruction")
+        if system:
+            conversation.message_texts.append(_parts_text(system.get("parts")))
+        for content in contents:
+            conversation.message_texts.append(_parts_text(content.get("parts")))
+            if content.get("role", "user") == "user":
+                text = _parts_text(content.get("parts"), plain=True)
+                conversation.last_user_text = text or conversation.last_user_text
+        responses = [
+            part["functionResponse"]
+            for part in contents[-1].get("parts") or ()
+            if isinstance(part, dict) and "functionResponse" in part
+        ]
+        if responses:
+            conversation.tool_result = _function_response_text(responses[-1])
+        calling = ((body.get("toolConfig") or {}).get("functionCallingConfig")) or {}
+        mode = str(calling.get("mode", "AUTO")).upper()
+        if mode != "NONE":
+            for tool in body.get("tools") or ():
+                for declaration in tool.get("functionDeclarations") or ():
+                    schema = declaration.get("parametersJsonSchema") or declaration.get(
+                        "parameters"
+                    )
+                    conversation.tools.append((declaration["name"], schema or {}))
+            allowed = calling.get("allowedFunctionNames") or []
+            if mode == "ANY":
+                conversation.tool_required = True
+                conversation.forced_tool = allowed[0] if allowed else None
+        config = body.get("generationConfig") or {}
+        schema = config.get("responseJsonSchema") or config.get("responseSchema")
+        if schema:
+            conversation.response_schema = schema
+        conversation.json_mode = config.get("responseMimeType") == "application/json"
+        return conversation
+
+    def _usage(self, prompt: int, completion: int) -> dict[str, Any]:
+        return {
+            "promptTokenCount": prompt,
+            "candidatesTokenCount": completion,
+            "totalTokenCount": prompt + completion,
+        }
+
+    def _response(
+        self,
+        model: str,
+        response_id: str,
+        parts: list[dict[str, Any]],
+        usage: dict[str, Any],
+        finish_reason: str | None,
+    ) -> dict[str, Any]:
+        candidate: dict[str, Any] = {"content": {"parts": parts, "role": "model"}, "index": 0}
+        if finish_reason is not None:
+            candidate["finishReason"] = finish_reason
+        return {
+            "candidates": [candidate],
+            "usageMetadata": usage,
+            "modelVersion": model,
+            "responseId": response_id,
+        }
+
+    def _parts(self, reply: Reply) -> list[dict[str, Any]]:
+        parts: list[dict[str, Any]] = [{"text": reply.text}] if reply.text else []
+        for name, args in reply.tool_calls or ():
+            parts.append({"functionCall": {"name": name, "args": args}})
+        return parts
+
+    def _finish_reason(self, reply: Reply) -> str:
+        reason = reply.resolved_finish_reason()
+        return _FINISH_REASONS.get(reason, reason)
+
+    def _chat_body(
+        self, body: dict[str, Any], model: str, reply: Reply, usage: dict[str, Any]
+    ) -> dict[str, Any]:
+        response_id = f"resp-{self._next_id()}"
+        return self._response(
+            model, response_id, self._parts(reply), usage, self._finish_reason(reply)
+        )
+
+    def _chat_frames(
+        self, body: dict[str, Any], model: str, reply: Reply, usage: dict[str, Any]
+    ) -> list[Frame]:
+        response_id = f"resp-{self._next_id()}"
+        prompt = usage["promptTokenCount"]
+        pieces: list[list[dict[str, Any]]] = [
+            [{"text": piece}] for piece in text_pieces(reply.text or "") if piece
+        ]
+        pieces += [[part] for part in self._parts(Reply(tool_calls=reply.tool_calls))]
+        if not pieces:
+            pieces = [[{"text": ""}]]
+        frames: list[Frame] = []
+        produced = 0
+        for index, parts in enumerate(pieces):
+            last = index == len(pieces) - 1
+            if last:
+                so_far = dict(usage)  # the exact totals of the JSON reply
+            else:
+                produced += sum(
+                    len(str(p.get("text", "")).split()) + (1 if "functionCall" in p else 0)
+                    for p in parts
+                )
+                completion = min(produced, usage["candidatesTokenCount"])
+                so_far = self._usage(prompt, completion)
+            finish = self._finish_reason(reply) if last else None
+            frame = self._response(model, response_id, parts, so_far, finish)
+            frames.append((sse(frame), True))
+        return frames
+
+    def _malformed_frame(self) -> bytes:
+        return b'data: {"candidates": [{"content": \n\n'
+
+    def _embedding_texts(self, body: dict[str, Any]) -> list[str]:
+        if "requests" in body:
+            return [_parts_text(r["content"].get("parts")) for r in body["requests"]]
+        return [_parts_text(body["content"].get("parts"))]
+
+    def _embedding_dimensions(self, body: dict[str, Any]) -> int | None:
+        source = (body.get("requests") or [body])[0]
+        value = source.get("outputDimensionality")
+        return int(value) if value else None
+
+    def _embedding_usage(self, tokens: int) -> dict[str, Any] | None:
+        return {"promptTokenCount": tokens, "totalTokenCount": tokens}
+
+    def _embedding_body(
+        self, body: dict[str, Any], model: str, vectors: list[tuple[float, ...]], tokens: int
+    ) -> dict[str, Any]:
+        if "requests" in body:
+            return {"embeddings": [{"values": list(vector)} for vector in vectors]}
+        return {"embedding": {"values": list(vectors[0])}}
+
+
+def _parts_text(parts: Any, plain: bool = False) -> str:
+    """Text of Gemini parts (with `plain`, text parts only)."""
+    if not isinstance(parts, list):
+        return ""
+    texts: list[str] = []
+    for part in parts:
+        if not isinstance(part, dict):
+            continue
+        if "text" in part:
+            texts.append(str(part["text"]))
+        elif plain:
+            continue
+        elif "functionCall" in part:
+            texts.append(json.dumps(part["functionCall"].get("args", {})))
+        elif "functionResponse" in part:
+            texts.append(_function_response_text(part["functionResponse"]))
+    return " ".join(t for t in texts if t)
+
+
+def _function_response_text(function_response: dict[str, Any]) -> str:
+    """The tool output: a lone wrapped value (`{"result": ...}`) unwrapped, else JSON."""
+    response = function_response.get("response")
+    if isinstance(response, dict) and len(response) == 1:
+        (value,) = response.values()
+        return value if isinstance(value, str) else json.dumps(value)
+    return json.dumps(response)
