@@ -1,5 +1,7 @@
-"""langchain-pllm: a pool of LLM API keys across vendors as one LangChain chat model and one
-embeddings model, with exact sliding-window limits, circuit breakers and failover.
+"""langchain-pllm: a pool of LLM keys across vendors as one LangChain chat and embeddings model.
+
+Exact sliding-window limits, circuit breakers, health checks and failover behind
+``BalancedChatModel`` and ``BalancedEmbeddings``; output validators as LangChain output parsers.
 """
 
 from langchain_pllm._version import __version__

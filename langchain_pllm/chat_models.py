@@ -324,9 +324,7 @@ class BalancedChatModel(BaseChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         if self.streaming:
-            return await agenerate_from_stream(
-                self._astream(messages, stop, run_manager, **kwargs)
-            )
+            return await agenerate_from_stream(self._astream(messages, stop, run_manager, **kwargs))
         request, tokens, avoid, balancer = self._request(messages, stop, kwargs)
         message, member, attempts = await balancer.acall(
             lambda p: p.achat(request), tokens=tokens, tokens_of=_total_tokens, avoid=avoid
@@ -341,17 +339,17 @@ class BalancedChatModel(BaseChatModel):
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
         request, tokens, avoid, balancer = self._request(messages, stop, kwargs)
-        member: Member | None = None
-        attempts = 0
+        served: tuple[Member, int] | None = None
         for chunk, member, attempts in balancer.stream(
             lambda p: p.stream(request), tokens=tokens, tokens_of=_total_tokens, avoid=avoid
         ):
+            served = (member, attempts)
             gen = ChatGenerationChunk(message=chunk)
             if run_manager is not None:
                 run_manager.on_llm_new_token(gen.text, chunk=gen)
             yield gen
-        if member is not None:
-            yield ChatGenerationChunk(message=_last_chunk(member, attempts))
+        if served is not None:
+            yield ChatGenerationChunk(message=_last_chunk(*served))
 
     async def _astream(
         self,
@@ -361,17 +359,17 @@ class BalancedChatModel(BaseChatModel):
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
         request, tokens, avoid, balancer = self._request(messages, stop, kwargs)
-        member: Member | None = None
-        attempts = 0
+        served: tuple[Member, int] | None = None
         async for chunk, member, attempts in balancer.astream(
             lambda p: p.astream(request), tokens=tokens, tokens_of=_total_tokens, avoid=avoid
         ):
+            served = (member, attempts)
             gen = ChatGenerationChunk(message=chunk)
             if run_manager is not None:
                 await run_manager.on_llm_new_token(gen.text, chunk=gen)
             yield gen
-        if member is not None:
-            yield ChatGenerationChunk(message=_last_chunk(member, attempts))
+        if served is not None:
+            yield ChatGenerationChunk(message=_last_chunk(*served))
 
     # Tools and structured output ---------------------------------------------------------------
 

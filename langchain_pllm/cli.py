@@ -84,7 +84,7 @@ def demo(args: argparse.Namespace) -> int:
             balancer={"breaker_threshold": 3, "health_check_interval": 300, "window": 2.0},
             max_retries=3,
         )
-        prompts = [f"question number {i}" for i in range(n)]
+        prompts: list[Any] = [f"question number {i}" for i in range(n)]
         print(
             f"Sending {n} prompts through 3 keys (10 requests per 2 s window each; "
             "one key fails every request, one answers 429 + Retry-After three times)..."

@@ -206,9 +206,7 @@ class BalancedEmbeddings(BaseModel, Embeddings):
         balancer = self.balancer_instance
         batches = self._batches(list(texts), balancer)
         gate = asyncio.Semaphore(self.max_concurrency)
-        results = await asyncio.gather(
-            *(self._aembed_batch(balancer, b, gate) for _, b in batches)
-        )
+        results = await asyncio.gather(*(self._aembed_batch(balancer, b, gate) for _, b in batches))
         return [v for vectors in results for v in vectors]
 
     async def aembed_query(self, text: str) -> list[float]:

@@ -169,8 +169,12 @@ class JsonValidator(OutputValidator[Any], BaseCumulativeTransformOutputParser[An
 
             validator = JsonValidator({"type": "object", "required": ["name"]})
             validator.parse('Sure: {"name": "Ada"}')  # {"name": "Ada"}
-            validator.validate("[1, 2]").error  # "... at $: 'name' is a required property ..."
+            validator.validate('{"nom": "Ada"}').error
+            # "the answer does not match the schema: $.name: required property is missing"
     """
+
+    # Restated: the streaming base, listed second, would otherwise bring back extra="ignore".
+    model_config = OutputValidator.model_config
 
     schema_: dict[str, Any] | type[BaseModel] | None = Field(default=None, alias="schema")
     """JSON Schema dict or pydantic model the JSON must satisfy; ``None`` checks syntax only."""

@@ -96,7 +96,7 @@ class ValidatingRunnable(RunnableSerializable[LanguageModelInput, Any]):
         for _ in range(self.max_retries + 1):
             call_kwargs = {**kwargs, AVOID_KWARG: list(avoid)} if avoid else kwargs
             message = self.model.invoke(messages, config, **call_kwargs)
-            result = self._judge(message, messages, attempts, avoid)  # type: ignore[arg-type]
+            result = self._judge(message, messages, attempts, avoid)
             if result.is_valid:
                 return result.value
         raise self._give_up(attempts)
@@ -112,7 +112,7 @@ class ValidatingRunnable(RunnableSerializable[LanguageModelInput, Any]):
         for _ in range(self.max_retries + 1):
             call_kwargs = {**kwargs, AVOID_KWARG: list(avoid)} if avoid else kwargs
             message = await self.model.ainvoke(messages, config, **call_kwargs)
-            result = self._judge(message, messages, attempts, avoid)  # type: ignore[arg-type]
+            result = self._judge(message, messages, attempts, avoid)
             if result.is_valid:
                 return result.value
         raise self._give_up(attempts)

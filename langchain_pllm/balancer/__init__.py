@@ -31,9 +31,7 @@ __all__ = [
     "shared_balancer",
 ]
 
-_SHARED: weakref.WeakValueDictionary[tuple[object, ...], Balancer] = (
-    weakref.WeakValueDictionary()
-)
+_SHARED: weakref.WeakValueDictionary[tuple[object, ...], Balancer] = weakref.WeakValueDictionary()
 _SHARED_LOCK = threading.Lock()
 
 

@@ -14,6 +14,7 @@ sleeps until the earliest parked provider may have room or a release wakes it, n
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -92,9 +93,7 @@ class Balancer:
         self.clock = clock
         self.state = state
         built = providers or [build_provider(p) for p in pool.providers]
-        self.members = [
-            Member(i, prov, prov.config, config.window) for i, prov in enumerate(built)
-        ]
+        self.members = [Member(i, prov, prov.config, config.window) for i, prov in enumerate(built)]
         self.by_id = {m.config.id: m for m in self.members}
         self.picker = Picker(self.members)
         self.breaker = BreakerPolicy(config.breaker_threshold, config.health_check_interval)
@@ -424,10 +423,9 @@ class Balancer:
                     outcome, retry = Outcome.CANCELLED, False
                 aclose = getattr(it, "aclose", None)
                 if aclose is not None:
-                    try:
+                    # The stream is already broken; its own error is the one to keep.
+                    with contextlib.suppress(Exception):
                         await aclose()
-                    except BaseException:  # noqa: S110
-                        pass  # the stream is already broken; its own error is the one to keep
                 await self._arelease(m, lease, outcome, used or None, e)
                 if (
                     started
@@ -479,10 +477,8 @@ def _async_setter(event: asyncio.Event) -> Callable[[], None]:
     loop = asyncio.get_running_loop()
 
     def wake() -> None:
-        try:
+        with contextlib.suppress(RuntimeError):  # that waiter's loop is gone
             loop.call_soon_threadsafe(event.set)
-        except RuntimeError:
-            pass  # that waiter's loop is gone
 
     return wake
 

@@ -1,5 +1,4 @@
-"""Time as an injectable object, so 60-second windows and 300-second health intervals are
-tested in microseconds.
+"""Time as an injectable object: 60-second windows and 300-second intervals tested in microseconds.
 
 The balancer never calls ``time`` or ``asyncio.sleep`` directly: it asks its clock for ``now()``
 and waits through the clock. ``MonotonicClock`` is the real thing; ``ManualClock`` is a virtual
@@ -11,6 +10,7 @@ finishes at once and still sees exact timestamps.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 
@@ -36,7 +36,7 @@ class Clock:
 class MonotonicClock(Clock):
     """The real clock: ``time.monotonic`` and real waits."""
 
-    now = staticmethod(time.monotonic)  # type: ignore[assignment]
+    now = staticmethod(time.monotonic)
 
     def wait(self, event: threading.Event, seconds: float) -> None:
         """Block on the event with a timeout."""
@@ -44,10 +44,8 @@ class MonotonicClock(Clock):
 
     async def await_event(self, event: asyncio.Event, seconds: float) -> None:
         """Wait on the event with a timeout."""
-        try:
+        with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(event.wait(), max(0.0, seconds))
-        except asyncio.TimeoutError:
-            pass
 
 
 class ManualClock(Clock):

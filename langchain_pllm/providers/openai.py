@@ -1,4 +1,4 @@
-"""OpenAI and the vendors that speak its wire format (SiliconFlow, DeepSeek), via the ``openai`` SDK.
+"""OpenAI and the vendors speaking its wire format (SiliconFlow, DeepSeek), via the ``openai`` SDK.
 
 Messages become Chat Completions dicts; replies become ``AIMessage``s with ``usage_metadata``
 and the response metadata LangChain's own ``ChatOpenAI`` sets. Every ``openai`` exception is

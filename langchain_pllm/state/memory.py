@@ -113,7 +113,7 @@ class MemoryState(StateBackend):
             if limits.tpm is not None:
                 # A request larger than the whole budget may still run alone in an empty window,
                 # or it could never run at all.
-                if s.token_sum + tokens > limits.tpm and s.tokens:
+                if s.token_sum + tokens > limits.tpm and s.token_sum > 0:
                     return s.tokens[0][0] + limits.window
                 entry = [now, tokens]
                 s.tokens.append(entry)

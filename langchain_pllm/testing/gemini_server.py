@@ -84,7 +84,7 @@ class FakeGeminiServer(FakeVendorServer):
         contents = body.get("contents")
         if not isinstance(contents, list) or not contents:
             raise ValueError("contents must not be empty")
-        system = body.get("systemInstruction") or body.get("system_instruction")
+        system = _field(body, "systemInstruction")
         if system:
             conversation.message_texts.append(_parts_text(system.get("parts")))
         for content in contents:
@@ -93,30 +93,30 @@ class FakeGeminiServer(FakeVendorServer):
                 text = _parts_text(content.get("parts"), plain=True)
                 conversation.last_user_text = text or conversation.last_user_text
         responses = [
-            part["functionResponse"]
+            _field(part, "functionResponse")
             for part in contents[-1].get("parts") or ()
-            if isinstance(part, dict) and "functionResponse" in part
+            if isinstance(part, dict) and _field(part, "functionResponse")
         ]
         if responses:
             conversation.tool_result = _function_response_text(responses[-1])
-        calling = ((body.get("toolConfig") or {}).get("functionCallingConfig")) or {}
+        calling = _field(_field(body, "toolConfig") or {}, "functionCallingConfig") or {}
         mode = str(calling.get("mode", "AUTO")).upper()
         if mode != "NONE":
             for tool in body.get("tools") or ():
-                for declaration in tool.get("functionDeclarations") or ():
-                    schema = declaration.get("parametersJsonSchema") or declaration.get(
-                        "parameters"
+                for declaration in _field(tool, "functionDeclarations") or ():
+                    schema = _field(declaration, "parametersJsonSchema") or _field(
+                        declaration, "parameters"
                     )
                     conversation.tools.append((declaration["name"], schema or {}))
-            allowed = calling.get("allowedFunctionNames") or []
+            allowed = _field(calling, "allowedFunctionNames") or []
             if mode == "ANY":
                 conversation.tool_required = True
                 conversation.forced_tool = allowed[0] if allowed else None
-        config = body.get("generationConfig") or {}
-        schema = config.get("responseJsonSchema") or config.get("responseSchema")
+        config = _field(body, "generationConfig") or {}
+        schema = _field(config, "responseJsonSchema") or _field(config, "responseSchema")
         if schema:
             conversation.response_schema = schema
-        conversation.json_mode = config.get("responseMimeType") == "application/json"
+        conversation.json_mode = _field(config, "responseMimeType") == "application/json"
         return conversation
 
     def _usage(self, prompt: int, completion: int) -> dict[str, Any]:
@@ -201,7 +201,7 @@ class FakeGeminiServer(FakeVendorServer):
 
     def _embedding_dimensions(self, body: dict[str, Any]) -> int | None:
         source = (body.get("requests") or [body])[0]
-        value = source.get("outputDimensionality")
+        value = _field(source, "outputDimensionality")
         return int(value) if value else None
 
     def _embedding_usage(self, tokens: int) -> dict[str, Any] | None:
@@ -213,6 +213,14 @@ class FakeGeminiServer(FakeVendorServer):
         if "requests" in body:
             return {"embeddings": [{"values": list(vector)} for vector in vectors]}
         return {"embedding": {"values": list(vectors[0])}}
+
+
+def _field(container: dict[str, Any], camel_name: str) -> Any:
+    """A field by its camelCase name or its snake_case twin (the API accepts both)."""
+    if camel_name in container:
+        return container[camel_name]
+    snake_name = "".join(f"_{c.lower()}" if c.isupper() else c for c in camel_name)
+    return container.get(snake_name)
 
 
 def _parts_text(parts: Any, plain: bool = False) -> str:
@@ -227,10 +235,10 @@ def _parts_text(parts: Any, plain: bool = False) -> str:
             texts.append(str(part["text"]))
         elif plain:
             continue
-        elif "functionCall" in part:
-            texts.append(json.dumps(part["functionCall"].get("args", {})))
-        elif "functionResponse" in part:
-            texts.append(_function_response_text(part["functionResponse"]))
+        elif _field(part, "functionCall"):
+            texts.append(json.dumps(_field(part, "functionCall").get("args", {})))
+        elif _field(part, "functionResponse"):
+            texts.append(_function_response_text(_field(part, "functionResponse")))
     return " ".join(t for t in texts if t)
 
 

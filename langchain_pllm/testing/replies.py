@@ -197,7 +197,9 @@ def _type_of(schema: dict[str, Any]) -> str:
     if isinstance(kind, list):
         kind = next((k for k in kind if str(k).lower() != "null"), "null")
     if kind is None:
-        return "object" if "properties" in schema else "string"
+        # An untyped schema accepts anything; an object also fits where properties are expected.
+        textual = {"format", "pattern", "minLength", "maxLength"}
+        return "string" if textual & schema.keys() else "object"
     return str(kind).lower()
 
 

@@ -12,7 +12,6 @@ import pytest
 from anthropic import Anthropic, AsyncAnthropic
 
 from langchain_pllm.testing import FakeAnthropicServer, Fault, Reply
-from langchain_pllm.testing.pytest_plugin import fake_anthropic_server  # noqa: F401
 
 USER = [{"role": "user", "content": "hello there world"}]
 TOOL = {
@@ -28,7 +27,7 @@ OTHER = {"name": "other", "input_schema": {"type": "object", "properties": {}}}
 
 
 @pytest.fixture
-def client(fake_anthropic_server: FakeAnthropicServer) -> Anthropic:  # noqa: F811
+def client(fake_anthropic_server: FakeAnthropicServer) -> Anthropic:
     return Anthropic(base_url=fake_anthropic_server.base_url, api_key="ak-1", max_retries=0)
 
 
@@ -47,7 +46,7 @@ def _post(server: FakeAnthropicServer, headers: dict[str, str]) -> tuple[int, di
 
 def test_message_text_usage_and_log(
     client: Anthropic,
-    fake_anthropic_server: FakeAnthropicServer,  # noqa: F811
+    fake_anthropic_server: FakeAnthropicServer,
 ) -> None:
     assert fake_anthropic_server.base_url == fake_anthropic_server.url
     message = client.messages.create(
@@ -68,7 +67,7 @@ def test_message_text_usage_and_log(
 
 
 def test_x_api_key_and_version_header(
-    fake_anthropic_server: FakeAnthropicServer,  # noqa: F811
+    fake_anthropic_server: FakeAnthropicServer,
 ) -> None:
     status, body = _post(
         fake_anthropic_server, {"x-api-key": "ak-raw", "anthropic-version": "2023-06-01"}
@@ -115,7 +114,7 @@ def test_tool_use_forced_and_result(client: Anthropic) -> None:
 
 def test_responder_scripts_text_and_tools(
     client: Anthropic,
-    fake_anthropic_server: FakeAnthropicServer,  # noqa: F811
+    fake_anthropic_server: FakeAnthropicServer,
 ) -> None:
     fake_anthropic_server.set_responder(
         lambda body: Reply(text="thinking", tool_calls=[("lookup", {"q": "a"})])
@@ -127,7 +126,7 @@ def test_responder_scripts_text_and_tools(
 
 def test_stream_text_events_and_usage(
     client: Anthropic,
-    fake_anthropic_server: FakeAnthropicServer,  # noqa: F811
+    fake_anthropic_server: FakeAnthropicServer,
 ) -> None:
     events = list(client.messages.create(model="c", max_tokens=50, messages=USER, stream=True))
     kinds = [event.type for event in events]
@@ -178,7 +177,7 @@ def test_stream_tool_use(client: Anthropic) -> None:
 )
 def test_status_faults_raise_sdk_errors(
     client: Anthropic,
-    fake_anthropic_server: FakeAnthropicServer,  # noqa: F811
+    fake_anthropic_server: FakeAnthropicServer,
     status: int,
     error_class: type[anthropic.APIStatusError],
     error_type: str,
@@ -196,7 +195,7 @@ def test_status_faults_raise_sdk_errors(
 
 def test_error_code_overrides_type(
     client: Anthropic,
-    fake_anthropic_server: FakeAnthropicServer,  # noqa: F811
+    fake_anthropic_server: FakeAnthropicServer,
 ) -> None:
     fake_anthropic_server.enqueue(Fault(status=413, code="request_too_large"))
     with pytest.raises(anthropic.APIStatusError) as caught:
@@ -208,7 +207,7 @@ def test_error_code_overrides_type(
 
 def test_drop_malformed_and_cut(
     client: Anthropic,
-    fake_anthropic_server: FakeAnthropicServer,  # noqa: F811
+    fake_anthropic_server: FakeAnthropicServer,
 ) -> None:
     fake_anthropic_server.enqueue(Fault(drop=True), Fault(malformed=True), Fault(cut_after=2))
     with pytest.raises(anthropic.APIConnectionError):
@@ -228,7 +227,7 @@ def test_drop_malformed_and_cut(
     assert texts == ["echo: ", "hello "]
 
 
-def test_fault_for_key(fake_anthropic_server: FakeAnthropicServer) -> None:  # noqa: F811
+def test_fault_for_key(fake_anthropic_server: FakeAnthropicServer) -> None:
     bad = Anthropic(base_url=fake_anthropic_server.base_url, api_key="ak-bad", max_retries=0)
     good = Anthropic(base_url=fake_anthropic_server.base_url, api_key="ak-good", max_retries=0)
     fake_anthropic_server.fault_for_key("ak-bad", Fault(status=529), times=1)
@@ -238,7 +237,7 @@ def test_fault_for_key(fake_anthropic_server: FakeAnthropicServer) -> None:  # n
     assert bad.messages.create(model="c", max_tokens=5, messages=USER).content
 
 
-async def test_async_client(fake_anthropic_server: FakeAnthropicServer) -> None:  # noqa: F811
+async def test_async_client(fake_anthropic_server: FakeAnthropicServer) -> None:
     client = AsyncAnthropic(base_url=fake_anthropic_server.base_url, api_key="ak", max_retries=0)
     message = await client.messages.create(model="c", max_tokens=5, messages=USER)
     assert message.content[0].type == "text"

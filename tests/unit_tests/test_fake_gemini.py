@@ -12,7 +12,6 @@ from google import genai
 from google.genai import errors, types
 
 from langchain_pllm.testing import FakeGeminiServer, Fault, Reply
-from langchain_pllm.testing.pytest_plugin import fake_gemini_server  # noqa: F401
 
 MODEL = "gemini-2.0-flash"
 LOOKUP = types.FunctionDeclaration(
@@ -42,13 +41,13 @@ def _client(server: FakeGeminiServer, key: str = "g-key") -> genai.Client:
 
 
 @pytest.fixture
-def client(fake_gemini_server: FakeGeminiServer) -> genai.Client:  # noqa: F811
+def client(fake_gemini_server: FakeGeminiServer) -> genai.Client:
     return _client(fake_gemini_server)
 
 
 def test_generate_text_usage_and_log(
     client: genai.Client,
-    fake_gemini_server: FakeGeminiServer,  # noqa: F811
+    fake_gemini_server: FakeGeminiServer,
 ) -> None:
     response = client.models.generate_content(
         model=MODEL,
@@ -133,7 +132,7 @@ def test_structured_output(client: genai.Client) -> None:
 
 def test_stream_cumulative_usage(
     client: genai.Client,
-    fake_gemini_server: FakeGeminiServer,  # noqa: F811
+    fake_gemini_server: FakeGeminiServer,
 ) -> None:
     chunks = list(client.models.generate_content_stream(model=MODEL, contents="hello there world"))
     assert "".join(c.text or "" for c in chunks) == "echo: hello there world"
@@ -166,7 +165,7 @@ def test_stream_function_call(client: genai.Client) -> None:
 
 def test_embeddings_batch_single_and_limit(
     client: genai.Client,
-    fake_gemini_server: FakeGeminiServer,  # noqa: F811
+    fake_gemini_server: FakeGeminiServer,
 ) -> None:
     result = client.models.embed_content(model="text-embedding-004", contents=["a b", "c", "a b"])
     assert result.embeddings
@@ -203,7 +202,7 @@ def test_embeddings_batch_single_and_limit(
 )
 def test_status_faults_raise_sdk_errors(
     client: genai.Client,
-    fake_gemini_server: FakeGeminiServer,  # noqa: F811
+    fake_gemini_server: FakeGeminiServer,
     status: int,
     error_class: type[errors.APIError],
     status_name: str,
@@ -218,7 +217,7 @@ def test_status_faults_raise_sdk_errors(
 
 def test_drop_and_cut(
     client: genai.Client,
-    fake_gemini_server: FakeGeminiServer,  # noqa: F811
+    fake_gemini_server: FakeGeminiServer,
 ) -> None:
     fake_gemini_server.enqueue(Fault(drop=True), Fault(cut_after=1))
     with pytest.raises(httpx2.TransportError):
@@ -235,18 +234,19 @@ def test_drop_and_cut(
 
 
 def test_key_from_query_and_fault_for_key(
-    fake_gemini_server: FakeGeminiServer,  # noqa: F811
+    fake_gemini_server: FakeGeminiServer,
 ) -> None:
     fake_gemini_server.fault_for_key("g-bad", Fault(status=403))
+    bad = _client(fake_gemini_server, "g-bad")  # a throwaway genai client closes itself
     with pytest.raises(errors.ClientError):
-        _client(fake_gemini_server, "g-bad").models.generate_content(model=MODEL, contents="x")
+        bad.models.generate_content(model=MODEL, contents="x")
     good = _client(fake_gemini_server, "g-good")
     assert good.models.generate_content(model=MODEL, contents="x").text == "echo: x"
 
 
 async def test_async_client(
     client: genai.Client,
-    fake_gemini_server: FakeGeminiServer,  # noqa: F811
+    fake_gemini_server: FakeGeminiServer,
 ) -> None:
     fake_gemini_server.set_responder(lambda body: Reply(text="async answer here"))
     response = await client.aio.models.generate_content(model=MODEL, contents="hello")

@@ -17,7 +17,6 @@ import pytest
 from openai import AsyncOpenAI, OpenAI
 
 from langchain_pllm.testing import FakeOpenAIServer, Fault, Reply
-from langchain_pllm.testing.pytest_plugin import fake_openai_server  # noqa: F401
 
 USER = [{"role": "user", "content": "hello there world"}]
 
@@ -56,12 +55,12 @@ OTHER_TOOL = {
 
 
 @pytest.fixture
-def client(fake_openai_server: FakeOpenAIServer) -> OpenAI:  # noqa: F811
+def client(fake_openai_server: FakeOpenAIServer) -> OpenAI:
     return OpenAI(base_url=fake_openai_server.base_url, api_key="sk-test", max_retries=0)
 
 
 @pytest.fixture
-def aclient(fake_openai_server: FakeOpenAIServer) -> AsyncOpenAI:  # noqa: F811
+def aclient(fake_openai_server: FakeOpenAIServer) -> AsyncOpenAI:
     return AsyncOpenAI(base_url=fake_openai_server.base_url, api_key="sk-test", max_retries=0)
 
 
@@ -88,7 +87,7 @@ def test_start_stop_explicit_is_idempotent() -> None:
 
 def test_chat_echo_usage_and_log(
     client: OpenAI,
-    fake_openai_server: FakeOpenAIServer,  # noqa: F811
+    fake_openai_server: FakeOpenAIServer,
 ) -> None:
     before = time.monotonic()
     messages = [{"role": "system", "content": "be brief"}, *USER]
@@ -121,7 +120,7 @@ def test_content_parts_are_read(client: OpenAI) -> None:
 
 def test_reply_text_and_responder(
     client: OpenAI,
-    fake_openai_server: FakeOpenAIServer,  # noqa: F811
+    fake_openai_server: FakeOpenAIServer,
 ) -> None:
     fake_openai_server.reply_text = "fixed answer"
     assert client.chat.completions.create(model="m", messages=USER).choices[0].message.content == (
@@ -228,7 +227,7 @@ def test_structured_output(client: OpenAI) -> None:
 
 def test_stream_text_with_usage(
     client: OpenAI,
-    fake_openai_server: FakeOpenAIServer,  # noqa: F811
+    fake_openai_server: FakeOpenAIServer,
 ) -> None:
     chunks = list(
         client.chat.completions.create(
@@ -288,7 +287,7 @@ def test_stream_tool_call_deltas(client: OpenAI) -> None:
 )
 def test_status_faults_raise_sdk_errors(
     client: OpenAI,
-    fake_openai_server: FakeOpenAIServer,  # noqa: F811
+    fake_openai_server: FakeOpenAIServer,
     status: int,
     error_class: type[openai.APIStatusError],
 ) -> None:
@@ -307,7 +306,7 @@ def test_status_faults_raise_sdk_errors(
 
 def test_rate_limit_headers_and_code(
     client: OpenAI,
-    fake_openai_server: FakeOpenAIServer,  # noqa: F811
+    fake_openai_server: FakeOpenAIServer,
 ) -> None:
     fake_openai_server.enqueue(
         Fault(status=429, retry_after=2.5),
@@ -325,7 +324,7 @@ def test_rate_limit_headers_and_code(
 
 def test_drop_and_malformed(
     client: OpenAI,
-    fake_openai_server: FakeOpenAIServer,  # noqa: F811
+    fake_openai_server: FakeOpenAIServer,
 ) -> None:
     fake_openai_server.enqueue(Fault(drop=True), Fault(malformed=True))
     with pytest.raises(openai.APIConnectionError):
@@ -338,7 +337,7 @@ def test_drop_and_malformed(
 
 def test_stream_cut_after(
     client: OpenAI,
-    fake_openai_server: FakeOpenAIServer,  # noqa: F811
+    fake_openai_server: FakeOpenAIServer,
 ) -> None:
     fake_openai_server.enqueue(Fault(cut_after=2))
     received: list[str] = []
@@ -355,14 +354,14 @@ def test_stream_cut_after(
 
 def test_stream_error_status_before_first_chunk(
     client: OpenAI,
-    fake_openai_server: FakeOpenAIServer,  # noqa: F811
+    fake_openai_server: FakeOpenAIServer,
 ) -> None:
     fake_openai_server.enqueue(Fault(status=503))
     with pytest.raises(openai.InternalServerError):
         client.chat.completions.create(model="m", messages=USER, stream=True)
 
 
-def test_fault_for_key_and_times(fake_openai_server: FakeOpenAIServer) -> None:  # noqa: F811
+def test_fault_for_key_and_times(fake_openai_server: FakeOpenAIServer) -> None:
     bad = OpenAI(base_url=fake_openai_server.base_url, api_key="sk-bad", max_retries=0)
     good = OpenAI(base_url=fake_openai_server.base_url, api_key="sk-good", max_retries=0)
     fake_openai_server.fault_for_key("sk-bad", Fault(status=401))
@@ -380,7 +379,7 @@ def test_fault_for_key_and_times(fake_openai_server: FakeOpenAIServer) -> None: 
     assert bad.chat.completions.create(model="m", messages=USER).choices
 
 
-def test_fault_rate_is_seeded(fake_openai_server: FakeOpenAIServer) -> None:  # noqa: F811
+def test_fault_rate_is_seeded(fake_openai_server: FakeOpenAIServer) -> None:
     client = OpenAI(base_url=fake_openai_server.base_url, api_key="k", max_retries=0)
 
     def outcomes() -> list[int]:
@@ -401,7 +400,7 @@ def test_fault_rate_is_seeded(fake_openai_server: FakeOpenAIServer) -> None:  # 
         fake_openai_server.set_fault_rate(1.5, [Fault(status=500)])
 
 
-def test_missing_key_is_401(fake_openai_server: FakeOpenAIServer) -> None:  # noqa: F811
+def test_missing_key_is_401(fake_openai_server: FakeOpenAIServer) -> None:
     request = urllib.request.Request(
         fake_openai_server.base_url + "/chat/completions",
         data=json.dumps({"model": "m", "messages": USER}).encode(),
@@ -415,7 +414,7 @@ def test_missing_key_is_401(fake_openai_server: FakeOpenAIServer) -> None:  # no
 
 def test_embeddings_base64_and_float(
     client: OpenAI,
-    fake_openai_server: FakeOpenAIServer,  # noqa: F811
+    fake_openai_server: FakeOpenAIServer,
 ) -> None:
     texts = ["alpha beta", "gamma", "alpha beta"]
     result = client.embeddings.create(model="emb", input=texts)  # SDK asks for base64
@@ -435,7 +434,7 @@ def test_embeddings_base64_and_float(
 
 
 def test_embeddings_base64_is_little_endian_float32(
-    fake_openai_server: FakeOpenAIServer,  # noqa: F811
+    fake_openai_server: FakeOpenAIServer,
 ) -> None:
     request = urllib.request.Request(
         fake_openai_server.base_url + "/embeddings",
@@ -460,7 +459,7 @@ def test_embeddings_batch_limit() -> None:
 
 async def test_async_client_and_concurrent_latency(
     aclient: AsyncOpenAI,
-    fake_openai_server: FakeOpenAIServer,  # noqa: F811
+    fake_openai_server: FakeOpenAIServer,
 ) -> None:
     fake_openai_server.fault_for_key("sk-slow", Fault(latency=0.4))
     slow_client = AsyncOpenAI(
@@ -480,7 +479,7 @@ async def test_async_client_and_concurrent_latency(
 
 async def test_async_faults_stream_and_embeddings(
     aclient: AsyncOpenAI,
-    fake_openai_server: FakeOpenAIServer,  # noqa: F811
+    fake_openai_server: FakeOpenAIServer,
 ) -> None:
     fake_openai_server.enqueue(Fault(status=429, retry_after=1))
     with pytest.raises(openai.RateLimitError) as caught:

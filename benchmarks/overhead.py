@@ -1,0 +1,368 @@
+"""What `BalancedChatModel` costs on top of the raw `openai` SDK, next to ChatOpenAI and LiteLLM.
+
+One fake OpenAI server runs in its own process (spawned), so the client's CPU time is its own.
+Every contestant talks to that one server: the raw `openai` SDK, LangChain's `ChatOpenAI`,
+LiteLLM's `Router`, and `BalancedChatModel` over 1, 4 and 1,000 keys (distinct keys, same
+server). Each is warmed up first (every key of a pool used once, sync and async, so SDK
+clients and connections exist); then rounds run interleaved (A B C ... A B C ...) to cancel
+drift, and every figure is a median:
+
+- latency: wall time of one sync call (`invoke`, `create`, `completion`) at concurrency 1;
+- throughput: async calls (`ainvoke`, ...) through `asyncio.gather` under a semaphore of 64;
+- CPU: `time.process_time` of this process per call, sync and async (the server's CPU is not
+  in it, LiteLLM's logging thread is).
+
+A second table times the balancer alone (`Balancer.call` with a function that does no I/O)
+over 1, 4 and 1,000 keys: the pick must cost the same whatever the pool size.
+
+LiteLLM is kept off the network: local cost map, offline mode, no telemetry.
+
+Run: PYTHONPATH=. python benchmarks/overhead.py [--calls 300] [--rounds 5] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import multiprocessing
+import os
+import statistics
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+# Before anything imports LiteLLM: never fetch the cost map, tokenizers or release checks.
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+os.environ.setdefault("LITELLM_OFFLINE_MODE", "true")
+os.environ.setdefault("LITELLM_LOCAL_ANTHROPIC_BETA_HEADERS", "True")
+os.environ.setdefault("LITELLM_DISABLE_LATEST_RELEASE_CHECK", "true")
+
+MODEL = "gpt-4o-mini"
+PROMPT = "hi"
+MESSAGES = [{"role": "user", "content": PROMPT}]
+EXPECTED = "echo: hi"
+
+
+# The fake server, in its own process -----------------------------------------------------------
+
+
+def _serve(conn: Any) -> None:
+    """Child process: serve until the parent sends anything (or goes away)."""
+    from langchain_pllm.testing import FakeOpenAIServer
+
+    # A short request log: a long run must not grow the server's memory.
+    with FakeOpenAIServer(max_recorded=1000) as server:
+        conn.send(server.base_url)
+        try:
+            conn.recv()
+        except EOFError:
+            pass
+
+
+class ServerProcess:
+    """The fake OpenAI server in a spawned process; `base_url` once started."""
+
+    def __init__(self) -> None:
+        context = multiprocessing.get_context("spawn")
+        self._conn, child = context.Pipe()
+        self._process = context.Process(target=_serve, args=(child,), daemon=True)
+        self.base_url = ""
+
+    def __enter__(self) -> ServerProcess:
+        self._process.start()
+        if not self._conn.poll(60):
+            self._process.kill()
+            raise RuntimeError("the fake server process did not start")
+        self.base_url = self._conn.recv()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._conn.send("stop")
+        self._process.join(10)
+        if self._process.is_alive():
+            self._process.kill()
+
+
+# Contestants -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Contestant:
+    """One client under test: a sync call, an async call, and how to warm it up."""
+
+    name: str
+    call: Callable[[], Any]
+    acall: Callable[[], Awaitable[Any]]
+    warmup_calls: int
+    check: Callable[[Any], str]
+    close: Callable[[], Any] = lambda: None
+    aclose: Callable[[], Awaitable[Any]] | None = None
+    latency: list[float] = field(default_factory=list)
+    sync_cpu: list[float] = field(default_factory=list)
+    throughput: list[float] = field(default_factory=list)
+    async_cpu: list[float] = field(default_factory=list)
+    warmup_seconds: float = 0.0
+
+
+def raw_sdk(base_url: str, warmup: int) -> Contestant:
+    import openai
+
+    client = openai.OpenAI(base_url=base_url, api_key="sk-raw", max_retries=0)
+    aclient = openai.AsyncOpenAI(base_url=base_url, api_key="sk-raw", max_retries=0)
+    return Contestant(
+        name="openai SDK (raw)",
+        call=lambda: client.chat.completions.create(model=MODEL, messages=MESSAGES),  # type: ignore[arg-type]
+        acall=lambda: aclient.chat.completions.create(model=MODEL, messages=MESSAGES),  # type: ignore[arg-type]
+        warmup_calls=warmup,
+        check=lambda r: r.choices[0].message.content,
+        close=client.close,
+        aclose=aclient.close,
+    )
+
+
+def chat_openai(base_url: str, warmup: int) -> Contestant:
+    from langchain_openai import ChatOpenAI
+
+    model = ChatOpenAI(base_url=base_url, api_key="sk-lc", model=MODEL, max_retries=0)  # type: ignore[arg-type]
+    return Contestant(
+        name="langchain-openai ChatOpenAI",
+        call=lambda: model.invoke(PROMPT),
+        acall=lambda: model.ainvoke(PROMPT),
+        warmup_calls=warmup,
+        check=lambda r: r.content,
+    )
+
+
+def litellm_router(base_url: str, warmup: int) -> Contestant:
+    import litellm
+
+    litellm.telemetry = False
+    litellm.suppress_debug_info = True
+    router = litellm.Router(
+        model_list=[
+            {
+                "model_name": "bench",
+                "litellm_params": {
+                    "model": f"openai/{MODEL}",
+                    "api_key": "sk-litellm",
+                    "api_base": base_url,
+                },
+            }
+        ],
+        num_retries=0,
+    )
+    return Contestant(
+        name="LiteLLM Router",
+        call=lambda: router.completion(model="bench", messages=MESSAGES),
+        acall=lambda: router.acompletion(model="bench", messages=MESSAGES),
+        warmup_calls=warmup,
+        check=lambda r: r.choices[0].message.content,
+    )
+
+
+def balanced(base_url: str, warmup: int, keys: int) -> Contestant:
+    from langchain_pllm import BalancedChatModel
+
+    model = BalancedChatModel(
+        providers=[
+            {"vendor": "openai", "api_key": f"sk-pool{keys}-{i}", "model": MODEL,
+             "api_base": base_url}
+            for i in range(keys)
+        ]
+    )
+    # Every key builds its SDK clients and opens its connection on first use: use them all.
+    return Contestant(
+        name=f"BalancedChatModel, {keys:,} key{'s' if keys > 1 else ''}",
+        call=lambda: model.invoke(PROMPT),
+        acall=lambda: model.ainvoke(PROMPT),
+        warmup_calls=max(warmup, keys),
+        check=lambda r: r.content,
+    )
+
+
+# Measuring -------------------------------------------------------------------------------------
+
+
+async def _gather(acall: Callable[[], Awaitable[Any]], calls: int, concurrency: int) -> None:
+    semaphore = asyncio.Semaphore(concurrency)
+
+    async def one() -> None:
+        async with semaphore:
+            await acall()
+
+    await asyncio.gather(*(one() for _ in range(calls)))
+
+
+def warm_up(c: Contestant, loop: asyncio.AbstractEventLoop, concurrency: int) -> None:
+    began = time.perf_counter()
+    first = c.check(c.call())
+    if first != EXPECTED:
+        raise RuntimeError(f"{c.name}: unexpected reply {first!r}")
+    for _ in range(c.warmup_calls):
+        c.call()
+    loop.run_until_complete(_gather(c.acall, c.warmup_calls, concurrency))
+    c.warmup_seconds = time.perf_counter() - began
+
+
+def sync_round(c: Contestant, calls: int) -> None:
+    gc.collect()
+    call = c.call
+    clock = time.perf_counter
+    samples = []
+    cpu = time.process_time()
+    for _ in range(calls):
+        began = clock()
+        call()
+        samples.append(clock() - began)
+    c.sync_cpu.append((time.process_time() - cpu) / calls)
+    c.latency.extend(samples)
+
+
+def async_round(
+    c: Contestant, loop: asyncio.AbstractEventLoop, calls: int, concurrency: int
+) -> None:
+    gc.collect()
+    cpu = time.process_time()
+    began = time.perf_counter()
+    loop.run_until_complete(_gather(c.acall, calls, concurrency))
+    wall = time.perf_counter() - began
+    c.async_cpu.append((time.process_time() - cpu) / calls)
+    c.throughput.append(calls / wall)
+
+
+def balancer_cost(pool_sizes: list[int], calls: int) -> list[tuple[int, float]]:
+    """Microseconds of `Balancer.call` around a call that does no I/O, per pool size."""
+    from langchain_pllm import BalancedChatModel
+
+    out = []
+    for keys in pool_sizes:
+        model = BalancedChatModel(
+            providers=[
+                {"vendor": "openai", "api_key": f"sk-pick{keys}-{i}", "model": MODEL,
+                 "api_base": "http://127.0.0.1:9/v1"}
+                for i in range(keys)
+            ]
+        )
+        balancer = model.balancer_instance
+        sentinel = object()
+
+        def noop(provider: object) -> object:
+            return sentinel
+
+        for _ in range(max(1000, 2 * keys)):
+            balancer.call(noop)
+        best = []
+        for _ in range(5):
+            began = time.perf_counter()
+            for _ in range(calls):
+                balancer.call(noop)
+            best.append((time.perf_counter() - began) / calls)
+        out.append((keys, statistics.median(best) * 1e6))
+    return out
+
+
+# Report ----------------------------------------------------------------------------------------
+
+
+def _ratio(value: float, base: float) -> str:
+    return f"{value / base:.2f}x" if base else "n/a"
+
+
+def table(contestants: list[Contestant]) -> str:
+    base = contestants[0]
+    b_lat = statistics.median(base.latency)
+    b_tp = statistics.median(base.throughput)
+    b_scpu = statistics.median(base.sync_cpu)
+    b_acpu = statistics.median(base.async_cpu)
+    lines = [
+        "| contestant | latency µs (c=1) | vs SDK | req/s (c=64) | vs SDK "
+        "| CPU µs/call sync | vs SDK | CPU µs/call async | vs SDK |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for c in contestants:
+        lat = statistics.median(c.latency)
+        tp = statistics.median(c.throughput)
+        scpu = statistics.median(c.sync_cpu)
+        acpu = statistics.median(c.async_cpu)
+        lines.append(
+            f"| {c.name} | {lat * 1e6:,.0f} | {_ratio(lat, b_lat)} | {tp:,.0f} "
+            f"| {_ratio(tp, b_tp)} | {scpu * 1e6:,.0f} | {_ratio(scpu, b_scpu)} "
+            f"| {acpu * 1e6:,.0f} | {_ratio(acpu, b_acpu)} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=300, help="calls per contestant per round")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds")
+    parser.add_argument("--concurrency", type=int, default=64, help="async concurrency")
+    parser.add_argument("--big-pool", type=int, default=1000, help="keys of the largest pool")
+    parser.add_argument("--warmup", type=int, default=100, help="warm-up calls (sync and async)")
+    parser.add_argument(
+        "--quick", action="store_true", help="a short run for development (60 calls, 2 rounds)"
+    )
+    parser.add_argument(
+        "--skip", default="", help="comma-separated contestants to leave out: litellm, big-pool"
+    )
+    args = parser.parse_args()
+    if args.quick:
+        args.calls, args.rounds, args.warmup = 60, 2, 30
+    skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+
+    started = time.perf_counter()
+    with ServerProcess() as server:
+        url = server.base_url
+        builders: list[Callable[[], Contestant]] = [
+            lambda: raw_sdk(url, args.warmup),
+            lambda: chat_openai(url, args.warmup),
+        ]
+        if "litellm" not in skip:
+            builders.append(lambda: litellm_router(url, args.warmup))
+        builders += [lambda: balanced(url, args.warmup, 1), lambda: balanced(url, args.warmup, 4)]
+        if "big-pool" not in skip:
+            builders.append(lambda: balanced(url, args.warmup, args.big_pool))
+
+        # One loop for the whole run: async SDK clients belong to the loop that made them.
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        contestants = []
+        for build in builders:
+            c = build()
+            warm_up(c, loop, args.concurrency)
+            print(f"warmed up {c.name} in {c.warmup_seconds:.1f} s", file=sys.stderr)
+            contestants.append(c)
+
+        for r in range(args.rounds):
+            for c in contestants:
+                sync_round(c, args.calls)
+                async_round(c, loop, max(args.calls, 2 * args.concurrency), args.concurrency)
+            print(f"round {r + 1}/{args.rounds} done", file=sys.stderr)
+
+        for c in contestants:
+            c.close()
+            if c.aclose is not None:
+                loop.run_until_complete(c.aclose())
+        loop.close()
+
+    pick_sizes = [1, 4] + ([args.big_pool] if "big-pool" not in skip else [])
+    pick = balancer_cost(pick_sizes, 2000 if args.quick else 20000)
+    elapsed = time.perf_counter() - started
+
+    print(
+        f"\n{args.rounds} interleaved rounds x {args.calls} sync calls and "
+        f"{max(args.calls, 2 * args.concurrency)} async calls (concurrency {args.concurrency}) "
+        f"per contestant; medians; fake server in its own process; {elapsed:.0f} s in all.\n"
+    )
+    print(table(contestants))
+    print("\n| keys in pool | `Balancer.call` around a no-I/O call, µs |")
+    print("|---:|---:|")
+    for keys, micros in pick:
+        print(f"| {keys:,} | {micros:.1f} |")
+
+
+if __name__ == "__main__":
+    main()
