@@ -245,6 +245,14 @@ class OpenAIProvider(Provider):
             return AIMessageChunk(content="", usage_metadata=usage)
         choice = chunk.choices[0]
         delta = choice.delta
+        if (
+            not choice.finish_reason
+            and usage is None
+            and (delta is None or (not delta.content and not delta.tool_calls))
+        ):
+            # The opening role-only chunk carries nothing: skipping it keeps "before the first
+            # chunk" meaning "before any content", so a stream that dies at once fails over.
+            return None
         tool_chunks = []
         for tc in delta.tool_calls or ():
             fn = tc.function

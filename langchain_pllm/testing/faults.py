@@ -27,7 +27,8 @@ class Fault:
         latency: Seconds to wait before answering; an async sleep, other requests go on.
         drop: Close the connection without any response.
         malformed: Answer 200 with a body that is not valid JSON.
-        cut_after: For streams: send this many content chunks, then drop the connection.
+        cut_after: For streams: send this many content chunks, then drop the connection
+            (a non-streamed reply is dropped whole).
         message: Error message placed in the vendor's error body.
         code: Vendor error code (e.g. Zhipu ``"1261"``, OpenAI ``"context_length_exceeded"``,
             an Anthropic error type or a Gemini status string).

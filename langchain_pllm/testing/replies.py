@@ -91,8 +91,8 @@ def prompt_tokens(conversation: Conversation) -> int:
 def completion_tokens(reply: Reply) -> int:
     """Completion token count reported for a reply (text words plus tool-call words)."""
     total = count_words(reply.text) if reply.text else 0
-    for name, args in reply.tool_calls or ():
-        total += 1 + count_words(json.dumps(args)) if name else 0
+    for _name, args in reply.tool_calls or ():
+        total += 1 + count_words(json.dumps(args))
     return total
 
 

@@ -251,3 +251,20 @@ async def test_async_client(fake_anthropic_server: FakeAnthropicServer) -> None:
     with pytest.raises(anthropic.RateLimitError):
         await client.messages.create(model="c", max_tokens=5, messages=USER)
     await client.close()
+
+
+def test_structured_output_config(client: Anthropic) -> None:
+    schema = {
+        "type": "object",
+        "properties": {"city": {"type": "string"}, "rank": {"type": "integer"}},
+        "required": ["city", "rank"],
+        "additionalProperties": False,
+    }
+    message = client.messages.create(
+        model="c",
+        max_tokens=50,
+        messages=USER,
+        output_config={"format": {"type": "json_schema", "schema": schema}},
+    )
+    assert message.content[0].type == "text"
+    assert json.loads(message.content[0].text) == {"city": "x", "rank": 1}

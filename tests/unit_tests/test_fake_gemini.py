@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import urllib.request
 
 import httpx2
 import jsonschema
@@ -264,3 +265,15 @@ async def test_async_client(
     assert caught.value.status == "RESOURCE_EXHAUSTED"
     embedded = await client.aio.models.embed_content(model="e", contents=["a"])
     assert embedded.embeddings
+
+
+def test_embed_content_single_route(fake_gemini_server: FakeGeminiServer) -> None:
+    request = urllib.request.Request(
+        f"{fake_gemini_server.url}/v1beta/models/e:embedContent?key=g-q",
+        data=json.dumps({"content": {"parts": [{"text": "a b"}]}}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=5) as response:
+        payload = json.loads(response.read())
+    assert len(payload["embedding"]["values"]) == 8
+    assert fake_gemini_server.requests[-1].api_key == "g-q"

@@ -1,0 +1,622 @@
+"""Anthropic's Messages API through the ``anthropic`` SDK (chat only).
+
+LangChain messages become Messages-API turns: system prompts go to ``system=``, tool results
+become ``tool_result`` blocks in a user turn, tool calls ``tool_use`` blocks, and consecutive
+turns of one role are merged (the API wants user and assistant to alternate). Parameters the
+installed SDK's ``messages.create`` does not take (anthropic 2.14 has no ``temperature``,
+``top_p`` or ``top_k``) are dropped with one warning per provider. Anthropic has no portable
+JSON mode (its ``output_config.format`` exists only for recent models), so a JSON
+``response_format`` becomes a forced call of a tool whose input schema is the wanted schema, and
+that call's arguments come back as the reply's JSON text. Streams report usage once, at the
+end: ``message_start`` and ``message_delta`` both carry counts and adding them double-counts.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import anthropic
+import httpx2
+from langchain_core.exceptions import (
+    ModelAPIError,
+    ModelConnectionError,
+    ModelPermissionDeniedError,
+    ModelRefusalError,
+    ModelTimeoutError,
+)
+from langchain_core.messages import (
+    AIMessage,
+    AIMessageChunk,
+    BaseMessage,
+    SystemMessage,
+    ToolMessage,
+)
+from langchain_core.messages.ai import UsageMetadata
+from langchain_core.messages.tool import tool_call, tool_call_chunk
+
+from langchain_pllm.exceptions import model_error
+from langchain_pllm.providers.base import ChatRequest, Provider
+from langchain_pllm.providers.convert import (
+    CONTENT_FILTER,
+    LENGTH,
+    STOP,
+    TOOL_CALLS,
+    JsonFormat,
+    json_format_of,
+    make_usage,
+    media_of,
+    openai_function_of,
+    stop_sequences,
+    text_of,
+    tool_choice_of,
+    tool_result_text,
+)
+from langchain_pllm.providers.errors import class_for_status, overflow_or, retry_after_of
+
+__all__ = ["AnthropicProvider", "classify_anthropic_error", "to_anthropic_messages"]
+
+DEFAULT_MAX_TOKENS = 1024
+"""Anthropic requires ``max_tokens``; this is sent when the caller gives none."""
+
+# What the installed SDK's messages.create takes; anything else is dropped with a warning.
+_CREATE_PARAMS = frozenset(inspect.signature(anthropic.resources.Messages.create).parameters)
+# Handled below under another name, or by the provider itself.
+_MAPPED = frozenset(
+    {
+        "model",
+        "max_tokens",
+        "max_completion_tokens",
+        "stop",
+        "tools",
+        "tool_choice",
+        "parallel_tool_calls",
+        "response_format",
+    }
+)
+
+_FINISH_REASONS = {
+    "end_turn": STOP,
+    "stop_sequence": STOP,
+    "pause_turn": STOP,
+    "max_tokens": LENGTH,
+    "model_context_window_exceeded": LENGTH,
+    "tool_use": TOOL_CALLS,
+    "refusal": CONTENT_FILTER,
+}
+
+# Error types of an error sent inside a stream (HTTP status 200) to the status they stand for.
+_ERROR_TYPE_STATUS = {
+    "invalid_request_error": 400,
+    "authentication_error": 401,
+    "billing_error": 402,
+    "permission_error": 403,
+    "not_found_error": 404,
+    "request_too_large": 413,
+    "rate_limit_error": 429,
+    "api_error": 500,
+    "timeout_error": 504,
+    "overloaded_error": 529,
+}
+
+_JSON_TOOL_DESCRIPTION = "Give the answer as this tool's input; it must match the input schema."
+
+
+def classify_anthropic_error(exc: BaseException, provider_id: str) -> BaseException:
+    """Map an ``anthropic`` SDK (or transport) exception onto a LangChain model error."""
+    if isinstance(exc, anthropic.APIStatusError):
+        body = exc.body if isinstance(exc.body, Mapping) else {}
+        error = body.get("error") if isinstance(body.get("error"), Mapping) else body
+        error_type = str(error.get("type") or "")
+        text = str(error.get("message") or exc.message)
+        status = exc.status_code
+        if status < 400:  # an error event inside a 200 stream
+            status = _ERROR_TYPE_STATUS.get(error_type, 500)
+        # A key without credit is dead for now, like a key without permission.
+        cls = ModelPermissionDeniedError if status == 402 else class_for_status(status)
+        cls = overflow_or(cls, text)
+        return model_error(
+            cls,
+            f"{provider_id}: HTTP {status}: {error_type or 'error'}: {text}",
+            cause=exc,
+            retry_after=retry_after_of(exc.response.headers),
+            status_code=status,
+            provider=provider_id,
+        )
+    if isinstance(exc, (anthropic.APITimeoutError, httpx2.TimeoutException)):
+        return model_error(
+            ModelTimeoutError, f"{provider_id}: timed out", cause=exc, provider=provider_id
+        )
+    if isinstance(exc, (anthropic.APIConnectionError, httpx2.TransportError)):
+        return model_error(
+            ModelConnectionError,
+            f"{provider_id}: connection failed: {type(exc).__name__}",
+            cause=exc,
+            provider=provider_id,
+        )
+    if isinstance(exc, (anthropic.AnthropicError, ValueError)):
+        return model_error(
+            ModelAPIError,
+            f"{provider_id}: malformed response: {type(exc).__name__}: {exc}",
+            cause=exc,
+            provider=provider_id,
+        )
+    return exc
+
+
+_SDK_ERRORS = (anthropic.AnthropicError, httpx2.HTTPError, ValueError)
+
+
+# Messages --------------------------------------------------------------------------------------
+
+
+def _content_blocks(content: str | Sequence[Any]) -> list[dict[str, Any]]:
+    """LangChain content as Anthropic content blocks (text, image, document)."""
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}] if content else []
+    blocks: list[dict[str, Any]] = []
+    for block in content:
+        if isinstance(block, str):
+            if block:
+                blocks.append({"type": "text", "text": block})
+            continue
+        if not isinstance(block, Mapping):
+            continue
+        kind = block.get("type")
+        if kind == "text":
+            if block.get("text"):
+                out: dict[str, Any] = {"type": "text", "text": block["text"]}
+                if block.get("cache_control"):
+                    out["cache_control"] = block["cache_control"]
+                blocks.append(out)
+            continue
+        if kind in ("image", "document") and isinstance(block.get("source"), Mapping):
+            blocks.append(dict(block))  # already in Anthropic's own form
+            continue
+        media = media_of(block)
+        if media is not None:
+            target = "image" if media.kind == "image" else "document"
+            if media.data is not None:
+                source: dict[str, Any] = {
+                    "type": "base64",
+                    "media_type": media.mime_type or ("image/png" if target == "image" else ""),
+                    "data": media.data,
+                }
+            else:
+                source = {"type": "url", "url": media.url}
+            blocks.append({"type": target, "source": source})
+    return blocks
+
+
+def _assistant_blocks(message: AIMessage) -> list[dict[str, Any]]:
+    blocks: list[dict[str, Any]] = []
+    # Thinking blocks must be sent back unchanged (with their signatures) before tool use.
+    for thinking in message.additional_kwargs.get("anthropic_thinking_blocks") or ():
+        if isinstance(thinking, Mapping):
+            blocks.append({k: v for k, v in thinking.items() if k != "index"})
+    content = message.content
+    if isinstance(content, str):
+        if content:
+            blocks.append({"type": "text", "text": content})
+    else:
+        for block in content:
+            if isinstance(block, str):
+                if block:
+                    blocks.append({"type": "text", "text": block})
+            elif isinstance(block, Mapping) and block.get("type") == "text" and block.get("text"):
+                blocks.append({"type": "text", "text": block["text"]})
+    for tc in message.tool_calls:
+        blocks.append(
+            {"type": "tool_use", "id": tc["id"] or "", "name": tc["name"], "input": tc["args"]}
+        )
+    return blocks
+
+
+def _tool_result_block(message: ToolMessage) -> dict[str, Any]:
+    content = message.content
+    result: Any
+    if isinstance(content, str):
+        result = content
+    else:
+        result = _content_blocks(content) or tool_result_text(message)
+    block: dict[str, Any] = {
+        "type": "tool_result",
+        "tool_use_id": message.tool_call_id,
+        "content": result,
+    }
+    if message.status == "error":
+        block["is_error"] = True
+    return block
+
+
+def to_anthropic_messages(
+    messages: Sequence[BaseMessage],
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """LangChain messages to ``(system blocks, messages)`` for the Messages API.
+
+    Every system message, wherever it stands, joins the top-level system prompt; turns of the
+    same role are merged into one, tool results first.
+    """
+    system: list[dict[str, Any]] = []
+    turns: list[dict[str, Any]] = []
+    for m in messages:
+        if isinstance(m, SystemMessage):
+            system.extend(_content_blocks(m.content))
+            continue
+        if isinstance(m, AIMessage):
+            role, blocks = "assistant", _assistant_blocks(m)
+        elif isinstance(m, ToolMessage):
+            role, blocks = "user", [_tool_result_block(m)]
+        else:
+            role, blocks = "user", _content_blocks(m.content)
+        if not blocks:
+            continue  # the API refuses empty turns
+        if turns and turns[-1]["role"] == role:
+            turns[-1]["content"].extend(blocks)
+        else:
+            turns.append({"role": role, "content": blocks})
+    for turn in turns:
+        # Tool results must open a user turn.
+        if turn["role"] == "user" and len(turn["content"]) > 1:
+            turn["content"].sort(key=lambda b: b.get("type") != "tool_result")
+    return system, turns
+
+
+def _tool(tool: Mapping[str, Any]) -> dict[str, Any]:
+    fn = openai_function_of(tool)
+    if fn is None:
+        return dict(tool)  # already Anthropic's form, or a server tool
+    out: dict[str, Any] = {
+        "name": fn["name"],
+        "input_schema": fn.get("parameters") or {"type": "object", "properties": {}},
+    }
+    if fn.get("description"):
+        out["description"] = fn["description"]
+    if fn.get("strict") is not None:
+        out["strict"] = fn["strict"]
+    return out
+
+
+@dataclass(slots=True)
+class _Stream:
+    """What a stream has said so far that only its end may report."""
+
+    usage_in: Any = None
+    usage_out: Any = None
+    stop_reason: str | None = None
+    stop_sequence: str | None = None
+    json_blocks: set[int] = field(default_factory=set)
+    thinking: dict[int, dict[str, Any]] = field(default_factory=dict)
+    has_tool_calls: bool = False
+
+
+class AnthropicProvider(Provider):
+    """A key of Anthropic's Messages API."""
+
+    vendor = "anthropic"
+    model_provider = "anthropic"
+    supports_embeddings = False
+
+    def _client_args(self) -> dict[str, Any]:
+        args: dict[str, Any] = {
+            "api_key": self.config.api_key.get_secret_value(),
+            "base_url": self.config.api_base,
+            "max_retries": 0,
+        }
+        if self.config.timeout is not None:
+            args["timeout"] = self.config.timeout
+        return args
+
+    def _build_sync_client(self) -> Any:
+        return anthropic.Anthropic(**self._client_args())
+
+    def _build_async_client(self) -> Any:
+        return anthropic.AsyncAnthropic(**self._client_args())
+
+    # Request -----------------------------------------------------------------------------------
+
+    def _payload(self, request: ChatRequest) -> tuple[dict[str, Any], JsonFormat | None]:
+        """The ``messages.create`` arguments, and the JSON format a forced tool stands for."""
+        params = request.params
+        system, messages = to_anthropic_messages(request.messages)
+        payload: dict[str, Any] = {
+            "model": params.get("model") or self.model,
+            "messages": messages,
+            "max_tokens": params.get("max_tokens")
+            or params.get("max_completion_tokens")
+            or DEFAULT_MAX_TOKENS,
+        }
+        if system:
+            payload["system"] = system
+        for key, value in params.items():
+            if value is None or key in _MAPPED:
+                continue
+            if key in _CREATE_PARAMS:
+                payload[key] = value
+            else:
+                self.warn_once(
+                    key,
+                    f"{self.id}: the Anthropic SDK's messages.create takes no {key!r}; "
+                    "it is not sent",
+                )
+        stop = stop_sequences(params.get("stop"))
+        if stop:
+            payload["stop_sequences"] = stop
+        tools = [_tool(t) for t in params.get("tools") or ()]
+        choice = tool_choice_of(params.get("tool_choice"))
+        json_format = json_format_of(params.get("response_format"))
+        if json_format is not None:
+            schema = json_format.schema or {"type": "object", "additionalProperties": True}
+            tools.append(
+                {
+                    "name": json_format.name,
+                    "description": _JSON_TOOL_DESCRIPTION,
+                    "input_schema": schema,
+                }
+            )
+            payload["tool_choice"] = {"type": "tool", "name": json_format.name}
+        elif tools and choice is not None:
+            if choice.mode == "tool":
+                payload["tool_choice"] = {"type": "tool", "name": choice.name}
+            elif choice.mode == "required":
+                payload["tool_choice"] = {"type": "any"}
+            else:
+                payload["tool_choice"] = {"type": choice.mode}
+        if tools:
+            payload["tools"] = tools
+            if params.get("parallel_tool_calls") is False:
+                payload.setdefault("tool_choice", {"type": "auto"})
+                if payload["tool_choice"]["type"] != "none":
+                    payload["tool_choice"] = {
+                        **payload["tool_choice"],
+                        "disable_parallel_tool_use": True,
+                    }
+        if request.timeout is not None:
+            payload["timeout"] = request.timeout
+        return payload, json_format
+
+    # Reply -------------------------------------------------------------------------------------
+
+    def _usage(self, start: Any, end: Any = None) -> UsageMetadata | None:
+        """Usage from a message's counts, or from a stream's first and last counts."""
+        if start is None and end is None:
+            return None
+        last = end if end is not None else start
+
+        def pick(name: str) -> int:
+            value = getattr(last, name, None)
+            if value is None and start is not None:
+                value = getattr(start, name, None)
+            return int(value or 0)
+
+        cache_read = pick("cache_read_input_tokens")
+        cache_creation = pick("cache_creation_input_tokens")
+        # Anthropic's input_tokens leaves out cached tokens; LangChain counts them as input.
+        input_tokens = pick("input_tokens") + cache_read + cache_creation
+        output_tokens = int(getattr(last, "output_tokens", 0) or 0)
+        details = getattr(last, "output_tokens_details", None)
+        return make_usage(
+            input_tokens,
+            output_tokens,
+            cache_read=cache_read,
+            cache_creation=cache_creation,
+            reasoning=getattr(details, "thinking_tokens", None) if details else None,
+        )
+
+    def _finish(
+        self, stop_reason: str | None, json_format: JsonFormat | None, has_tool_calls: bool
+    ) -> str | None:
+        if stop_reason is None:
+            return None
+        finish = _FINISH_REASONS.get(stop_reason, stop_reason)
+        if finish == TOOL_CALLS and not has_tool_calls and json_format is not None:
+            return STOP  # the forced JSON tool became text
+        return finish
+
+    def _refusal(self, message: AIMessage) -> ModelRefusalError:
+        err = model_error(
+            ModelRefusalError,
+            f"{self.id}: the model refused to produce the structured output",
+            provider=self.id,
+        )
+        err.raw_message = message
+        return err
+
+    def _message(self, resp: Any, json_format: JsonFormat | None) -> AIMessage:
+        texts: list[str] = []
+        reasoning: list[str] = []
+        thinking_blocks: list[dict[str, Any]] = []
+        tool_calls = []
+        for block in resp.content:
+            kind = block.type
+            if kind == "text":
+                texts.append(block.text)
+            elif kind == "tool_use":
+                if json_format is not None and block.name == json_format.name:
+                    texts.append(json.dumps(block.input))
+                else:
+                    tool_calls.append(tool_call(name=block.name, args=block.input, id=block.id))
+            elif kind == "thinking":
+                reasoning.append(block.thinking)
+                thinking_blocks.append(
+                    {"type": "thinking", "thinking": block.thinking, "signature": block.signature}
+                )
+            elif kind == "redacted_thinking":
+                thinking_blocks.append({"type": "redacted_thinking", "data": block.data})
+        metadata: dict[str, Any] = {
+            "finish_reason": self._finish(resp.stop_reason, json_format, bool(tool_calls)),
+            "stop_reason": resp.stop_reason,
+            "model_name": resp.model,
+            "model_provider": self.model_provider,
+            "id": resp.id,
+        }
+        if resp.stop_sequence:
+            metadata["stop_sequence"] = resp.stop_sequence
+        kwargs: dict[str, Any] = {}
+        if reasoning:
+            kwargs["reasoning_content"] = "".join(reasoning)
+        if thinking_blocks:
+            kwargs["anthropic_thinking_blocks"] = thinking_blocks
+        message = AIMessage(
+            content="".join(texts),
+            tool_calls=tool_calls,
+            usage_metadata=self._usage(resp.usage),
+            response_metadata=metadata,
+            additional_kwargs=kwargs,
+            id=resp.id,
+        )
+        if json_format is not None and resp.stop_reason == "refusal" and not texts:
+            raise self._refusal(message)
+        return message
+
+    def _chunk(
+        self, event: Any, state: _Stream, json_format: JsonFormat | None
+    ) -> AIMessageChunk | None:
+        kind = event.type
+        if kind == "content_block_delta":
+            delta = event.delta
+            index = event.index
+            if delta.type == "text_delta":
+                return AIMessageChunk(content=delta.text)
+            if delta.type == "input_json_delta":
+                if index in state.json_blocks:
+                    return AIMessageChunk(content=delta.partial_json)
+                return AIMessageChunk(
+                    content="",
+                    tool_call_chunks=[
+                        tool_call_chunk(args=delta.partial_json, index=index, id=None, name=None)
+                    ],
+                )
+            if delta.type == "thinking_delta":
+                state.thinking[index]["thinking"] += delta.thinking
+                return AIMessageChunk(
+                    content="", additional_kwargs={"reasoning_content": delta.thinking}
+                )
+            if delta.type == "signature_delta":
+                state.thinking[index]["signature"] += delta.signature
+            return None
+        if kind == "content_block_start":
+            block = event.content_block
+            index = event.index
+            if block.type == "text":
+                return AIMessageChunk(content=block.text) if block.text else None
+            if block.type == "tool_use":
+                if json_format is not None and block.name == json_format.name:
+                    state.json_blocks.add(index)
+                    return None
+                state.has_tool_calls = True
+                return AIMessageChunk(
+                    content="",
+                    tool_call_chunks=[
+                        tool_call_chunk(name=block.name, args="", id=block.id, index=index)
+                    ],
+                )
+            if block.type == "thinking":
+                state.thinking[index] = {
+                    "type": "thinking",
+                    "thinking": block.thinking or "",
+                    "signature": block.signature or "",
+                }
+            elif block.type == "redacted_thinking":
+                state.thinking[index] = {"type": "redacted_thinking", "data": block.data}
+            return None
+        if kind == "content_block_stop":
+            finished = state.thinking.pop(event.index, None)
+            if finished is not None:
+                # Emitted whole, once, so merged chunks carry a block that can be sent back.
+                return AIMessageChunk(
+                    content="", additional_kwargs={"anthropic_thinking_blocks": [finished]}
+                )
+            return None
+        if kind == "message_start":
+            state.usage_in = event.message.usage
+            return None
+        if kind == "message_delta":
+            state.stop_reason = event.delta.stop_reason or state.stop_reason
+            state.stop_sequence = event.delta.stop_sequence or state.stop_sequence
+            if event.usage is not None:
+                state.usage_out = event.usage
+            return None
+        return None
+
+    def _last_chunk(self, state: _Stream, json_format: JsonFormat | None) -> AIMessageChunk:
+        # One chunk carries the finish reason and the usage, each exactly once.
+        metadata: dict[str, Any] = {}
+        finish = self._finish(state.stop_reason, json_format, state.has_tool_calls)
+        if finish is not None:
+            metadata["finish_reason"] = finish
+            metadata["stop_reason"] = state.stop_reason
+        if state.stop_sequence:
+            metadata["stop_sequence"] = state.stop_sequence
+        chunk = AIMessageChunk(
+            content="",
+            usage_metadata=self._usage(state.usage_in, state.usage_out),
+            response_metadata=metadata,
+        )
+        if json_format is not None and state.stop_reason == "refusal" and not state.json_blocks:
+            raise self._refusal(AIMessage(content="", response_metadata=metadata))
+        return chunk
+
+    # Chat --------------------------------------------------------------------------------------
+
+    def chat(self, request: ChatRequest) -> AIMessage:
+        """One Messages API call."""
+        payload, json_format = self._payload(request)
+        try:
+            resp = self.sync_client.messages.create(**payload)
+        except _SDK_ERRORS as e:
+            raise classify_anthropic_error(e, self.id) from e
+        return self._message(resp, json_format)
+
+    async def achat(self, request: ChatRequest) -> AIMessage:
+        """One Messages API call, async."""
+        payload, json_format = self._payload(request)
+        try:
+            resp = await self.async_client.messages.create(**payload)
+        except _SDK_ERRORS as e:
+            raise classify_anthropic_error(e, self.id) from e
+        return self._message(resp, json_format)
+
+    def stream(self, request: ChatRequest) -> Iterator[AIMessageChunk]:
+        """Stream a Messages API call."""
+        payload, json_format = self._payload(request)
+        state = _Stream()
+        message_id: str | None = None
+        try:
+            with self.sync_client.messages.create(**payload, stream=True) as events:
+                for event in events:
+                    if event.type == "message_start":
+                        message_id = event.message.id
+                    chunk = self._chunk(event, state, json_format)
+                    if chunk is not None:
+                        chunk.id = message_id
+                        yield chunk
+        except _SDK_ERRORS as e:
+            raise classify_anthropic_error(e, self.id) from e
+        last = self._last_chunk(state, json_format)
+        last.id = message_id
+        yield last
+
+    async def astream(self, request: ChatRequest) -> AsyncIterator[AIMessageChunk]:
+        """Stream a Messages API call, async."""
+        payload, json_format = self._payload(request)
+        state = _Stream()
+        message_id: str | None = None
+        try:
+            events = await self.async_client.messages.create(**payload, stream=True)
+            async with events:
+                async for event in events:
+                    if event.type == "message_start":
+                        message_id = event.message.id
+                    chunk = self._chunk(event, state, json_format)
+                    if chunk is not None:
+                        chunk.id = message_id
+                        yield chunk
+        except _SDK_ERRORS as e:
+            raise classify_anthropic_error(e, self.id) from e
+        last = self._last_chunk(state, json_format)
+        last.id = message_id
+        yield last

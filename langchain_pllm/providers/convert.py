@@ -1,0 +1,259 @@
+"""Vendor-neutral pieces of message and parameter conversion shared by the non-OpenAI providers.
+
+LangChain hands every provider the same things: messages whose content is a string or a list of
+content blocks (in several historical spellings: OpenAI ``image_url`` parts, v0 ``source_type``
+blocks, v1 ``base64``/``url`` blocks), tools in OpenAI's function format, ``tool_choice`` as the
+face normalises it and ``response_format`` dicts. This module reads those shapes once into small
+plain values (``Media``, ``ToolChoice``, ``JsonFormat``) that each vendor module then writes in
+its own wire format, and builds ``UsageMetadata`` and tool-call ids the same way for all.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
+from langchain_core.messages.ai import InputTokenDetails, OutputTokenDetails, UsageMetadata
+
+__all__ = [
+    "CONTENT_FILTER",
+    "LENGTH",
+    "STOP",
+    "TOOL_CALLS",
+    "JsonFormat",
+    "Media",
+    "ToolChoice",
+    "block_text",
+    "json_format_of",
+    "make_usage",
+    "media_of",
+    "openai_function_of",
+    "stable_tool_call_id",
+    "stop_sequences",
+    "text_of",
+    "tool_choice_of",
+    "tool_names_by_id",
+    "tool_result_text",
+]
+
+# Unified finish-reason vocabulary (OpenAI's), the value every provider reports.
+STOP = "stop"
+LENGTH = "length"
+TOOL_CALLS = "tool_calls"
+CONTENT_FILTER = "content_filter"
+
+_TOOL_CALL_NAMESPACE = uuid.UUID("5f0c7a4e-8d2b-4a57-9a51-3c1f6a0e2b7d")
+
+
+def text_of(content: str | Sequence[Any]) -> str:
+    """The text of message content: the string, or its text blocks joined."""
+    if isinstance(content, str):
+        return content
+    return "".join(block_text(b) for b in content)
+
+
+def block_text(block: Any) -> str:
+    """Text carried by one content block ('' for non-text blocks)."""
+    if isinstance(block, str):
+        return block
+    if isinstance(block, Mapping) and block.get("type", "text") == "text":
+        return str(block.get("text", ""))
+    return ""
+
+
+def tool_result_text(message: ToolMessage) -> str:
+    """A tool result as text: the string content, or the text of its blocks, else JSON."""
+    content = message.content
+    if isinstance(content, str):
+        return content
+    text = text_of(content)
+    if text or not content:
+        return text
+    return json.dumps(content, default=str)
+
+
+@dataclass(frozen=True, slots=True)
+class Media:
+    """An image or file from a content block, as data or as a URL.
+
+    Attributes:
+        kind: ``"image"`` or ``"file"`` (PDFs and other documents).
+        mime_type: Declared or inferred MIME type, ``None`` if unknown.
+        data: Base64 text of the bytes, for inline media.
+        url: An http(s) (or vendor file) URL, for referenced media.
+    """
+
+    kind: str
+    mime_type: str | None
+    data: str | None = None
+    url: str | None = None
+
+
+def _from_url(kind: str, url: str, mime_type: str | None) -> Media:
+    if url.startswith("data:"):
+        header, _, data = url.partition(",")
+        declared = header[5:].split(";", 1)[0] or None
+        return Media(kind, declared or mime_type, data=data)
+    return Media(kind, mime_type or _guess_mime(url), url=url)
+
+
+def _guess_mime(url: str) -> str | None:
+    import mimetypes
+
+    guessed, _ = mimetypes.guess_type(url.split("?", 1)[0])
+    return guessed
+
+
+def media_of(block: Any) -> Media | None:
+    """Read an image or file block in any LangChain spelling; ``None`` if it is neither.
+
+    Accepted: OpenAI ``{"type": "image_url", "image_url": {"url": ...}}`` (data or http URLs),
+    v1 ``{"type": "image"|"file", "base64"|"url": ..., "mime_type": ...}`` and v0
+    ``{"type": "image"|"file", "source_type": "base64"|"url", "data"|"url": ...}``.
+    """
+    if not isinstance(block, Mapping):
+        return None
+    kind = block.get("type")
+    if kind == "image_url":
+        ref = block.get("image_url")
+        url = ref.get("url") if isinstance(ref, Mapping) else ref
+        return _from_url("image", str(url), None) if url else None
+    if kind not in ("image", "file"):
+        return None
+    mime = block.get("mime_type")
+    if block.get("base64"):
+        return Media(kind, mime, data=str(block["base64"]))
+    source_type = block.get("source_type")
+    if source_type == "base64" and block.get("data"):
+        return Media(kind, mime, data=str(block["data"]))
+    if block.get("url") and source_type in (None, "url"):
+        return _from_url(kind, str(block["url"]), mime)
+    return None
+
+
+def openai_function_of(tool: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The ``function`` part of an OpenAI-format tool dict; ``None`` for other tool shapes."""
+    if tool.get("type") == "function" and isinstance(tool.get("function"), Mapping):
+        return dict(tool["function"])
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class ToolChoice:
+    """A tool choice read from LangChain's forms.
+
+    Attributes:
+        mode: ``"auto"``, ``"none"``, ``"required"`` (some tool) or ``"tool"`` (a named one).
+        name: The tool's name when ``mode`` is ``"tool"``.
+    """
+
+    mode: str
+    name: str | None = None
+
+
+def tool_choice_of(choice: Any) -> ToolChoice | None:
+    """Read ``tool_choice`` as the face sets it (or as a user passes it); ``None`` if unknown."""
+    if choice is None or choice is False:
+        return None
+    if isinstance(choice, str):
+        if choice in ("auto", "none"):
+            return ToolChoice(choice)
+        if choice in ("required", "any"):
+            return ToolChoice("required")
+        return ToolChoice("tool", choice)
+    if isinstance(choice, Mapping):
+        fn = choice.get("function")
+        if isinstance(fn, Mapping) and fn.get("name"):
+            return ToolChoice("tool", str(fn["name"]))
+        kind = choice.get("type")
+        if kind == "tool" and choice.get("name"):  # Anthropic spelling
+            return ToolChoice("tool", str(choice["name"]))
+        if kind == "any":
+            return ToolChoice("required")
+        if kind in ("auto", "none"):
+            return ToolChoice(str(kind))
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class JsonFormat:
+    """A JSON ``response_format``: the schema (``None`` for plain JSON mode) and its name."""
+
+    schema: dict[str, Any] | None
+    name: str
+
+
+def json_format_of(response_format: Any) -> JsonFormat | None:
+    """Read OpenAI's ``response_format``; ``None`` for text or an unknown shape."""
+    if not isinstance(response_format, Mapping):
+        return None
+    kind = response_format.get("type")
+    if kind == "json_object":
+        return JsonFormat(None, "json_output")
+    if kind == "json_schema":
+        spec = response_format.get("json_schema") or {}
+        schema = spec.get("schema") or {"type": "object"}
+        return JsonFormat(dict(schema), str(spec.get("name") or "json_output"))
+    return None
+
+
+def stop_sequences(stop: Any) -> list[str]:
+    """``stop`` as a list of strings (LangChain allows a bare string)."""
+    if not stop:
+        return []
+    if isinstance(stop, str):
+        return [stop]
+    return [str(s) for s in stop]
+
+
+def tool_names_by_id(messages: Iterable[BaseMessage]) -> dict[str, str]:
+    """Tool-call id to tool name over the AI messages of a history."""
+    names: dict[str, str] = {}
+    for m in messages:
+        if isinstance(m, AIMessage):
+            for tc in m.tool_calls:
+                if tc.get("id"):
+                    names[str(tc["id"])] = tc["name"]
+    return names
+
+
+def stable_tool_call_id(response_id: str | None, index: int, name: str) -> str:
+    """An id for a vendor that gives its tool calls none (Gemini).
+
+    Derived from the response id and the call's position, so a streamed reply and its
+    chunks agree; random when the vendor gives no response id either.
+    """
+    if not response_id:
+        return f"call_{uuid.uuid4().hex[:24]}"
+    return f"call_{uuid.uuid5(_TOOL_CALL_NAMESPACE, f'{response_id}:{index}:{name}').hex[:24]}"
+
+
+def make_usage(
+    input_tokens: int,
+    output_tokens: int,
+    total_tokens: int | None = None,
+    *,
+    cache_read: int | None = None,
+    cache_creation: int | None = None,
+    reasoning: int | None = None,
+) -> UsageMetadata:
+    """``UsageMetadata`` with the optional details only where the vendor reported them."""
+    usage = UsageMetadata(
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+        total_tokens=total_tokens if total_tokens is not None else input_tokens + output_tokens,
+    )
+    inputs = InputTokenDetails()
+    if cache_read:
+        inputs["cache_read"] = cache_read
+    if cache_creation:
+        inputs["cache_creation"] = cache_creation
+    if inputs:
+        usage["input_token_details"] = inputs
+    if reasoning:
+        usage["output_token_details"] = OutputTokenDetails(reasoning=reasoning)
+    return usage
