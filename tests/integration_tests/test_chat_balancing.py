@@ -122,7 +122,9 @@ async def test_concurrent_calls_spread_evenly_by_active_count(
     assert_idle(model)
 
 
-async def test_weight_scales_the_share_under_load(srv: FakeOpenAIServer, clock: ManualClock) -> None:
+async def test_weight_scales_the_share_under_load(
+    srv: FakeOpenAIServer, clock: ManualClock
+) -> None:
     model, (heavy, light) = pool(srv, clock, extra=[{"weight": 2}, {"weight": 1}])
     srv.latency = 0.15
     await asyncio.gather(*(model.ainvoke(f"q{i}") for i in range(9)))
@@ -229,7 +231,9 @@ async def test_429_rests_exactly_that_key_for_retry_after(
     assert_idle(model)
 
 
-def test_429_without_retry_after_rests_the_default(srv: FakeOpenAIServer, clock: ManualClock) -> None:
+def test_429_without_retry_after_rests_the_default(
+    srv: FakeOpenAIServer, clock: ManualClock
+) -> None:
     model, (a, _) = pool(srv, clock, balancer={"default_retry_after": 7})
     srv.fault_for_key(a, Fault(status=429), times=1)
     model.invoke("x")
@@ -309,9 +313,7 @@ def test_context_overflow_is_raised_after_one_attempt(
     srv: FakeOpenAIServer, clock: ManualClock
 ) -> None:
     model, _ = pool(srv, clock, 3)
-    srv.enqueue(
-        Fault(status=400, code="context_length_exceeded", message="maximum context length")
-    )
+    srv.enqueue(Fault(status=400, code="context_length_exceeded", message="maximum context length"))
     with pytest.raises(ContextOverflowError):
         model.invoke("far too long")
     assert len(srv.requests) == 1
@@ -438,9 +440,7 @@ async def test_retry_policy_attempt_counts(
 def test_retry_shortcut_arguments_override_balancer_settings(
     srv: FakeOpenAIServer, clock: ManualClock
 ) -> None:
-    model, _ = pool(
-        srv, clock, 2, retry_policy="fixed", max_retries=2, balancer={"max_retries": 9}
-    )
+    model, _ = pool(srv, clock, 2, retry_policy="fixed", max_retries=2, balancer={"max_retries": 9})
     srv.set_fault_rate(1.0, [Fault(status=500)])
     with pytest.raises(ModelAPIError):
         model.invoke("x")
