@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import multiprocessing
 import os
@@ -56,10 +57,8 @@ def _serve(conn: Any) -> None:
     # A short request log: a long run must not grow the server's memory.
     with FakeOpenAIServer(max_recorded=1000) as server:
         conn.send(server.base_url)
-        try:
+        with contextlib.suppress(EOFError):
             conn.recv()
-        except EOFError:
-            pass
 
 
 class ServerProcess:
@@ -136,6 +135,49 @@ def chat_openai(base_url: str, warmup: int) -> Contestant:
     )
 
 
+def langchain_floor(base_url: str, warmup: int) -> Contestant:
+    """The least a LangChain chat model can cost: `BaseChatModel.invoke` around one SDK call."""
+    import openai
+    from langchain_core.language_models import BaseChatModel
+    from langchain_core.messages import AIMessage
+    from langchain_core.outputs import ChatGeneration, ChatResult
+
+    client = openai.OpenAI(base_url=base_url, api_key="sk-floor", max_retries=0)
+    aclient = openai.AsyncOpenAI(base_url=base_url, api_key="sk-floor", max_retries=0)
+
+    def reply(response: Any) -> ChatResult:
+        text = response.choices[0].message.content
+        return ChatResult(generations=[ChatGeneration(message=AIMessage(content=text))])
+
+    class SdkFloor(BaseChatModel):
+        @property
+        def _llm_type(self) -> str:
+            return "sdk-floor"
+
+        def _generate(
+            self, messages: Any, stop: Any = None, run_manager: Any = None, **kwargs: Any
+        ) -> ChatResult:
+            wire = [{"role": "user", "content": m.content} for m in messages]
+            return reply(client.chat.completions.create(model=MODEL, messages=wire))
+
+        async def _agenerate(
+            self, messages: Any, stop: Any = None, run_manager: Any = None, **kwargs: Any
+        ) -> ChatResult:
+            wire = [{"role": "user", "content": m.content} for m in messages]
+            return reply(await aclient.chat.completions.create(model=MODEL, messages=wire))
+
+    model = SdkFloor()
+    return Contestant(
+        name="floor: bare BaseChatModel over the SDK",
+        call=lambda: model.invoke(PROMPT),
+        acall=lambda: model.ainvoke(PROMPT),
+        warmup_calls=warmup,
+        check=lambda r: r.content,
+        close=client.close,
+        aclose=aclient.close,
+    )
+
+
 def litellm_router(base_url: str, warmup: int) -> Contestant:
     import litellm
 
@@ -168,8 +210,12 @@ def balanced(base_url: str, warmup: int, keys: int) -> Contestant:
 
     model = BalancedChatModel(
         providers=[
-            {"vendor": "openai", "api_key": f"sk-pool{keys}-{i}", "model": MODEL,
-             "api_base": base_url}
+            {
+                "vendor": "openai",
+                "api_key": f"sk-pool{keys}-{i}",
+                "model": MODEL,
+                "api_base": base_url,
+            }
             for i in range(keys)
         ]
     )
@@ -233,6 +279,10 @@ def async_round(
     c.throughput.append(calls / wall)
 
 
+def _noop(provider: object) -> None:
+    """A provider call that does nothing, to time the balancer alone."""
+
+
 def balancer_cost(pool_sizes: list[int], calls: int) -> list[tuple[int, float]]:
     """Microseconds of `Balancer.call` around a call that does no I/O, per pool size."""
     from langchain_pllm import BalancedChatModel
@@ -241,24 +291,24 @@ def balancer_cost(pool_sizes: list[int], calls: int) -> list[tuple[int, float]]:
     for keys in pool_sizes:
         model = BalancedChatModel(
             providers=[
-                {"vendor": "openai", "api_key": f"sk-pick{keys}-{i}", "model": MODEL,
-                 "api_base": "http://127.0.0.1:9/v1"}
+                {
+                    "vendor": "openai",
+                    "api_key": f"sk-pick{keys}-{i}",
+                    "model": MODEL,
+                    "api_base": "http://127.0.0.1:9/v1",
+                }
                 for i in range(keys)
             ]
         )
         balancer = model.balancer_instance
-        sentinel = object()
-
-        def noop(provider: object) -> object:
-            return sentinel
 
         for _ in range(max(1000, 2 * keys)):
-            balancer.call(noop)
+            balancer.call(_noop)
         best = []
         for _ in range(5):
             began = time.perf_counter()
             for _ in range(calls):
-                balancer.call(noop)
+                balancer.call(_noop)
             best.append((time.perf_counter() - began) / calls)
         out.append((keys, statistics.median(best) * 1e6))
     return out
@@ -297,29 +347,39 @@ def table(contestants: list[Contestant]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--calls", type=int, default=300, help="calls per contestant per round")
-    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds")
+    parser.add_argument(
+        "--calls", type=int, default=100, help="sync calls per contestant per round"
+    )
+    parser.add_argument("--rounds", type=int, default=12, help="interleaved rounds")
     parser.add_argument("--concurrency", type=int, default=64, help="async concurrency")
-    parser.add_argument("--big-pool", type=int, default=1000, help="keys of the largest pool")
+    parser.add_argument(
+        "--big-pool", type=int, default=None, help="keys of the largest pool (1000; --quick: 100)"
+    )
     parser.add_argument("--warmup", type=int, default=100, help="warm-up calls (sync and async)")
     parser.add_argument(
-        "--quick", action="store_true", help="a short run for development (60 calls, 2 rounds)"
+        "--quick",
+        action="store_true",
+        help="a short run for development: 50 calls, 4 rounds, 30 warm-up calls, 100-key pool",
     )
     parser.add_argument(
-        "--skip", default="", help="comma-separated contestants to leave out: litellm, big-pool"
+        "--skip",
+        default="",
+        help="comma-separated contestants to leave out: floor, litellm, big-pool",
     )
     args = parser.parse_args()
     if args.quick:
-        args.calls, args.rounds, args.warmup = 60, 2, 30
+        args.calls, args.rounds, args.warmup = 50, 4, 30
+    if args.big_pool is None:
+        args.big_pool = 100 if args.quick else 1000
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
 
     started = time.perf_counter()
     with ServerProcess() as server:
         url = server.base_url
-        builders: list[Callable[[], Contestant]] = [
-            lambda: raw_sdk(url, args.warmup),
-            lambda: chat_openai(url, args.warmup),
-        ]
+        builders: list[Callable[[], Contestant]] = [lambda: raw_sdk(url, args.warmup)]
+        if "floor" not in skip:
+            builders.append(lambda: langchain_floor(url, args.warmup))
+        builders.append(lambda: chat_openai(url, args.warmup))
         if "litellm" not in skip:
             builders.append(lambda: litellm_router(url, args.warmup))
         builders += [lambda: balanced(url, args.warmup, 1), lambda: balanced(url, args.warmup, 4)]
@@ -336,10 +396,14 @@ def main() -> None:
             print(f"warmed up {c.name} in {c.warmup_seconds:.1f} s", file=sys.stderr)
             contestants.append(c)
 
+        async_calls = max(args.calls, 3 * args.concurrency)
         for r in range(args.rounds):
-            for c in contestants:
+            # Each round starts one contestant later, so none always follows the same other.
+            order = contestants[r % len(contestants) :] + contestants[: r % len(contestants)]
+            for c in order:
                 sync_round(c, args.calls)
-                async_round(c, loop, max(args.calls, 2 * args.concurrency), args.concurrency)
+            for c in order:
+                async_round(c, loop, async_calls, args.concurrency)
             print(f"round {r + 1}/{args.rounds} done", file=sys.stderr)
 
         for c in contestants:
@@ -354,7 +418,7 @@ def main() -> None:
 
     print(
         f"\n{args.rounds} interleaved rounds x {args.calls} sync calls and "
-        f"{max(args.calls, 2 * args.concurrency)} async calls (concurrency {args.concurrency}) "
+        f"{async_calls} async calls (concurrency {args.concurrency}) "
         f"per contestant; medians; fake server in its own process; {elapsed:.0f} s in all.\n"
     )
     print(table(contestants))

@@ -134,6 +134,14 @@ class Balancer:
         err.__cause__ = last_error
         return err
 
+    def _gave_up(self, waited: float, last_error: BaseException | None) -> BaseException:
+        # After a real failure, the caller gets that failure: "no capacity" would mask it (the
+        # remaining keys are resting or open because of errors like it). Waiting is pointless
+        # when nothing can free up before the deadline.
+        if last_error is not None:
+            return last_error
+        return self._no_provider(waited, None)
+
     def _acquire(
         self,
         tried: set[int] | None,
@@ -162,8 +170,8 @@ class Balancer:
             if wait_until is None:
                 wait_start = now
                 wait_until = min(deadline, now + self.config.max_wait)
-            if now >= wait_until:
-                raise self._no_provider(now - wait_start, last_error)
+            if now >= wait_until or (last_error is not None and c > wait_until):
+                raise self._gave_up(now - wait_start, last_error)
             assert event is not None
             clock.wait(event, min(c, wait_until) - now)
 
@@ -198,8 +206,8 @@ class Balancer:
             if wait_until is None:
                 wait_start = now
                 wait_until = min(deadline, now + self.config.max_wait)
-            if now >= wait_until:
-                raise self._no_provider(now - wait_start, last_error)
+            if now >= wait_until or (last_error is not None and c > wait_until):
+                raise self._gave_up(now - wait_start, last_error)
             assert event is not None
             await clock.await_event(event, min(c, wait_until) - now)
 

@@ -81,9 +81,10 @@ class ManualClock(Clock):
 
     async def await_event(self, event: asyncio.Event, seconds: float) -> None:
         """Let other tasks run once; if the event is still unset, jump to the wake time."""
+        target = self._now + seconds  # before yielding: other tasks may move time meanwhile
         await asyncio.sleep(0)
         if not event.is_set() and seconds > 0:
-            self.set(self._now + seconds)
+            self.set(target)
 
 
 DEFAULT_CLOCK = MonotonicClock()

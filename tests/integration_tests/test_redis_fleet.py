@@ -1,0 +1,488 @@
+"""A fleet of OS processes sharing one pool through a real ``redis-server``.
+
+The fake vendor servers live in the test process and log every request; the fleet is this very
+file run as a script (``python test_redis_fleet.py``): each worker process reads commands as
+JSON lines on stdin, runs ``BalancedChatModel`` calls from threads, and answers on stdout. The
+workers start once per module (importing the SDKs costs seconds) and serve every test.
+
+What is checked, and how exactly: the Redis reservations themselves (read from the ``starts`` and
+``tokens`` ZSETs, polled faster than entries can leave them) must never hold more than the limit
+in any window: exactly. The fake servers' arrival times lag those reservations by each request's
+trip through the SDK and the loopback (a few milliseconds, more on a loaded machine), and that
+lag varies, so a window drawn on arrival times can catch one request more than the limit when a
+request reserved late arrives early relative to one reserved earlier. The test measures the
+shortest span holding ``limit + 1`` arrivals and requires it to be at least ``window - LAG``;
+the measured shortfall is printed (``-s``) and stays within a few tens of milliseconds.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+PROTOCOL = "@@pllm@@ "  # marks our lines on a worker's stdout, whatever else prints there
+WINDOW = 2.0
+LIMIT = 30
+WINDOWS = 3  # hammer for exactly this many windows
+LAG = 0.1  # allowed arrival-time jitter, seconds (see the module docstring)
+TOKENS_PER_REQUEST = 14  # the fake server's usage for REPLY and PROMPT
+REPLY = "a b c d e f g h i j"  # 10 completion words
+PROMPT = "hello"  # 1 word + 3 per message = 4 prompt tokens
+MAX_TOKENS = 9  # makes the reservation estimate (5 // 4 + 4 + 9) equal the real usage: 14
+
+
+# The worker process ---------------------------------------------------------------------------
+
+
+class _Recorder(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.records: list[list[str]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append([record.levelname, record.getMessage()])
+
+
+def _worker_main() -> None:  # pragma: no cover - runs in the worker processes
+    from langchain_pllm import BalancedChatModel
+
+    recorder = _Recorder()
+    log = logging.getLogger("langchain_pllm")
+    log.setLevel(logging.INFO)
+    log.addHandler(recorder)
+    log.addHandler(logging.StreamHandler(sys.stderr))
+    held: list[threading.Thread] = []
+
+    def model(cmd: dict[str, Any]) -> Any:
+        return BalancedChatModel(**cmd["model"], max_tokens=MAX_TOKENS)
+
+    def hammer(cmd: dict[str, Any]) -> dict[str, Any]:
+        chat = model(cmd)
+        ok: list[int] = []
+        errors: list[str] = []
+        lock = threading.Lock()
+
+        def run() -> None:
+            time.sleep(max(0.0, cmd["start_at"] - time.monotonic()))
+            while time.monotonic() < cmd["stop_at"]:
+                try:
+                    chat.invoke(PROMPT)
+                except Exception as exc:
+                    with lock:
+                        errors.append(f"{type(exc).__name__}: {exc}")
+                else:
+                    with lock:
+                        ok.append(1)
+
+        threads = [threading.Thread(target=run) for _ in range(cmd["threads"])]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return {"ok": len(ok), "errors": errors, "stats": chat.get_stats()}
+
+    def invoke(cmd: dict[str, Any]) -> dict[str, Any]:
+        reply = model(cmd).invoke(PROMPT)
+        return {"provider": reply.response_metadata["provider"]}
+
+    def hold(cmd: dict[str, Any]) -> dict[str, Any]:
+        chat = model(cmd)
+        t = threading.Thread(target=chat.invoke, args=(PROMPT,), daemon=True)
+        t.start()
+        held.append(t)
+        return {}
+
+    ops = {
+        "hammer": hammer,
+        "invoke": invoke,
+        "hold": hold,
+        "stats": lambda cmd: {"stats": model(cmd).get_stats()},
+        "logs": lambda cmd: {"logs": recorder.records},
+    }
+    print(PROTOCOL + json.dumps({"ready": os.getpid()}), flush=True)
+    for line in sys.stdin:
+        cmd = json.loads(line)
+        try:
+            answer = ops[cmd["op"]](cmd)
+        except Exception as exc:
+            answer = {"exception": f"{type(exc).__name__}: {exc}"}
+        print(PROTOCOL + json.dumps(answer), flush=True)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    _worker_main()
+    sys.exit(0)
+
+
+# The test process -----------------------------------------------------------------------------
+
+import redis  # noqa: E402
+
+from langchain_pllm import BalancedChatModel  # noqa: E402
+from langchain_pllm.testing import FakeOpenAIServer, Fault, RecordedRequest  # noqa: E402
+from tests.redis_fixture import RedisServer  # noqa: E402
+
+pytest_plugins = ["tests.redis_fixture"]
+
+
+class Worker:
+    """One worker process: send a command, read its answer."""
+
+    def __init__(self) -> None:
+        self.stderr = tempfile.TemporaryFile()
+        env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.stderr,
+            text=True,
+            env=env,
+            cwd=ROOT,
+        )
+
+    def _read(self, timeout: float) -> dict[str, Any]:
+        answer: list[dict[str, Any]] = []
+
+        def read() -> None:
+            assert self.proc.stdout is not None
+            for line in self.proc.stdout:
+                if line.startswith(PROTOCOL):
+                    answer.append(json.loads(line[len(PROTOCOL) :]))
+                    return
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        reader.join(timeout)
+        if not answer:
+            raise AssertionError(f"worker {self.proc.pid} gave no answer; stderr:\n{self.log()}")
+        return answer[0]
+
+    def ready(self, timeout: float = 60) -> None:
+        assert "ready" in self._read(timeout)
+
+    def send(self, op: str, **args: Any) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps({"op": op, **args}) + "\n")
+        self.proc.stdin.flush()
+
+    def answer(self, timeout: float = 60) -> dict[str, Any]:
+        reply = self._read(timeout)
+        if "exception" in reply:
+            raise AssertionError(f"worker {self.proc.pid} raised {reply['exception']}")
+        return reply
+
+    def call(self, op: str, timeout: float = 60, **args: Any) -> dict[str, Any]:
+        self.send(op, **args)
+        return self.answer(timeout)
+
+    def log(self) -> str:
+        self.stderr.seek(0)
+        return self.stderr.read().decode(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            assert self.proc.stdin is not None
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.stderr.close()
+
+
+@pytest.fixture(scope="module")
+def fleet(redis_server: RedisServer) -> Iterator[list[Worker]]:
+    """Four worker processes, started together once for the module."""
+    workers = [Worker() for _ in range(4)]
+    try:
+        for w in workers:
+            w.ready()
+        yield workers
+    finally:
+        for w in workers:
+            w.stop()
+
+
+@pytest.fixture
+def server() -> Iterator[FakeOpenAIServer]:
+    with FakeOpenAIServer(reply_text=REPLY) as srv:
+        yield srv
+
+
+def pool(srv: FakeOpenAIServer, url: str, keys: list[str], **limits: Any) -> dict[str, Any]:
+    balancer = {"state": url, "window": WINDOW, "max_wait": 30}
+    balancer.update(limits.pop("balancer", {}))
+    providers = [
+        {
+            "vendor": "openai",
+            "name": key,
+            "api_key": key,
+            "model": "gpt-4o-mini",
+            "api_base": srv.base_url,
+            **limits,
+        }
+        for key in keys
+    ]
+    return {"providers": providers, "balancer": balancer}
+
+
+class ReservationLog:
+    """Every entry ever seen in the Redis window ZSETs, read more often than entries leave them.
+
+    An entry stays in its ZSET for at least one window, so polling every quarter window sees
+    each reservation (its lease id, start time on the Redis clock and, for tokens, its size).
+    """
+
+    def __init__(self, url: str, interval: float = WINDOW / 4) -> None:
+        self._client = redis.Redis.from_url(url, decode_responses=True)
+        self._interval = interval
+        self.entries: dict[str, dict[str, float]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def _collect(self) -> None:
+        for name in self._client.scan_iter("pllm:*"):
+            if name.endswith((":starts", ":tokens")):
+                members = self._client.zrange(name, 0, -1, withscores=True)
+                self.entries.setdefault(name, {}).update(members)
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            self._collect()
+            self._stop.wait(self._interval)
+
+    def of(self, model: dict[str, Any], provider: str, kind: str) -> dict[str, float]:
+        """The entries of one provider's ``starts`` or ``tokens`` ZSET."""
+        fingerprint = BalancedChatModel(**model).balancer_instance.by_id[provider].key
+        return self.entries.get(f"pllm:{{{fingerprint}}}:{kind}", {})
+
+    def __enter__(self) -> ReservationLog:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._collect()
+
+
+def shortest_span(times: list[float], count: int) -> float:
+    """The shortest time span holding ``count`` of these times (inf if there are fewer)."""
+    times = sorted(times)
+    return min(
+        (times[i + count - 1] - times[i] for i in range(len(times) - count + 1)),
+        default=float("inf"),
+    )
+
+
+def heaviest_span(points: list[tuple[float, int]], window: float) -> int:
+    """The largest weight any half-open span ``[t, t + window)`` holds."""
+    points = sorted(points)
+    best = total = start = 0
+    for end in range(len(points)):
+        total += points[end][1]
+        while points[end][0] - points[start][0] >= window:
+            total -= points[start][1]
+            start += 1
+        best = max(best, total)
+    return best
+
+
+def hammer(
+    fleet: list[Worker], model: dict[str, Any], seconds: float, threads: int = 6
+) -> list[dict[str, Any]]:
+    start_at = time.monotonic() + 0.5
+    for w in fleet:
+        w.send(
+            "hammer", model=model, threads=threads, start_at=start_at, stop_at=start_at + seconds
+        )
+    return [w.answer(timeout=seconds + 40) for w in fleet]
+
+
+def by_key(srv: FakeOpenAIServer) -> dict[str, list[RecordedRequest]]:
+    out: dict[str, list[RecordedRequest]] = {}
+    for r in srv.requests:
+        out.setdefault(r.api_key or "", []).append(r)
+    return out
+
+
+def _check_window(
+    name: str,
+    points: list[tuple[float, int]],
+    limit: int,
+    reserved: list[tuple[float, int]],
+) -> None:
+    """Exact on Redis's reservations; within ``LAG`` on the server's arrivals; >= 98 % used."""
+    assert heaviest_span(reserved, WINDOW) <= limit, f"{name}: Redis reserved over the limit"
+    t0 = min(t for t, _ in points)
+    used = sum(w for t, w in points if t < t0 + WINDOWS * WINDOW)
+    unit = points[0][1]
+    # Arrivals: the shortest span holding one request more than the limit allows.
+    span = shortest_span([t for t, _ in points], limit // unit + 1)
+    print(
+        f"\n{name}: {used} of {WINDOWS * limit} used in {WINDOWS} windows "
+        f"({used / (WINDOWS * limit):.1%}); heaviest arrival window {heaviest_span(points, WINDOW)}"
+        f" (limit {limit}); shortest span of limit+1 arrivals {span:.4f}s vs window {WINDOW}s;"
+        f" heaviest reserved window {heaviest_span(reserved, WINDOW)}"
+    )
+    assert span >= WINDOW - LAG, f"{name}: {limit // unit + 1} arrivals within {span:.3f}s"
+    assert used >= 0.98 * WINDOWS * limit, f"{name}: only {used} of {WINDOWS * limit} used"
+
+
+# Tests --------------------------------------------------------------------------------------------
+
+
+def test_four_processes_never_exceed_rate_limit_and_use_it_fully(
+    fleet: list[Worker], server: FakeOpenAIServer, redis_url: str
+) -> None:
+    keys = ["sk-rate-one", "sk-rate-two"]
+    model = pool(server, redis_url, keys, rate_limit=LIMIT)
+    with ReservationLog(redis_url) as reservations:
+        results = hammer(fleet, model, WINDOWS * WINDOW)
+    assert [r["errors"] for r in results] == [[]] * 4
+    log = by_key(server)
+    assert sum(r["ok"] for r in results) == len(server.requests)
+    assert all(r.status == 200 for r in server.requests)
+    fleet_stats = fleet[0].call("stats", model=model)["stats"]
+    for key in keys:
+        starts = reservations.of(model, key, "starts")
+        assert len(starts) == len(log[key])  # one reservation per request, none lost
+        _check_window(
+            key, [(r.time, 1) for r in log[key]], LIMIT, [(t, 1) for t in starts.values()]
+        )
+        assert fleet_stats[key]["total_requests"] == len(log[key])  # fleet-wide totals
+        assert fleet_stats[key]["active_requests"] == 0
+    # The Redis keys name hashed keys only.
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    for name in client.scan_iter("*"):
+        assert not any(k in name for k in keys)
+        assert name.startswith("pllm:{")
+
+
+def test_four_processes_never_exceed_tpm_and_use_it_fully(
+    fleet: list[Worker], server: FakeOpenAIServer, redis_url: str
+) -> None:
+    tpm = LIMIT * TOKENS_PER_REQUEST
+    keys = ["sk-tpm-one", "sk-tpm-two"]
+    model = pool(server, redis_url, keys, tpm=tpm)
+    with ReservationLog(redis_url) as reservations:
+        results = hammer(fleet, model, WINDOWS * WINDOW)
+    assert [r["errors"] for r in results] == [[]] * 4
+    log = by_key(server)
+    assert {r.usage["total_tokens"] for r in server.requests if r.usage} == {TOKENS_PER_REQUEST}
+    for key in keys:
+        tokens = reservations.of(model, key, "tokens")
+        assert len(tokens) == len(log[key])
+        reserved = [(t, int(member.rsplit("|", 1)[1])) for member, t in tokens.items()]
+        _check_window(key, [(r.time, r.usage["total_tokens"]) for r in log[key]], tpm, reserved)
+
+
+def test_a_breaker_opened_by_one_process_is_open_in_the_others_with_one_probe(
+    fleet: list[Worker], server: FakeOpenAIServer, redis_url: str
+) -> None:
+    keys = ["sk-bad", "sk-good"]
+    model = pool(server, redis_url, keys, balancer={"health_check_interval": 1.5})
+    server.fault_for_key("sk-bad", Fault(status=401))
+    tripper, *others = fleet
+    for _ in range(3):  # the picker takes the bad key within two calls
+        assert tripper.call("invoke", model=model)["provider"] == "sk-good"
+        if any(r.api_key == "sk-bad" for r in server.requests):
+            break
+    opened_at = time.monotonic()
+    states = [w.call("stats", model=model)["stats"]["sk-bad"]["state"] for w in others]
+    assert states == ["open"] * 3
+    bad_before = sum(r.api_key == "sk-bad" for r in server.requests)
+    assert bad_before == 1
+    for w in others:
+        assert w.call("invoke", model=model)["provider"] == "sk-good"
+    assert sum(r.api_key == "sk-bad" for r in server.requests) == 1  # nobody else tried it
+    # Half-open: the whole fleet sends one probe, held open by a slow reply.
+    server.clear_faults()
+    server.fault_for_key("sk-bad", Fault(latency=0.8))
+    time.sleep(max(0.0, opened_at + 1.6 - time.monotonic()))
+    hammer(fleet, model, 1.0, threads=3)
+    bad = [r.time for r in server.requests if r.api_key == "sk-bad"][1:]
+    assert bad, "no probe was sent"
+    assert all(t - bad[0] >= 0.75 for t in bad[1:]), "a second request went out during the probe"
+    assert fleet[3].call("stats", model=model)["stats"]["sk-bad"]["state"] == "closed"
+
+
+def test_a_killed_process_leaks_no_active_request_after_its_lease_expires(
+    server: FakeOpenAIServer, redis_url: str
+) -> None:
+    lease_ttl = 1.5
+    model = pool(server, redis_url + f"?lease_ttl={lease_ttl}", ["sk-doomed"], rate_limit=100)
+    server.fault_for_key("sk-doomed", Fault(latency=30))
+    victim = Worker()
+    try:
+        victim.ready()
+        victim.call("hold", model=model)
+        deadline = time.monotonic() + 10
+        while not server.requests and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert server.requests, "the held request never arrived"
+        watcher = BalancedChatModel(**model)
+        assert watcher.get_stats()["sk-doomed"]["active_requests"] == 1
+        victim.proc.kill()  # SIGKILL: no release, no cleanup
+        victim.proc.wait(5)
+        killed_at = time.monotonic()
+        assert watcher.get_stats()["sk-doomed"]["active_requests"] == 1  # not freed by the kill
+        while watcher.get_stats()["sk-doomed"]["active_requests"] and (
+            time.monotonic() < killed_at + lease_ttl + 3
+        ):
+            time.sleep(0.05)
+        freed_at = time.monotonic()
+        assert watcher.get_stats()["sk-doomed"]["active_requests"] == 0
+        # Freed by the lease's expiry, which runs from the reservation (just before arrival).
+        assert freed_at >= server.requests[0].time + lease_ttl - 0.1
+    finally:
+        victim.stop()
+
+
+def test_redis_stopped_and_restarted_mid_run_loses_no_request(
+    fleet: list[Worker], server: FakeOpenAIServer, redis_server: RedisServer, redis_url: str
+) -> None:
+    server.latency = 0.02
+    model = pool(
+        server,
+        redis_url,
+        ["sk-steady-one", "sk-steady-two"],
+        balancer={"local_share": 0.5, "redis_timeout": 0.25},
+    )
+    workers = fleet[:2]
+    start_at = time.monotonic() + 0.5
+    seconds = 4.0
+    for w in workers:
+        w.send("hammer", model=model, threads=3, start_at=start_at, stop_at=start_at + seconds)
+    time.sleep(max(0.0, start_at + 0.8 - time.monotonic()))
+    redis_server.stop()
+    time.sleep(1.0)
+    redis_server.start()
+    results = [w.answer(timeout=seconds + 30) for w in workers]
+    assert [r["errors"] for r in results] == [[], []]
+    done = sum(r["ok"] for r in results)
+    assert done == len(server.requests) > 50
+    assert all(r.status == 200 for r in server.requests)
+    for w in workers:
+        logs = w.call("logs")["logs"]
+        levels = [level for level, message in logs if "Redis state" in message]
+        assert levels[:2] == ["WARNING", "INFO"], logs
+        assert "unreachable" in logs[levels.index("WARNING")][1]
+        assert "Redis state" in w.log()  # and on stderr, as users would see it
+    # Back on the restarted server: the last requests were counted there.
+    stats = BalancedChatModel(**model).get_stats()
+    assert sum(s["total_requests"] for s in stats.values()) > 0
