@@ -1,11 +1,14 @@
 """What `BalancedChatModel` costs on top of the raw `openai` SDK, next to ChatOpenAI and LiteLLM.
 
 One fake OpenAI server runs in its own process (spawned), so the client's CPU time is its own.
-Every contestant talks to that one server: the raw `openai` SDK, LangChain's `ChatOpenAI`,
-LiteLLM's `Router`, and `BalancedChatModel` over 1, 4 and 1,000 keys (distinct keys, same
-server). Each is warmed up first (every key of a pool used once, sync and async, so SDK
-clients and connections exist); then rounds run interleaved (A B C ... A B C ...) to cancel
-drift, and every figure is a median:
+Every contestant talks to that one server: the raw `openai` SDK (`chat.completions.create`,
+the baseline of every ratio), two reference rows (the SDK's untyped `post(cast_to=dict)`, which
+our OpenAI provider uses, and the floor of any LangChain model: a bare `BaseChatModel` around
+one SDK call), LangChain's `ChatOpenAI`, LiteLLM's `Router`, and `BalancedChatModel` over 1, 4
+and 1,000 keys (distinct keys, same server). Each is warmed up first (every key of a pool used
+once, sync and async, so SDK clients and connections exist); then rounds run interleaved
+(A B C ..., each round starting one contestant later) to cancel drift, and every figure is a
+median:
 
 - latency: wall time of one sync call (`invoke`, `create`, `completion`) at concurrency 1;
 - throughput: async calls (`ainvoke`, ...) through `asyncio.gather` under a semaphore of 64;
@@ -17,7 +20,7 @@ over 1, 4 and 1,000 keys: the pick must cost the same whatever the pool size.
 
 LiteLLM is kept off the network: local cost map, offline mode, no telemetry.
 
-Run: PYTHONPATH=. python benchmarks/overhead.py [--calls 300] [--rounds 5] [--quick]
+Run: PYTHONPATH=. python benchmarks/overhead.py [--calls 100] [--rounds 12] [--quick]
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import contextlib
 import gc
 import multiprocessing
 import os
+import resource
 import statistics
 import sys
 import time
@@ -132,6 +136,24 @@ def chat_openai(base_url: str, warmup: int) -> Contestant:
         acall=lambda: model.ainvoke(PROMPT),
         warmup_calls=warmup,
         check=lambda r: r.content,
+    )
+
+
+def raw_post(base_url: str, warmup: int) -> Contestant:
+    """The SDK's transport without its typed layer: `post(cast_to=dict)`, as our provider does."""
+    import openai
+
+    client = openai.OpenAI(base_url=base_url, api_key="sk-post", max_retries=0)
+    aclient = openai.AsyncOpenAI(base_url=base_url, api_key="sk-post", max_retries=0)
+    body = {"model": MODEL, "messages": MESSAGES}
+    return Contestant(
+        name="openai SDK, raw post(cast_to=dict)",
+        call=lambda: client.post("/chat/completions", body=body, cast_to=dict),
+        acall=lambda: aclient.post("/chat/completions", body=body, cast_to=dict),
+        warmup_calls=warmup,
+        check=lambda r: r["choices"][0]["message"]["content"],
+        close=client.close,
+        aclose=aclient.close,
     )
 
 
@@ -364,7 +386,7 @@ def main() -> None:
     parser.add_argument(
         "--skip",
         default="",
-        help="comma-separated contestants to leave out: floor, litellm, big-pool",
+        help="comma-separated contestants to leave out: post, floor, litellm, big-pool",
     )
     args = parser.parse_args()
     if args.quick:
@@ -377,6 +399,8 @@ def main() -> None:
     with ServerProcess() as server:
         url = server.base_url
         builders: list[Callable[[], Contestant]] = [lambda: raw_sdk(url, args.warmup)]
+        if "post" not in skip:
+            builders.append(lambda: raw_post(url, args.warmup))
         if "floor" not in skip:
             builders.append(lambda: langchain_floor(url, args.warmup))
         builders.append(lambda: chat_openai(url, args.warmup))
@@ -419,7 +443,8 @@ def main() -> None:
     print(
         f"\n{args.rounds} interleaved rounds x {args.calls} sync calls and "
         f"{async_calls} async calls (concurrency {args.concurrency}) "
-        f"per contestant; medians; fake server in its own process; {elapsed:.0f} s in all.\n"
+        f"per contestant; medians; fake server in its own process; {elapsed:.0f} s in all; "
+        f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MB.\n"
     )
     print(table(contestants))
     print("\n| keys in pool | `Balancer.call` around a no-I/O call, µs |")

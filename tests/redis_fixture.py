@@ -97,6 +97,11 @@ class RedisServer:
             proc.kill()
             proc.wait(5)
 
+    def close(self) -> None:
+        """Stop the server for good and remove its working directory."""
+        self.stop()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
     def restart(self) -> None:
         """Stop, then start again on the same port."""
         self.stop()
@@ -148,7 +153,7 @@ def redis_server() -> Iterator[RedisServer]:
     try:
         yield server
     finally:
-        server.stop()
+        server.close()
 
 
 @pytest.fixture

@@ -1,13 +1,19 @@
 """Choosing the next provider in O(log n): a heap of members ordered by load.
 
 The order DESIGN.md asks for is: fewest active requests (scaled by weight), then fewest recent
-failures, then least recently used. Every member has at most one live entry in the ``ready``
-heap; an entry is a tuple of that sort key and a version number, and changing a member (a pick,
-a release) bumps its version and pushes a fresh entry, leaving the old one to be skipped when
-popped (lazy deletion). Members the state refused (window full, resting, breaker open) wait in
-the ``parked`` heap ordered by the time they may have capacity again, and return to ``ready``
-when that time comes or when one of their own requests ends. So a pick is a few heap operations
-whatever the pool size, and 1,000 keys cost what 10 cost.
+failures, then least recently used. The last two are one number, a virtual finish time as in
+weighted fair queuing: each pick moves a member's time forward by ``1 / weight`` (so idle
+sequential calls rotate, and a weight-2 key takes two turns for one), and each failure moves it
+one more turn back (so a key that just failed waits behind the others, and the penalty fades as
+they are used, instead of exiling the key until it happens to succeed).
+
+Every member has at most one live entry in the ``ready`` heap; an entry is a tuple of that sort
+key and a version number, and changing a member (a pick, a release) bumps its version and pushes
+a fresh entry, leaving the old one to be skipped when popped (lazy deletion). Members the state
+refused (window full, resting, breaker open) wait in the ``parked`` heap ordered by the time
+they may have capacity again, and return to ``ready`` when that time comes or when one of their
+own requests ends. So a pick is a few heap operations whatever the pool size, and 1,000 keys
+cost what 10 cost.
 
 The picker is not thread-safe; the balancer calls it under its lock.
 """
@@ -36,6 +42,7 @@ class Member:
         "active",
         "config",
         "failures",
+        "vfinish",
         "index",
         "key",
         "last_used",
@@ -56,6 +63,7 @@ class Member:
         self.active = 0
         self.failures = 0
         self.last_used = 0
+        self.vfinish = 0.0
         self.version = 0
         self.parked = False
 
@@ -65,16 +73,17 @@ class Picker:
 
     def __init__(self, members: list[Member]) -> None:
         self.members = members
-        self._ready: list[tuple[float, int, int, int, int]] = []
+        self._ready: list[tuple[float, float, int, int, int]] = []
         self._parked: list[tuple[float, int, int]] = []
         self._tick = itertools.count(1)
+        self._vnow = 0.0
         for m in members:
             self._push(m)
 
     def _push(self, m: Member) -> None:
         m.version += 1
         heapq.heappush(
-            self._ready, (m.active / m.weight, m.failures, m.last_used, m.index, m.version)
+            self._ready, (m.active / m.weight, m.vfinish, m.last_used, m.index, m.version)
         )
         if len(self._ready) > 4 * len(self.members) + 64:
             self._compact()
@@ -111,7 +120,7 @@ class Picker:
         self._unpark_due(now)
         ready = self._ready
         members = self.members
-        skipped: list[tuple[float, int, int, int, int]] = []
+        skipped: list[tuple[float, float, int, int, int]] = []
         chosen: Member | None = None
         while ready:
             entry = heapq.heappop(ready)
@@ -131,6 +140,9 @@ class Picker:
             return self._parked[0][0] if self._parked else math.inf
         chosen.active += 1
         chosen.last_used = next(self._tick)
+        start = max(self._vnow, chosen.vfinish)
+        chosen.vfinish = start + 1.0 / chosen.weight
+        self._vnow = start
         self._push(chosen)
         return chosen
 
@@ -155,6 +167,7 @@ class Picker:
         m.active -= 1
         if failed is True:
             m.failures += 1
+            m.vfinish = max(m.vfinish, self._vnow) + 1.0 / m.weight
         elif failed is False:
             m.failures = 0
         m.parked = False

@@ -224,7 +224,7 @@ def test_threads_never_exceed_the_rate_limit_on_the_clock(srv: FakeOpenAIServer)
                 starts.setdefault(key, []).append(lease.started)
         return lease
 
-    state.acquire = recording_acquire  # type: ignore[method-assign]
+    state.acquire = recording_acquire  # type: ignore[method-assign,assignment]
     try:
         with ThreadPoolExecutor(max_workers=6) as pool:
             replies = list(pool.map(lambda i: model.invoke(f"r{i}").content, range(30)))

@@ -113,11 +113,19 @@ async def test_batches_respect_the_providers_batch_size(
     srv: FakeOpenAIServer, run_async: bool
 ) -> None:
     emb, keys = make(srv, extra={"batch_size": 100})
+    srv.latency = 0.1  # all ten batches in flight together, so picks follow the load
     vectors = await emb.aembed_documents(TEXTS) if run_async else emb.embed_documents(TEXTS)
     batches = inputs_of(srv)
     assert len(batches) == 10
     assert all(len(b) <= 100 for b in batches)
-    assert Counter(r.api_key for r in srv.requests) == dict.fromkeys(keys, 5)
+    served = Counter(r.api_key for r in srv.requests)
+    if run_async:
+        # Every pick happens before any answer: the least-loaded rule splits them evenly.
+        assert served == dict.fromkeys(keys, 5)
+    else:
+        # Threads start one by one, so a fast key may take one more; both share the work.
+        assert set(served) == set(keys)
+        assert min(served.values()) >= 3
     assert_vectors_match(TEXTS, vectors)
 
 
@@ -152,7 +160,8 @@ async def test_a_failing_batch_fails_over_and_order_is_kept(
     vectors = await emb.aembed_documents(texts) if run_async else emb.embed_documents(texts)
     assert_vectors_match(texts, vectors)
     failed = [r for r in srv.requests if r.status != 200]
-    assert len(failed) == 1 and failed[0].api_key == a
+    assert len(failed) == 1
+    assert failed[0].api_key == a
     sent = [t for batch in inputs_of(srv) for t in batch]
     assert Counter(sent) == Counter(texts)  # the failed share was resent once, elsewhere
     assert emb.get_stats()["openai-0"]["error_count"] == 1
@@ -206,8 +215,10 @@ def test_dimension_mismatch_in_one_call_is_a_config_error(
     emb = mixed_pool(srv, wide_srv)
     with pytest.raises(PllmConfigError) as info:
         emb.embed_documents(TEXTS[:100])
-    assert "openai-0" in str(info.value) and "openai-1" in str(info.value)
-    assert srv.requests and wide_srv.requests  # both answered; the sizes disagreed
+    assert "openai-0" in str(info.value)
+    assert "openai-1" in str(info.value)
+    assert srv.requests  # both answered; the sizes disagreed
+    assert wide_srv.requests
 
 
 async def test_dimension_mismatch_across_calls_is_a_config_error(

@@ -5,14 +5,17 @@ file run as a script (``python test_redis_fleet.py``): each worker process reads
 JSON lines on stdin, runs ``BalancedChatModel`` calls from threads, and answers on stdout. The
 workers start once per module (importing the SDKs costs seconds) and serve every test.
 
-What is checked, and how exactly: the Redis reservations themselves (read from the ``starts`` and
-``tokens`` ZSETs, polled faster than entries can leave them) must never hold more than the limit
-in any window: exactly. The fake servers' arrival times lag those reservations by each request's
-trip through the SDK and the loopback (a few milliseconds, more on a loaded machine), and that
-lag varies, so a window drawn on arrival times can catch one request more than the limit when a
-request reserved late arrives early relative to one reserved earlier. The test measures the
-shortest span holding ``limit + 1`` arrivals and requires it to be at least ``window - LAG``;
-the measured shortfall is printed (``-s``) and stays within a few tens of milliseconds.
+What is checked, and how exactly. The Redis reservations themselves (read from the ``starts``
+and ``tokens`` ZSETs, polled faster than entries can leave them) never hold more than the limit
+in any window: exactly, and at least 98 % of it is used. The fake servers' arrival times lag
+those reservations by each request's trip through the SDK and loopback, and the lag varies
+with CPU contention (4 workers, 24 threads and the server on 2 cores): measured here, the
+shortest span holding ``limit + 1`` arrivals falls 30 to 70 ms short of the window. At
+saturation a window's whole budget frees at once and is spent in a burst, so a window drawn
+over arrivals that are a few tens of ms off can hold several more than the limit (up to 39 of
+30 seen): strict exactness on the servers' clocks is not achievable by a limiter that can only
+decide when a request starts. The test requires the shortest such span to be at least
+``window - LAG`` and prints what it measured (``-s``).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import pytest
 
@@ -36,7 +39,7 @@ PROTOCOL = "@@pllm@@ "  # marks our lines on a worker's stdout, whatever else pr
 WINDOW = 2.0
 LIMIT = 30
 WINDOWS = 3  # hammer for exactly this many windows
-LAG = 0.1  # allowed arrival-time jitter, seconds (see the module docstring)
+LAG = 0.15  # allowed arrival-time jitter, seconds (see the module docstring)
 TOKENS_PER_REQUEST = 14  # the fake server's usage for REPLY and PROMPT
 REPLY = "a b c d e f g h i j"  # 10 completion words
 PROMPT = "hello"  # 1 word + 3 per message = 4 prompt tokens
@@ -86,6 +89,10 @@ def _worker_main() -> None:  # pragma: no cover - runs in the worker processes
                     with lock:
                         ok.append(1)
 
+        # Build the SDK clients now: built lazily, the first call's client would be built
+        # after its reservation, and its send delayed by that (~0.3 s on a loaded machine).
+        for member in chat.balancer_instance.members:
+            assert member.provider.sync_client is not None
         threads = [threading.Thread(target=run) for _ in range(cmd["threads"])]
         for t in threads:
             t.start()
@@ -132,7 +139,9 @@ import redis  # noqa: E402
 
 from langchain_pllm import BalancedChatModel  # noqa: E402
 from langchain_pllm.testing import FakeOpenAIServer, Fault, RecordedRequest  # noqa: E402
-from tests.redis_fixture import RedisServer  # noqa: E402
+
+if TYPE_CHECKING:
+    from tests.redis_fixture import RedisServer
 
 pytest_plugins = ["tests.redis_fixture"]
 
@@ -141,7 +150,7 @@ class Worker:
     """One worker process: send a command, read its answer."""
 
     def __init__(self) -> None:
-        self.stderr = tempfile.TemporaryFile()
+        self.stderr = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the worker
         env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
         self.proc = subprocess.Popen(
             [sys.executable, __file__],
@@ -211,6 +220,14 @@ def fleet(redis_server: RedisServer) -> Iterator[list[Worker]]:
     try:
         for w in workers:
             w.ready()
+        # A process's first call imports the SDK's lazy modules and opens its first connection
+        # (a few hundred ms): do it here, outside the measured runs, on an unlimited pool.
+        with FakeOpenAIServer(reply_text=REPLY) as srv:
+            warm = pool(srv, "memory", ["sk-warm-up"])
+            for w in workers:
+                w.send("invoke", model=warm)
+            for w in workers:
+                w.answer()
         yield workers
     finally:
         for w in workers:
@@ -258,7 +275,7 @@ class ReservationLog:
         for name in self._client.scan_iter("pllm:*"):
             if name.endswith((":starts", ":tokens")):
                 members = self._client.zrange(name, 0, -1, withscores=True)
-                self.entries.setdefault(name, {}).update(members)
+                self.entries.setdefault(name, {}).update(cast("list[tuple[str, float]]", members))
 
     def _poll(self) -> None:
         while not self._stop.is_set():
@@ -322,25 +339,30 @@ def by_key(srv: FakeOpenAIServer) -> dict[str, list[RecordedRequest]]:
 
 def _check_window(
     name: str,
-    points: list[tuple[float, int]],
+    arrivals: list[tuple[float, int]],
     limit: int,
     reserved: list[tuple[float, int]],
 ) -> None:
     """Exact on Redis's reservations; within ``LAG`` on the server's arrivals; >= 98 % used."""
     assert heaviest_span(reserved, WINDOW) <= limit, f"{name}: Redis reserved over the limit"
-    t0 = min(t for t, _ in points)
-    used = sum(w for t, w in points if t < t0 + WINDOWS * WINDOW)
-    unit = points[0][1]
+    unit = arrivals[0][1]
     # Arrivals: the shortest span holding one request more than the limit allows.
-    span = shortest_span([t for t, _ in points], limit // unit + 1)
+    span = shortest_span([t for t, _ in arrivals], limit // unit + 1)
+    capacity = WINDOWS * limit
+    r0 = min(t for t, _ in reserved)
+    a0 = min(t for t, _ in arrivals)
+    used_reserved = sum(w for t, w in reserved if t < r0 + WINDOWS * WINDOW)
+    used_arrived = sum(w for t, w in arrivals if t < a0 + WINDOWS * WINDOW)
     print(
-        f"\n{name}: {used} of {WINDOWS * limit} used in {WINDOWS} windows "
-        f"({used / (WINDOWS * limit):.1%}); heaviest arrival window {heaviest_span(points, WINDOW)}"
-        f" (limit {limit}); shortest span of limit+1 arrivals {span:.4f}s vs window {WINDOW}s;"
-        f" heaviest reserved window {heaviest_span(reserved, WINDOW)}"
+        f"\n{name}: limit {limit} per {WINDOW}s; heaviest window of reservations "
+        f"{heaviest_span(reserved, WINDOW)}, of arrivals {heaviest_span(arrivals, WINDOW)}; "
+        f"shortest span of limit+1 arrivals {span:.4f}s (short by {max(0.0, WINDOW - span):.4f}s);"
+        f" used in the first {WINDOWS} windows: {used_reserved}/{capacity} reserved "
+        f"({used_reserved / capacity:.1%}), {used_arrived}/{capacity} arrived"
     )
     assert span >= WINDOW - LAG, f"{name}: {limit // unit + 1} arrivals within {span:.3f}s"
-    assert used >= 0.98 * WINDOWS * limit, f"{name}: only {used} of {WINDOWS * limit} used"
+    assert used_reserved >= 0.98 * capacity, f"{name}: only {used_reserved} of {capacity} used"
+    assert used_arrived >= 0.98 * capacity, f"{name}: only {used_arrived} of {capacity} arrived"
 
 
 # Tests --------------------------------------------------------------------------------------------
@@ -388,7 +410,8 @@ def test_four_processes_never_exceed_tpm_and_use_it_fully(
         tokens = reservations.of(model, key, "tokens")
         assert len(tokens) == len(log[key])
         reserved = [(t, int(member.rsplit("|", 1)[1])) for member, t in tokens.items()]
-        _check_window(key, [(r.time, r.usage["total_tokens"]) for r in log[key]], tpm, reserved)
+        arrivals = [(r.time, (r.usage or {})["total_tokens"]) for r in log[key]]
+        _check_window(key, arrivals, tpm, reserved)
 
 
 def test_a_breaker_opened_by_one_process_is_open_in_the_others_with_one_probe(
@@ -437,18 +460,20 @@ def test_a_killed_process_leaks_no_active_request_after_its_lease_expires(
         assert server.requests, "the held request never arrived"
         watcher = BalancedChatModel(**model)
         assert watcher.get_stats()["sk-doomed"]["active_requests"] == 1
+        client = redis.Redis.from_url(redis_url, decode_responses=True)
+        fingerprint = watcher.balancer_instance.by_id["sk-doomed"].key
+        leases = client.zrange(f"pllm:{{{fingerprint}}}:leases", 0, -1, withscores=True)
+        assert len(leases) == 1
+        expiry = float(leases[0][1])
         victim.proc.kill()  # SIGKILL: no release, no cleanup
         victim.proc.wait(5)
-        killed_at = time.monotonic()
         assert watcher.get_stats()["sk-doomed"]["active_requests"] == 1  # not freed by the kill
-        while watcher.get_stats()["sk-doomed"]["active_requests"] and (
-            time.monotonic() < killed_at + lease_ttl + 3
-        ):
+        deadline = time.monotonic() + lease_ttl + 3
+        while watcher.get_stats()["sk-doomed"]["active_requests"] and time.monotonic() < deadline:
             time.sleep(0.05)
-        freed_at = time.monotonic()
+        seconds, micros = client.time()
         assert watcher.get_stats()["sk-doomed"]["active_requests"] == 0
-        # Freed by the lease's expiry, which runs from the reservation (just before arrival).
-        assert freed_at >= server.requests[0].time + lease_ttl - 0.1
+        assert int(seconds) + int(micros) / 1e6 >= expiry  # freed by expiry, on the Redis clock
     finally:
         victim.stop()
 

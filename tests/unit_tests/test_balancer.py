@@ -421,3 +421,51 @@ def test_max_concurrency_caps_in_flight_and_wakes_on_release() -> None:
 
 
 _: Callable[..., Any] = _spans_ok
+
+
+def test_a_key_that_failed_once_returns_to_the_rotation() -> None:
+    balancer, providers, _ = make_balancer(3, breaker_threshold=5)
+    providers[0].script = [err(ModelAPIError)]
+    assert call(balancer)[1].config.id == "openai-1"  # failed over
+    served = [call(balancer)[1].config.id for _ in range(9)]
+    # The failure costs key 0 one turn, not its place in the pool: the others go first, then
+    # the rotation is even again.
+    assert served[:2] == ["openai-2", "openai-1"]
+    assert sorted(served[3:]) == [
+        "openai-0",
+        "openai-0",
+        "openai-1",
+        "openai-1",
+        "openai-2",
+        "openai-2",
+    ]
+
+
+def test_weights_scale_the_share_of_sequential_calls() -> None:
+    clock = ManualClock()
+    pool = pool_from_providers(
+        [
+            {"vendor": "openai", "api_key": "w-a", "model": "m", "weight": 2},
+            {"vendor": "openai", "api_key": "w-b", "model": "m", "weight": 1},
+        ]
+    )
+    providers = [ScriptedProvider(p) for p in pool.providers]
+    balancer = Balancer(
+        pool, balancer_from_mapping({}), clock=clock, state=MemoryState(), providers=providers
+    )
+    served = [call(balancer)[1].config.id for _ in range(30)]
+    assert served.count("openai-0") == 20
+    assert served.count("openai-1") == 10
+
+
+def test_a_half_open_key_is_probed_even_behind_an_idle_healthy_peer() -> None:
+    balancer, providers, clock = make_balancer(
+        2, breaker_threshold=1, health_check_interval=300, max_retries=1
+    )
+    providers[0].script = [err(ModelAPIError)]
+    call(balancer)
+    assert balancer.get_stats()["openai-0"]["state"] == "open"
+    clock.advance(300.0)
+    served = [call(balancer)[1].config.id for _ in range(4)]
+    assert "openai-0" in served
+    assert balancer.get_stats()["openai-0"]["state"] == "closed"

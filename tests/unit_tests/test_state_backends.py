@@ -13,8 +13,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import socket
 import threading
 import time
+from typing import TYPE_CHECKING
 
 import pytest
 import redis
@@ -30,7 +32,9 @@ from langchain_pllm.state.base import (
 )
 from langchain_pllm.state.memory import MemoryState
 from langchain_pllm.state.redis import RedisState
-from tests.redis_fixture import RedisServer, free_port
+
+if TYPE_CHECKING:
+    from tests.redis_fixture import RedisServer
 
 pytest_plugins = ["tests.redis_fixture"]
 
@@ -403,8 +407,11 @@ class TestRedisAway:
     def test_unreachable_redis_falls_back_to_a_share_of_each_limit(
         self, caplog: pytest.LogCaptureFixture
     ) -> None:
+        with socket.socket() as sock:  # a port nothing listens on
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
         state = RedisState(
-            f"redis://127.0.0.1:{free_port()}/0", timeout=0.2, local_share=0.5, server_time=False
+            f"redis://127.0.0.1:{port}/0", timeout=0.2, local_share=0.5, server_time=False
         )
         lim = limits(rate=3)
         with caplog.at_level(logging.WARNING, logger="langchain_pllm"):
