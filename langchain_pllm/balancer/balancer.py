@@ -161,6 +161,7 @@ class Balancer:
                     event = threading.Event()
                     self._waiters.append(event.set)
             if isinstance(c, Member):
+                c.provider.prepare(False)
                 r = self.state.acquire(c.key, c.limits, tokens, now, self.breaker)
                 if isinstance(r, Lease):
                     return c, r
@@ -173,7 +174,7 @@ class Balancer:
             if now >= wait_until or (last_error is not None and c > wait_until):
                 raise self._gave_up(now - wait_start, last_error)
             assert event is not None
-            clock.wait(event, min(c, wait_until) - now)
+            clock.wait(event, min(c, wait_until))
 
     async def _aacquire(
         self,
@@ -194,6 +195,7 @@ class Balancer:
                     event = asyncio.Event()
                     self._waiters.append(_async_setter(event))
             if isinstance(c, Member):
+                c.provider.prepare(True)
                 if self._local:
                     r = self.state.acquire(c.key, c.limits, tokens, now, self.breaker)
                 else:
@@ -209,7 +211,7 @@ class Balancer:
             if now >= wait_until or (last_error is not None and c > wait_until):
                 raise self._gave_up(now - wait_start, last_error)
             assert event is not None
-            await clock.await_event(event, min(c, wait_until) - now)
+            await clock.await_event(event, min(c, wait_until))
 
     def _retry_after(self, outcome: Outcome, exc: BaseException | None) -> float | None:
         if outcome is not Outcome.RATE_LIMITED:

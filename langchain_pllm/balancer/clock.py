@@ -24,12 +24,12 @@ class Clock:
         """Return the current time in seconds (monotonic; the origin is arbitrary)."""
         raise NotImplementedError
 
-    def wait(self, event: threading.Event, seconds: float) -> None:
-        """Block until ``event`` is set or ``seconds`` have passed."""
+    def wait(self, event: threading.Event, deadline: float) -> None:
+        """Block until ``event`` is set or the clock reaches ``deadline``."""
         raise NotImplementedError
 
-    async def await_event(self, event: asyncio.Event, seconds: float) -> None:
-        """Wait until ``event`` is set or ``seconds`` have passed."""
+    async def await_event(self, event: asyncio.Event, deadline: float) -> None:
+        """Wait until ``event`` is set or the clock reaches ``deadline``."""
         raise NotImplementedError
 
 
@@ -38,14 +38,14 @@ class MonotonicClock(Clock):
 
     now = staticmethod(time.monotonic)
 
-    def wait(self, event: threading.Event, seconds: float) -> None:
+    def wait(self, event: threading.Event, deadline: float) -> None:
         """Block on the event with a timeout."""
-        event.wait(max(0.0, seconds))
+        event.wait(max(0.0, deadline - time.monotonic()))
 
-    async def await_event(self, event: asyncio.Event, seconds: float) -> None:
+    async def await_event(self, event: asyncio.Event, deadline: float) -> None:
         """Wait on the event with a timeout."""
         with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(event.wait(), max(0.0, seconds))
+            await asyncio.wait_for(event.wait(), max(0.0, deadline - time.monotonic()))
 
 
 class ManualClock(Clock):
@@ -74,17 +74,16 @@ class ManualClock(Clock):
         with self._lock:
             self._now = max(self._now, t)
 
-    def wait(self, event: threading.Event, seconds: float) -> None:
-        """Jump forward to the wake time unless the event is already set."""
-        if not event.is_set() and seconds > 0:
-            self.set(self._now + seconds)
+    def wait(self, event: threading.Event, deadline: float) -> None:
+        """Jump forward to the deadline unless the event is already set."""
+        if not event.is_set():
+            self.set(deadline)
 
-    async def await_event(self, event: asyncio.Event, seconds: float) -> None:
-        """Let other tasks run once; if the event is still unset, jump to the wake time."""
-        target = self._now + seconds  # before yielding: other tasks may move time meanwhile
+    async def await_event(self, event: asyncio.Event, deadline: float) -> None:
+        """Let other tasks run once; if the event is still unset, jump to the deadline."""
         await asyncio.sleep(0)
-        if not event.is_set() and seconds > 0:
-            self.set(target)
+        if not event.is_set():
+            self.set(deadline)
 
 
 DEFAULT_CLOCK = MonotonicClock()

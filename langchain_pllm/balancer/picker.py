@@ -42,7 +42,6 @@ class Member:
         "active",
         "config",
         "failures",
-        "vfinish",
         "index",
         "key",
         "last_used",
@@ -50,6 +49,7 @@ class Member:
         "parked",
         "provider",
         "version",
+        "vfinish",
         "weight",
     )
 

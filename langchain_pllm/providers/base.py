@@ -11,6 +11,7 @@ clients, once per event loop, since their connection pools belong to a loop).
 from __future__ import annotations
 
 import asyncio
+import threading
 import weakref
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -85,6 +86,7 @@ class Provider:
         self.model = config.model
         self._sync_client: Any = None
         self._async_clients: _PerLoop[Any] = _PerLoop()
+        self._build_lock = threading.Lock()
         self._warned: set[str] = set()
 
     # Clients -----------------------------------------------------------------------------------
@@ -92,9 +94,24 @@ class Provider:
     @property
     def sync_client(self) -> Any:
         """The SDK's sync client, built on first use."""
-        if self._sync_client is None:
-            self._sync_client = self._build_sync_client()
-        return self._sync_client
+        client = self._sync_client
+        if client is None:
+            with self._build_lock:  # two threads must not each build (and leak) a client
+                client = self._sync_client
+                if client is None:
+                    client = self._sync_client = self._build_sync_client()
+        return client
+
+    def prepare(self, asynchronous: bool) -> None:
+        """Build the client a call is about to need, before a rate-limit slot is reserved.
+
+        Building an SDK client takes milliseconds; doing it after the reservation would start
+        the first request late and crowd the window's requests together.
+        """
+        if asynchronous:
+            self._async_clients.get(self._build_async_client)
+        elif self._sync_client is None:
+            _ = self.sync_client
 
     @property
     def async_client(self) -> Any:

@@ -8,8 +8,11 @@ declared with their full JSON schema (``parameters_json_schema``) and JSON outpu
 ``response_json_schema``, so no schema is cut down to Gemini's OpenAPI subset. Gemini gives its
 function calls no ids: ids are derived from the response id and the call's position, so a stream
 and its merged message agree. Gemini repeats cumulative ``usageMetadata`` on every stream chunk;
-only the last is reported, once. The SDK does not retry unless ``HttpRetryOptions`` is set, and
-we set none: the balancer retries. Its ``HttpOptions.timeout`` is in milliseconds.
+only the last is reported, once. The balancer retries, not the SDK: google-genai retries HTTP
+errors only under ``HttpRetryOptions``, but without them its async (aiohttp) path retries a
+dropped connection once after sleeping 1 to 10 seconds, so the client is given
+``HttpRetryOptions(attempts=1)``: a single attempt, which also turns that implicit retry off.
+``HttpOptions.timeout`` is in milliseconds.
 """
 
 from __future__ import annotations
@@ -354,7 +357,13 @@ class GoogleProvider(Provider):
             if base.endswith(suffix):
                 base, version = base[: -len(suffix)], suffix[1:]
                 break
-        http: dict[str, Any] = {"base_url": base, "api_version": version}
+        http: dict[str, Any] = {
+            "base_url": base,
+            "api_version": version,
+            # Not a retry policy: one attempt. Without any retry options the aiohttp path
+            # silently retries a dropped connection once, after sleeping 1-10 s.
+            "retry_options": genai_types.HttpRetryOptions(attempts=1),
+        }
         if self.config.timeout is not None:
             http["timeout"] = int(self.config.timeout * 1000)  # milliseconds
         return genai.Client(

@@ -45,7 +45,8 @@ class _KeyState:
 
     def __init__(self) -> None:
         self.starts: deque[float] = deque()
-        self.tokens: deque[list[float]] = deque()  # [start, tokens] pairs, settled in place
+        # [start, tokens, in_window] entries, settled in place while still in the window.
+        self.tokens: deque[list[float]] = deque()
         self.token_sum = 0
         self.active = 0
         self.rest_until = 0.0
@@ -65,7 +66,9 @@ class _KeyState:
             starts.popleft()
         tokens = self.tokens
         while tokens and tokens[0][0] <= cutoff:
-            self.token_sum -= int(tokens.popleft()[1])
+            entry = tokens.popleft()
+            self.token_sum -= int(entry[1])
+            entry[2] = 0  # a late settlement must not touch the window it left
 
 
 class MemoryState(StateBackend):
@@ -115,7 +118,7 @@ class MemoryState(StateBackend):
                 # or it could never run at all.
                 if s.token_sum + tokens > limits.tpm and s.token_sum > 0:
                     return s.tokens[0][0] + limits.window
-                entry = [now, tokens]
+                entry = [now, tokens, 1]
                 s.tokens.append(entry)
                 s.token_sum += tokens
             s.starts.append(now)
@@ -147,7 +150,7 @@ class MemoryState(StateBackend):
                 used = 0  # a refused request spent no tokens
             else:
                 used = lease.tokens  # a cancelled one may have: keep the estimate
-            if isinstance(entry, list):
+            if isinstance(entry, list) and entry[2]:
                 s.token_sum += used - int(entry[1])
                 entry[1] = used
             if lease.probe:

@@ -41,6 +41,12 @@ class ScriptedProvider(Provider):
         self.calls: list[float] = []
         self.clock: ManualClock | None = None
 
+    def _build_sync_client(self) -> Any:
+        return object()  # no SDK: the script is the vendor
+
+    def _build_async_client(self) -> Any:
+        return object()
+
     def run(self) -> str:
         if self.clock is not None:
             self.calls.append(self.clock.now())

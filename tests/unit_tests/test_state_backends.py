@@ -264,11 +264,6 @@ class TestStateBackend:
         assert backend.snapshot(KEY, lim, T0).active_requests == 25
 
     def test_a_lease_that_outlives_its_window_settles_cleanly(self, backend: StateBackend) -> None:
-        if isinstance(backend, MemoryState):
-            pytest.xfail(
-                "MemoryState settles a token entry that already left the window, "
-                "skewing token_sum (memory.py release: entry popped by expire)"
-            )
         lim = limits(tpm=100)
         slow = take(backend, lim, T0, tokens=60)
         take(backend, lim, T0 + W + 1, tokens=10)  # the slow request's entry ages out here

@@ -1,0 +1,344 @@
+"""AnthropicProvider over real HTTP against FakeAnthropicServer, through BalancedChatModel."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from langchain_core.exceptions import (
+    ContextOverflowError,
+    ModelAPIError,
+    ModelAuthenticationError,
+    ModelConnectionError,
+    ModelError,
+    ModelInvalidRequestError,
+    ModelRateLimitError,
+    ModelRefusalError,
+    ModelTimeoutError,
+)
+from langchain_core.messages import (
+    AIMessage,
+    AIMessageChunk,
+    BaseMessage,
+    HumanMessage,
+    SystemMessage,
+    ToolMessage,
+)
+from pydantic import BaseModel
+
+from langchain_pllm import BalancedChatModel
+from langchain_pllm.testing import FakeAnthropicServer, Fault, Reply
+
+KEY = "sk-ant-secret-key"
+PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
+
+
+class Person(BaseModel):
+    name: str
+    age: int
+
+
+def add(a: int, b: int) -> int:
+    """Add two integers."""
+    return a + b
+
+
+def model_for(srv: FakeAnthropicServer, **kwargs: Any) -> BalancedChatModel:
+    provider = {"vendor": "anthropic", "api_key": KEY, "model": "claude-x", "api_base": srv.base_url}
+    provider.update(kwargs.pop("provider", {}))
+    return BalancedChatModel(providers=[provider], max_retries=0, **kwargs)
+
+
+def joined(chunks: list[AIMessageChunk]) -> AIMessageChunk:
+    full = chunks[0]
+    for c in chunks[1:]:
+        full = full + c
+    return full
+
+
+def expected_usage(srv: FakeAnthropicServer) -> dict[str, int]:
+    rec = srv.requests[-1]
+    return {
+        "input_tokens": rec.prompt_tokens,
+        "output_tokens": rec.completion_tokens,
+        "total_tokens": rec.prompt_tokens + rec.completion_tokens,
+    }
+
+
+def test_invoke_converts_system_history_and_reports_usage(
+    fake_anthropic_server: FakeAnthropicServer,
+) -> None:
+    srv = fake_anthropic_server
+    msg = model_for(srv).invoke(
+        [
+            SystemMessage("be brief"),
+            HumanMessage("first"),
+            AIMessage("answer one"),
+            HumanMessage("hello"),
+            HumanMessage("there"),
+        ]
+    )
+    assert msg.content == "echo: hello there"
+    meta = msg.response_metadata
+    assert meta["finish_reason"] == "stop"
+    assert meta["stop_reason"] == "end_turn"
+    assert meta["model_provider"] == "anthropic"
+    assert meta["vendor"] == "anthropic"
+    assert meta["model_name"] == "claude-x"
+    assert msg.usage_metadata == expected_usage(srv)
+    body = srv.requests[-1].body
+    assert body["system"] == [{"type": "text", "text": "be brief"}]
+    assert body["max_tokens"] == 1024  # Anthropic requires it
+    # Consecutive user turns merged: the API wants alternation.
+    assert [m["role"] for m in body["messages"]] == ["user", "assistant", "user"]
+    assert [b["text"] for b in body["messages"][2]["content"]] == ["hello", "there"]
+
+
+def test_params_are_mapped_and_unknown_ones_dropped_with_one_warning(
+    fake_anthropic_server: FakeAnthropicServer,
+) -> None:
+    srv = fake_anthropic_server
+    model = model_for(srv, temperature=0.3, max_tokens=50, stop=["END"])
+    with pytest.warns(UserWarning) as record:
+        model.invoke("hi", top_p=0.5)
+    warned = " ".join(str(w.message) for w in record)
+    assert "'temperature'" in warned
+    assert "'top_p'" in warned
+    body = srv.requests[-1].body
+    assert body["max_tokens"] == 50
+    assert body["stop_sequences"] == ["END"]
+    assert "temperature" not in body
+    assert "top_p" not in body
+    # Warned once per provider, not once per request.
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.invoke("again")
+
+
+def test_images_base64_and_url(fake_anthropic_server: FakeAnthropicServer) -> None:
+    srv = fake_anthropic_server
+    content: list[str | dict[str, Any]] = [
+        {"type": "text", "text": "describe"},
+        {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PNG}"}},
+        {"type": "image", "url": "https://example.com/cat.jpg"},
+        {"type": "image", "base64": PNG, "mime_type": "image/png"},
+    ]
+    model_for(srv).invoke([HumanMessage(content=content)])
+    blocks = srv.requests[-1].body["messages"][0]["content"]
+    assert blocks[1] == {
+        "type": "image",
+        "source": {"type": "base64", "media_type": "image/png", "data": PNG},
+    }
+    assert blocks[2] == {
+        "type": "image",
+        "source": {"type": "url", "url": "https://example.com/cat.jpg"},
+    }
+    assert blocks[3]["source"]["data"] == PNG
+
+
+def test_stream_counts_usage_once_and_finish_once(
+    fake_anthropic_server: FakeAnthropicServer,
+) -> None:
+    srv = fake_anthropic_server
+    chunks = list(model_for(srv).stream("one two three"))
+    full = joined(chunks)
+    assert full.content == "echo: one two three"
+    assert len(chunks) > 3
+    assert sum(1 for c in chunks if c.usage_metadata) == 1
+    # message_start and message_delta both carry counts; adding them would double count.
+    assert full.usage_metadata == expected_usage(srv)
+    assert sum(1 for c in chunks if "finish_reason" in c.response_metadata) == 1
+    assert full.response_metadata["finish_reason"] == "stop"
+    assert full.response_metadata["model_name"] == "claude-x"
+    assert full.response_metadata["model_provider"] == "anthropic"
+
+
+async def test_ainvoke_and_astream(fake_anthropic_server: FakeAnthropicServer) -> None:
+    srv = fake_anthropic_server
+    model = model_for(srv)
+    msg = await model.ainvoke("async hello")
+    assert msg.content == "echo: async hello"
+    assert msg.usage_metadata == expected_usage(srv)
+    chunks = [c async for c in model.astream("async stream")]
+    full = joined(chunks)
+    assert full.content == "echo: async stream"
+    assert sum(1 for c in chunks if c.usage_metadata) == 1
+    assert full.usage_metadata == expected_usage(srv)
+    assert full.response_metadata["finish_reason"] == "stop"
+
+
+def _tool_round_trip(model: BalancedChatModel, srv: FakeAnthropicServer) -> None:
+    bound = model.bind_tools([add])
+    question: list[BaseMessage] = [HumanMessage("what is 2 + 3?")]
+    first = bound.invoke(question)
+    assert isinstance(first, AIMessage)
+    assert first.response_metadata["finish_reason"] == "tool_calls"
+    call = first.tool_calls[0]
+    assert call["name"] == "add"
+    assert call["id"]
+    assert srv.requests[-1].body["tools"][0]["name"] == "add"
+    assert srv.requests[-1].body["tools"][0]["input_schema"]["required"] == ["a", "b"]
+    result = ToolMessage(str(add(**call["args"])), tool_call_id=call["id"])
+    final = bound.invoke([*question, first, result])
+    assert final.content == f"result: {result.content}"
+    sent = srv.requests[-1].body["messages"]
+    assert sent[1]["content"] == [
+        {"type": "tool_use", "id": call["id"], "name": "add", "input": call["args"]}
+    ]
+    assert sent[2] == {
+        "role": "user",
+        "content": [{"type": "tool_result", "tool_use_id": call["id"], "content": result.content}],
+    }
+
+
+def test_tool_call_round_trip(fake_anthropic_server: FakeAnthropicServer) -> None:
+    _tool_round_trip(model_for(fake_anthropic_server), fake_anthropic_server)
+
+
+def test_stream_tool_call_chunks(fake_anthropic_server: FakeAnthropicServer) -> None:
+    srv = fake_anthropic_server
+    srv.set_responder(lambda body: Reply(text="let me add", tool_calls=[("add", {"a": 2, "b": 3})]))
+    chunks = list(model_for(srv).bind_tools([add]).stream("2 + 3"))
+    full = joined(chunks)
+    assert full.content == "let me add"
+    assert full.tool_calls == [
+        {"name": "add", "args": {"a": 2, "b": 3}, "id": "toolu_1_0", "type": "tool_call"}
+    ]
+    assert all(tc["index"] is not None for c in chunks for tc in c.tool_call_chunks)
+    assert full.response_metadata["finish_reason"] == "tool_calls"
+    assert full.usage_metadata == expected_usage(srv)
+
+
+@pytest.mark.parametrize(
+    ("choice", "wire"),
+    [
+        ("required", {"type": "any"}),
+        ("add", {"type": "tool", "name": "add"}),
+        ("auto", {"type": "auto"}),
+        ("none", {"type": "none"}),
+    ],
+)
+def test_tool_choice_mapping(
+    fake_anthropic_server: FakeAnthropicServer, choice: str, wire: dict[str, Any]
+) -> None:
+    srv = fake_anthropic_server
+    model_for(srv).bind_tools([add], tool_choice=choice).invoke("2 + 3")
+    assert srv.requests[-1].body["tool_choice"] == wire
+
+
+def test_parallel_tool_calls_false(fake_anthropic_server: FakeAnthropicServer) -> None:
+    srv = fake_anthropic_server
+    model_for(srv).bind_tools([add], parallel_tool_calls=False).invoke("2 + 3")
+    assert srv.requests[-1].body["tool_choice"] == {
+        "type": "auto",
+        "disable_parallel_tool_use": True,
+    }
+
+
+def test_structured_output_function_calling(fake_anthropic_server: FakeAnthropicServer) -> None:
+    srv = fake_anthropic_server
+    person = model_for(srv).with_structured_output(Person).invoke("who?")
+    assert person == Person(name="x", age=1)
+    assert srv.requests[-1].body["tool_choice"] == {"type": "tool", "name": "Person"}
+
+
+@pytest.mark.parametrize("method", ["json_schema", "json_mode"])
+def test_json_response_format_becomes_forced_tool(
+    fake_anthropic_server: FakeAnthropicServer, method: str
+) -> None:
+    srv = fake_anthropic_server
+    if method == "json_schema":
+        runnable = model_for(srv).with_structured_output(Person, method="json_schema")
+        assert runnable.invoke("who?") == Person(name="x", age=1)
+        assert srv.requests[-1].body["tool_choice"] == {"type": "tool", "name": "Person"}
+    else:
+        raw = model_for(srv).invoke("who?", response_format={"type": "json_object"})
+        assert json.loads(str(raw.content)) == {}
+        assert raw.tool_calls == []
+        assert raw.response_metadata["finish_reason"] == "stop"
+    # The streamed form yields the JSON as text too.
+    chunks = list(model_for(srv).stream("who?", response_format={"type": "json_object"}))
+    assert json.loads(str(joined(chunks).content)) == {}
+
+
+def test_refusal_maps_to_content_filter_and_raises_on_structured_path(
+    fake_anthropic_server: FakeAnthropicServer,
+) -> None:
+    srv = fake_anthropic_server
+    srv.set_responder(lambda body: Reply(text="I can't help with that.", finish_reason="refusal"))
+    msg = model_for(srv).invoke("bad request")
+    assert msg.response_metadata["finish_reason"] == "content_filter"
+    assert msg.response_metadata["stop_reason"] == "refusal"
+    srv.set_responder(lambda body: Reply(text=None, finish_reason="refusal"))
+    with pytest.raises(ModelRefusalError):
+        model_for(srv).with_structured_output(Person, method="json_schema").invoke("bad")
+
+
+ERRORS = [
+    (Fault(status=500), ModelAPIError),
+    (Fault(status=529), ModelAPIError),
+    (Fault(status=401), ModelAuthenticationError),
+    (Fault(status=400, message="messages: bad"), ModelInvalidRequestError),
+    (
+        Fault(status=400, message="prompt is too long: 250000 tokens > 200000 maximum"),
+        ContextOverflowError,
+    ),
+    (Fault(drop=True), ModelConnectionError),
+]
+
+
+@pytest.mark.parametrize(("fault", "error"), ERRORS)
+def test_errors_are_classified(
+    fake_anthropic_server: FakeAnthropicServer, fault: Fault, error: type[ModelError]
+) -> None:
+    srv = fake_anthropic_server
+    srv.enqueue(fault)
+    with pytest.raises(error) as info:
+        model_for(srv).invoke("hi")
+    assert info.value.provider == "anthropic-0"  # type: ignore[attr-defined]
+    assert KEY not in str(info.value)
+    if fault.status:
+        assert info.value.status_code == fault.status  # type: ignore[attr-defined]
+
+
+def test_rate_limit_keeps_retry_after(fake_anthropic_server: FakeAnthropicServer) -> None:
+    srv = fake_anthropic_server
+    srv.enqueue(Fault(status=429, retry_after=7))
+    with pytest.raises(ModelRateLimitError) as info:
+        model_for(srv).invoke("hi")
+    assert info.value.retry_after == 7.0  # type: ignore[attr-defined]
+    assert len(srv.requests) == 1  # the SDK's own retries are off
+
+
+@pytest.mark.parametrize(
+    ("fault", "error"),
+    [(Fault(status=429, retry_after=3), ModelRateLimitError), (Fault(status=529), ModelAPIError)],
+)
+async def test_async_and_stream_errors(
+    fake_anthropic_server: FakeAnthropicServer, fault: Fault, error: type[ModelError]
+) -> None:
+    srv = fake_anthropic_server
+    model = model_for(srv)
+    srv.enqueue(fault)
+    with pytest.raises(error):
+        await model.ainvoke("hi")
+    srv.enqueue(fault)
+    with pytest.raises(error):
+        [c async for c in model.astream("hi")]
+
+
+def test_cut_stream_is_a_connection_error(fake_anthropic_server: FakeAnthropicServer) -> None:
+    srv = fake_anthropic_server
+    srv.enqueue(Fault(cut_after=1))
+    with pytest.raises(ModelConnectionError):
+        list(model_for(srv).stream("one two three four"))
+
+
+def test_timeout(fake_anthropic_server: FakeAnthropicServer) -> None:
+    srv = fake_anthropic_server
+    srv.enqueue(Fault(latency=1.0))
+    with pytest.raises(ModelTimeoutError):
+        model_for(srv, provider={"timeout": 0.2}).invoke("hi")
