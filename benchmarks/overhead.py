@@ -179,13 +179,13 @@ def langchain_floor(base_url: str, warmup: int) -> Contestant:
         def _generate(
             self, messages: Any, stop: Any = None, run_manager: Any = None, **kwargs: Any
         ) -> ChatResult:
-            wire = [{"role": "user", "content": m.content} for m in messages]
+            wire: Any = [{"role": "user", "content": m.content} for m in messages]
             return reply(client.chat.completions.create(model=MODEL, messages=wire))
 
         async def _agenerate(
             self, messages: Any, stop: Any = None, run_manager: Any = None, **kwargs: Any
         ) -> ChatResult:
-            wire = [{"role": "user", "content": m.content} for m in messages]
+            wire: Any = [{"role": "user", "content": m.content} for m in messages]
             return reply(await aclient.chat.completions.create(model=MODEL, messages=wire))
 
     model = SdkFloor()

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from operator import itemgetter
 from typing import Any, Literal
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
-from langchain_core.language_models import BaseChatModel, LanguageModelInput
+from langchain_core.language_models import BaseChatModel, LangSmithParams, LanguageModelInput
 from langchain_core.language_models.chat_models import (
     agenerate_from_stream,
     generate_from_stream,
@@ -190,6 +191,8 @@ class BalancedChatModel(BaseChatModel):
     _pool: PoolConfig = PrivateAttr()
     _has_tpm: bool = PrivateAttr(default=False)
     _balancer: Balancer | None = PrivateAttr(default=None)
+    _model_name: str = PrivateAttr(default="")
+    _pool_id: str = PrivateAttr(default="")
 
     def __init__(self, **data: Any) -> None:
         """Validate the pool and the balancer settings; raise ``PllmConfigError`` if wrong."""
@@ -199,6 +202,8 @@ class BalancedChatModel(BaseChatModel):
         super().__init__(**data)
         self._pool = pool
         self._has_tpm = any(p.tpm for p in pool.providers)
+        self._model_name = "|".join(dict.fromkeys(p.model for p in pool.providers))
+        self._pool_id = _pool_id(pool)
 
     @classmethod
     def from_config(cls, source: Any, **kwargs: Any) -> BalancedChatModel:
@@ -230,22 +235,24 @@ class BalancedChatModel(BaseChatModel):
     @property
     def model_name(self) -> str:
         """The model name if the pool serves one, else the names joined by ``|``."""
-        names = dict.fromkeys(p.model for p in self.providers)
-        return "|".join(names)
+        return self._model_name
 
     @property
     def _identifying_params(self) -> dict[str, Any]:
+        # Computed per call by LangChain (tracing, caching): keep it O(1) in the pool size.
         return {
-            "providers": [p.id for p in self.providers],
-            "models": self.model_name,
+            "pool": self._pool_id,
+            "models": self._model_name,
             "temperature": self.temperature,
             "max_tokens": self.max_tokens,
         }
 
-    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> Any:
-        params = super()._get_ls_params(stop=stop, **kwargs)
-        params["ls_provider"] = "pllm"
-        params["ls_model_name"] = kwargs.get("model") or self.model_name
+    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
+        params = LangSmithParams(
+            ls_provider="pllm",
+            ls_model_name=kwargs.get("model") or self._model_name,
+            ls_model_type="chat",
+        )
         temperature = kwargs.get("temperature", self.temperature)
         if temperature is not None:
             params["ls_temperature"] = temperature
@@ -526,6 +533,12 @@ def _pool_and_balancer(data: dict[str, Any], capability: str) -> tuple[PoolConfi
                 field=f"providers[{i}].vendor",
             )
     return pool, balancer
+
+
+def _pool_id(pool: PoolConfig) -> str:
+    """A short name for a pool in traces: its size and a digest of its key fingerprints."""
+    digest = hashlib.sha256("".join(p.key_fingerprint for p in pool.providers).encode())
+    return f"{len(pool.providers)} providers #{digest.hexdigest()[:8]}"
 
 
 def _total_tokens(message: AIMessage | AIMessageChunk) -> int | None:

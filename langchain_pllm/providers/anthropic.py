@@ -39,19 +39,19 @@ from langchain_core.messages.ai import UsageMetadata
 from langchain_core.messages.tool import tool_call, tool_call_chunk
 
 from langchain_pllm.exceptions import model_error
-from langchain_pllm.providers.base import ChatRequest, Provider
+from langchain_pllm.providers.base import ChatRequest, Provider, pooled_sdk_client
 from langchain_pllm.providers.convert import (
     CONTENT_FILTER,
     LENGTH,
     STOP,
     TOOL_CALLS,
     JsonFormat,
+    error_object,
     json_format_of,
     make_usage,
     media_of,
     openai_function_of,
     stop_sequences,
-    text_of,
     tool_choice_of,
     tool_result_text,
 )
@@ -63,7 +63,11 @@ DEFAULT_MAX_TOKENS = 1024
 """Anthropic requires ``max_tokens``; this is sent when the caller gives none."""
 
 # What the installed SDK's messages.create takes; anything else is dropped with a warning.
-_CREATE_PARAMS = frozenset(inspect.signature(anthropic.resources.Messages.create).parameters)
+_CREATE_PARAMS = frozenset(inspect.signature(anthropic.resources.Messages.create).parameters) - {
+    "self",
+    "messages",
+    "stream",
+}
 # Handled below under another name, or by the provider itself.
 _MAPPED = frozenset(
     {
@@ -108,8 +112,7 @@ _JSON_TOOL_DESCRIPTION = "Give the answer as this tool's input; it must match th
 def classify_anthropic_error(exc: BaseException, provider_id: str) -> BaseException:
     """Map an ``anthropic`` SDK (or transport) exception onto a LangChain model error."""
     if isinstance(exc, anthropic.APIStatusError):
-        body = exc.body if isinstance(exc.body, Mapping) else {}
-        error = body.get("error") if isinstance(body.get("error"), Mapping) else body
+        error = error_object(exc.body)
         error_type = str(error.get("type") or "")
         text = str(error.get("message") or exc.message)
         status = exc.status_code
@@ -300,21 +303,11 @@ class AnthropicProvider(Provider):
     model_provider = "anthropic"
     supports_embeddings = False
 
-    def _client_args(self) -> dict[str, Any]:
-        args: dict[str, Any] = {
-            "api_key": self.config.api_key.get_secret_value(),
-            "base_url": self.config.api_base,
-            "max_retries": 0,
-        }
-        if self.config.timeout is not None:
-            args["timeout"] = self.config.timeout
-        return args
-
     def _build_sync_client(self) -> Any:
-        return anthropic.Anthropic(**self._client_args())
+        return pooled_sdk_client(anthropic.Anthropic, self.config)
 
     def _build_async_client(self) -> Any:
-        return anthropic.AsyncAnthropic(**self._client_args())
+        return pooled_sdk_client(anthropic.AsyncAnthropic, self.config)
 
     # Request -----------------------------------------------------------------------------------
 

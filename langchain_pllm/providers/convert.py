@@ -28,6 +28,7 @@ __all__ = [
     "Media",
     "ToolChoice",
     "block_text",
+    "error_object",
     "json_format_of",
     "make_usage",
     "media_of",
@@ -208,6 +209,14 @@ def stop_sequences(stop: Any) -> list[str]:
     if isinstance(stop, str):
         return [stop]
     return [str(s) for s in stop]
+
+
+def error_object(body: Any) -> Mapping[str, Any]:
+    """The ``error`` object of a vendor's error body (or the body itself, or ``{}``)."""
+    if not isinstance(body, Mapping):
+        return {}
+    error = body.get("error")
+    return error if isinstance(error, Mapping) else body
 
 
 def tool_names_by_id(messages: Iterable[BaseMessage]) -> dict[str, str]:

@@ -50,6 +50,7 @@ from langchain_pllm.providers.convert import (
     LENGTH,
     STOP,
     TOOL_CALLS,
+    error_object,
     json_format_of,
     make_usage,
     media_of,
@@ -101,9 +102,7 @@ def _status_retry_after(exc: genai_errors.APIError) -> float | None:
     if found is not None:
         return found
     # Gemini's 429 body carries google.rpc.RetryInfo {"retryDelay": "13s"}.
-    details = exc.details if isinstance(exc.details, Mapping) else {}
-    error = details.get("error") if isinstance(details.get("error"), Mapping) else details
-    for item in error.get("details") or ():
+    for item in error_object(exc.details).get("details") or ():
         if isinstance(item, Mapping) and "retryDelay" in item:
             match = _RETRY_DELAY.match(str(item["retryDelay"]))
             if match:
@@ -331,6 +330,16 @@ def _read(resp: Any) -> _Reading:
     return _Reading("".join(texts), "".join(reasoning), calls, finish_raw)
 
 
+@dataclass(slots=True)
+class _Stream:
+    """What a stream has said so far that only its end may report."""
+
+    usage: Any = None
+    finish_raw: str | None = None
+    response_id: str | None = None
+    calls: int = 0
+
+
 def _finish(finish_raw: str | None, has_calls: bool) -> str | None:
     if finish_raw is None:
         return None
@@ -466,18 +475,18 @@ class GoogleProvider(Provider):
             id=response_id,
         )
 
-    def _chunks(self, stream_state: dict[str, Any], resp: Any) -> AIMessageChunk | None:
+    def _chunk(self, state: _Stream, resp: Any) -> AIMessageChunk | None:
         reading = _read(resp)
         response_id = getattr(resp, "response_id", None)
         if response_id:
-            stream_state["id"] = response_id
+            state.response_id = response_id
         if resp.usage_metadata is not None:
-            stream_state["usage"] = resp.usage_metadata  # cumulative: keep the last only
+            state.usage = resp.usage_metadata  # cumulative: keep the last only
         if reading.finish_raw is not None:
-            stream_state["finish_raw"] = reading.finish_raw
-        start = stream_state["calls"]
+            state.finish_raw = reading.finish_raw
+        start = state.calls
         calls, signatures = self._tool_calls(reading, response_id, start)
-        stream_state["calls"] = start + len(calls)
+        state.calls = start + len(calls)
         if not (reading.text or reading.reasoning or calls):
             return None
         kwargs: dict[str, Any] = {}
@@ -495,17 +504,17 @@ class GoogleProvider(Provider):
             id=response_id,
         )
 
-    def _last_chunk(self, stream_state: dict[str, Any]) -> AIMessageChunk:
-        finish_raw = stream_state["finish_raw"]
+    def _last_chunk(self, state: _Stream) -> AIMessageChunk:
+        # One chunk carries the finish reason and the usage, each exactly once.
         metadata: dict[str, Any] = {}
-        if finish_raw is not None:
-            metadata["finish_reason"] = _finish(finish_raw, stream_state["calls"] > 0)
-            metadata["stop_reason"] = finish_raw
+        if state.finish_raw is not None:
+            metadata["finish_reason"] = _finish(state.finish_raw, state.calls > 0)
+            metadata["stop_reason"] = state.finish_raw
         return AIMessageChunk(
             content="",
-            usage_metadata=_usage(stream_state["usage"]),
+            usage_metadata=_usage(state.usage),
             response_metadata=metadata,
-            id=stream_state.get("id"),
+            id=state.response_id,
         )
 
     # Chat --------------------------------------------------------------------------------------
@@ -531,10 +540,10 @@ class GoogleProvider(Provider):
     def stream(self, request: ChatRequest) -> Iterator[AIMessageChunk]:
         """Stream a ``streamGenerateContent`` call."""
         args = self._request(request)
-        state: dict[str, Any] = {"usage": None, "finish_raw": None, "calls": 0}
+        state = _Stream()
         try:
             for resp in self.sync_client.models.generate_content_stream(**args):
-                chunk = self._chunks(state, resp)
+                chunk = self._chunk(state, resp)
                 if chunk is not None:
                     yield chunk
         except _SDK_ERRORS as e:
@@ -544,11 +553,11 @@ class GoogleProvider(Provider):
     async def astream(self, request: ChatRequest) -> AsyncIterator[AIMessageChunk]:
         """Stream a ``streamGenerateContent`` call, async."""
         args = self._request(request)
-        state: dict[str, Any] = {"usage": None, "finish_raw": None, "calls": 0}
+        state = _Stream()
         try:
             responses = await self.async_client.aio.models.generate_content_stream(**args)
             async for resp in responses:
-                chunk = self._chunks(state, resp)
+                chunk = self._chunk(state, resp)
                 if chunk is not None:
                     yield chunk
         except _SDK_ERRORS as e:

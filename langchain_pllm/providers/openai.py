@@ -29,7 +29,12 @@ from langchain_core.messages.tool import invalid_tool_call, tool_call, tool_call
 from langchain_core.messages.utils import convert_to_openai_messages
 
 from langchain_pllm.exceptions import model_error
-from langchain_pllm.providers.base import ChatRequest, EmbeddingResult, Provider
+from langchain_pllm.providers.base import (
+    ChatRequest,
+    EmbeddingResult,
+    Provider,
+    pooled_sdk_client,
+)
 from langchain_pllm.providers.errors import class_for_status, overflow_or, retry_after_of
 
 __all__ = ["DeepSeekProvider", "OpenAIProvider", "SiliconFlowProvider", "classify_openai_error"]
@@ -129,21 +134,11 @@ class OpenAIProvider(Provider):
     supports_embeddings = True
     embed_batch_limit = 2048
 
-    def _client_args(self) -> dict[str, Any]:
-        args: dict[str, Any] = {
-            "api_key": self.config.api_key.get_secret_value(),
-            "base_url": self.config.api_base,
-            "max_retries": 0,
-        }
-        if self.config.timeout is not None:
-            args["timeout"] = self.config.timeout
-        return args
-
     def _build_sync_client(self) -> Any:
-        return openai.OpenAI(**self._client_args())
+        return pooled_sdk_client(openai.OpenAI, self.config)
 
     def _build_async_client(self) -> Any:
-        return openai.AsyncOpenAI(**self._client_args())
+        return pooled_sdk_client(openai.AsyncOpenAI, self.config)
 
     # Request -----------------------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import inspect
 import json
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +26,6 @@ import httpx
 import httpx2
 import openai
 import zhipuai
-from zhipuai.api_resource.chat.completions import Completions as ZhipuCompletions
 from langchain_core.exceptions import (
     ContextOverflowError,
     ModelAPIError,
@@ -38,11 +37,18 @@ from langchain_core.exceptions import (
 from langchain_core.messages import AIMessage, AIMessageChunk
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.messages.tool import invalid_tool_call, tool_call, tool_call_chunk
+from zhipuai.api_resource.chat.completions import Completions as ZhipuCompletions
 
 from langchain_pllm.exceptions import model_error
-from langchain_pllm.providers.base import ChatRequest, EmbeddingResult, Provider
+from langchain_pllm.providers.base import (
+    ChatRequest,
+    EmbeddingResult,
+    Provider,
+    pooled_sdk_client,
+)
 from langchain_pllm.providers.convert import (
     CONTENT_FILTER,
+    error_object,
     json_format_of,
     make_usage,
     openai_function_of,
@@ -112,10 +118,10 @@ def classify_zhipu_error(exc: BaseException, provider_id: str) -> BaseException:
             body = exc.response.json()
         except ValueError:
             body = None
-        if isinstance(body, Mapping):
-            error = body.get("error") if isinstance(body.get("error"), Mapping) else body
-            code = str(error["code"]) if error.get("code") is not None else None
-            text = str(error.get("message") or text)
+        error = error_object(body)
+        if error.get("code") is not None:
+            code = str(error["code"])
+        text = str(error.get("message") or text)
         return model_error(
             _zhipu_class(status, code, text),
             f"{provider_id}: HTTP {status}: code {code}: {text}",
@@ -215,14 +221,7 @@ class ZhipuProvider(Provider):
         return zhipuai.ZhipuAI(**args)
 
     def _build_async_client(self) -> Any:
-        args: dict[str, Any] = {
-            "api_key": self.config.api_key.get_secret_value(),
-            "base_url": self.config.api_base,
-            "max_retries": 0,
-        }
-        if self.config.timeout is not None:
-            args["timeout"] = self.config.timeout
-        return openai.AsyncOpenAI(**args)
+        return pooled_sdk_client(openai.AsyncOpenAI, self.config)
 
     # Request -----------------------------------------------------------------------------------
 

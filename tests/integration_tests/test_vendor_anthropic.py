@@ -31,7 +31,10 @@ from langchain_pllm import BalancedChatModel
 from langchain_pllm.testing import FakeAnthropicServer, Fault, Reply
 
 KEY = "sk-ant-secret-key"
-PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
+PNG = (
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk"
+    "+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
+)
 
 
 class Person(BaseModel):
@@ -45,7 +48,12 @@ def add(a: int, b: int) -> int:
 
 
 def model_for(srv: FakeAnthropicServer, **kwargs: Any) -> BalancedChatModel:
-    provider = {"vendor": "anthropic", "api_key": KEY, "model": "claude-x", "api_base": srv.base_url}
+    provider = {
+        "vendor": "anthropic",
+        "api_key": KEY,
+        "model": "claude-x",
+        "api_base": srv.base_url,
+    }
     provider.update(kwargs.pop("provider", {}))
     return BalancedChatModel(providers=[provider], max_retries=0, **kwargs)
 
@@ -100,7 +108,7 @@ def test_params_are_mapped_and_unknown_ones_dropped_with_one_warning(
 ) -> None:
     srv = fake_anthropic_server
     model = model_for(srv, temperature=0.3, max_tokens=50, stop=["END"])
-    with pytest.warns(UserWarning) as record:
+    with pytest.warns(UserWarning, match="takes no") as record:
         model.invoke("hi", top_p=0.5)
     warned = " ".join(str(w.message) for w in record)
     assert "'temperature'" in warned
@@ -321,13 +329,13 @@ async def test_async_and_stream_errors(
     fake_anthropic_server: FakeAnthropicServer, fault: Fault, error: type[ModelError]
 ) -> None:
     srv = fake_anthropic_server
-    model = model_for(srv)
     srv.enqueue(fault)
     with pytest.raises(error):
-        await model.ainvoke("hi")
+        await model_for(srv).ainvoke("hi")
     srv.enqueue(fault)
+    # Another model name: another key identity, not resting after the first 429.
     with pytest.raises(error):
-        [c async for c in model.astream("hi")]
+        [c async for c in model_for(srv, provider={"model": "claude-y"}).astream("hi")]
 
 
 def test_cut_stream_is_a_connection_error(fake_anthropic_server: FakeAnthropicServer) -> None:
@@ -342,3 +350,31 @@ def test_timeout(fake_anthropic_server: FakeAnthropicServer) -> None:
     srv.enqueue(Fault(latency=1.0))
     with pytest.raises(ModelTimeoutError):
         model_for(srv, provider={"timeout": 0.2}).invoke("hi")
+
+
+def test_usage_counts_cached_input_and_thinking() -> None:
+    # The fake reports no cache use; the SDK's own Usage type stands in for a real reply.
+    import anthropic
+
+    from langchain_pllm.config import ProviderConfig
+    from langchain_pllm.providers.anthropic import AnthropicProvider
+
+    provider = AnthropicProvider(
+        ProviderConfig(vendor="anthropic", api_key="k", model="claude-x", id="anthropic-0")
+    )
+    usage = anthropic.types.Usage.model_validate(
+        {
+            "input_tokens": 10,
+            "output_tokens": 5,
+            "cache_read_input_tokens": 100,
+            "cache_creation_input_tokens": 20,
+            "output_tokens_details": {"thinking_tokens": 3},
+        }
+    )
+    assert provider._usage(usage) == {
+        "input_tokens": 130,
+        "output_tokens": 5,
+        "total_tokens": 135,
+        "input_token_details": {"cache_read": 100, "cache_creation": 20},
+        "output_token_details": {"reasoning": 3},
+    }
