@@ -1,8 +1,9 @@
 """The ``pllm`` command: ``demo`` (offline, on built-in fake vendors), ``check`` and ``chat``.
 
 ``python -m langchain_pllm demo`` needs no key and no network: it starts fake vendor servers on
-loopback, one healthy, one that fails every request and one that rate-limits with
-``Retry-After``, sends a batch through ``BalancedChatModel`` and prints each key's stats.
+loopback (OpenAI, Anthropic, Gemini, Zhipu wire formats), makes one key fail every request and
+one rate-limit with ``Retry-After``, sends a batch through one ``BalancedChatModel`` over all of
+them and prints each key's stats.
 """
 
 from __future__ import annotations
@@ -39,55 +40,57 @@ def _table(stats: dict[str, dict[str, Any]]) -> str:
 
 
 def demo(args: argparse.Namespace) -> int:
-    """Run a batch through a pool of three fake keys: healthy, failing, rate-limited."""
+    """Run a batch through a mixed pool: healthy keys, a failing key, a rate-limited key."""
     from langchain_pllm import BalancedChatModel
-    from langchain_pllm.testing import FakeOpenAIServer, Fault
+    from langchain_pllm.testing import (
+        FakeAnthropicServer,
+        FakeGeminiServer,
+        FakeOpenAIServer,
+        FakeZhipuServer,
+        Fault,
+    )
 
     n = args.requests
     with (
-        FakeOpenAIServer() as healthy,
-        FakeOpenAIServer() as failing,
-        FakeOpenAIServer() as limited,
+        FakeOpenAIServer() as openai_srv,
+        FakeAnthropicServer() as anthropic_srv,
+        FakeGeminiServer() as gemini_srv,
+        FakeZhipuServer() as zhipu_srv,
     ):
-        failing.fault_for_key("sk-demo-failing", Fault(status=500, message="upstream exploded"))
-        limited.fault_for_key(
-            "sk-demo-limited", Fault(status=429, retry_after=0.5, message="slow down"), times=3
+        # The Anthropic key is overloaded (529 on every call) and the Gemini key is
+        # rate-limited three times (429 + Retry-After); the others are healthy.
+        anthropic_srv.fault_for_key("sk-demo-claude", Fault(status=529, message="overloaded"))
+        gemini_srv.fault_for_key(
+            "sk-demo-gemini", Fault(status=429, retry_after=0.5, message="quota"), times=3
         )
+
+        def key(vendor: str, name: str, model: str, base: str) -> dict[str, Any]:
+            return {
+                "vendor": vendor,
+                "name": name,
+                "api_key": f"sk-demo-{name}",
+                "model": model,
+                "api_base": base,
+                "rate_limit": 10,
+            }
+
         model = BalancedChatModel(
             providers=[
-                {
-                    "vendor": "openai",
-                    "name": "healthy",
-                    "api_key": "sk-demo-healthy",
-                    "model": "gpt-4o-mini",
-                    "api_base": healthy.base_url,
-                    "rate_limit": 10,
-                },
-                {
-                    "vendor": "deepseek",
-                    "name": "failing",
-                    "api_key": "sk-demo-failing",
-                    "model": "deepseek-chat",
-                    "api_base": failing.base_url,
-                    "rate_limit": 10,
-                },
-                {
-                    "vendor": "siliconflow",
-                    "name": "limited",
-                    "api_key": "sk-demo-limited",
-                    "model": "Qwen/Qwen2.5-7B-Instruct",
-                    "api_base": limited.base_url,
-                    "rate_limit": 10,
-                },
+                key("openai", "gpt", "gpt-4o-mini", openai_srv.base_url),
+                key("deepseek", "deepseek", "deepseek-chat", openai_srv.base_url),
+                key("anthropic", "claude", "claude-3-5-haiku", anthropic_srv.base_url),
+                key("google", "gemini", "gemini-2.0-flash", gemini_srv.base_url),
+                key("zhipu", "glm", "glm-4-flash", zhipu_srv.base_url),
             ],
-            # A 2-second window instead of 60 s so the demo shows waiting without taking minutes.
+            # A 2-second window instead of 60 s, so the demo shows waiting in seconds.
             balancer={"breaker_threshold": 3, "health_check_interval": 300, "window": 2.0},
             max_retries=3,
         )
         prompts: list[Any] = [f"question number {i}" for i in range(n)]
         print(
-            f"Sending {n} prompts through 3 keys (10 requests per 2 s window each; "
-            "one key fails every request, one answers 429 + Retry-After three times)..."
+            f"Sending {n} prompts through 5 keys of 5 vendors, 10 requests per 2 s window each "
+            "(the Anthropic key answers 529 every time; the Gemini key answers 429 + "
+            "Retry-After three times)..."
         )
         started = time.perf_counter()
         results = model.batch(prompts, config={"max_concurrency": 8}, return_exceptions=True)
@@ -97,16 +100,20 @@ def demo(args: argparse.Namespace) -> int:
             if isinstance(result, Exception):
                 print(f"  {prompt!r:24} -> ERROR {type(result).__name__}: {result}")
                 continue
+            expected = f"echo: {prompt}"
+            if result.content != expected:
+                print(f"  {prompt!r:24} -> WRONG ANSWER {result.content!r}")
+                continue
             ok += 1
             if args.verbose:
                 meta = result.response_metadata
                 print(
                     f"  {prompt!r:24} -> {result.content!r} "
-                    f"[{meta['provider']}, attempts={meta['attempts']}]"
+                    f"[{meta['provider']} ({meta['model_provider']}), attempts={meta['attempts']}]"
                 )
-        print(f"{ok}/{n} answered, in order, in {elapsed:.2f}s\n")
-        print(_table(model.get_stats()))
+        print(f"{ok}/{n} answered correctly, in order, in {elapsed:.2f}s\n")
         stats = model.get_stats()
+        print(_table(stats))
         print()
         for pid, st in stats.items():
             print(
@@ -161,7 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="pllm", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("demo", help="offline demo on built-in fake vendor servers")
-    p.add_argument("--requests", type=int, default=40)
+    p.add_argument("--requests", type=int, default=60)
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=demo)
     p = sub.add_parser("check", help="validate a config file")
