@@ -118,9 +118,11 @@ class BalancedEmbeddings(BaseModel, Embeddings):
     # Planning ----------------------------------------------------------------------------------
 
     def _batches(self, texts: list[str], balancer: Balancer) -> list[tuple[int, list[str]]]:
-        limit = min(m.provider.batch_limit for m in balancer.members)
-        live = sum(1 for s in balancer.get_stats().values() if s["state"] != "open") or 1
-        size = max(1, min(limit, math.ceil(len(texts) / live)))
+        # An even share per key (keys that are open or resting just leave their share queued
+        # for the others), cut to the smallest batch limit in the pool. Reading each key's live
+        # state here would cost a round trip per key with the Redis state.
+        limit = balancer.embed_batch_limit
+        size = max(1, min(limit, math.ceil(len(texts) / len(balancer.members))))
         return [(start, texts[start : start + size]) for start in range(0, len(texts), size)]
 
     def _tokens(self, batch: list[str]) -> int:

@@ -108,6 +108,8 @@ class Balancer:
         self._lock = threading.Lock()
         self._waiters: list[Callable[[], None]] = []
         self._local = state.is_local
+        self.embed_batch_limit = min(m.provider.batch_limit for m in self.members)
+        """Most texts per embeddings request that every provider of the pool takes."""
         self.embedding_dims: dict[str, int] = {}
         """Vector size each provider returned; one pool must use one size."""
 
