@@ -76,6 +76,31 @@ _PICKER_FAILED = {
 }
 
 
+class _Attempts:
+    """One request's retry bookkeeping: attempts made, keys that failed it, the last error."""
+
+    __slots__ = ("clock", "count", "deadline", "last_error", "limit", "tried")
+
+    def __init__(self, balancer: Balancer, avoid: set[int] | None) -> None:
+        self.clock = balancer.clock
+        timeout = balancer.config.request_timeout
+        self.deadline = self.clock.now() + timeout if timeout else math.inf
+        self.limit = balancer.max_attempts
+        self.tried: set[int] | None = set(avoid) if avoid else None
+        self.count = 0
+        self.last_error: BaseException | None = None
+
+    def again(self, m: Member, exc: BaseException, retry: bool) -> bool:
+        """After a failed attempt on ``m``: whether the policy allows another, elsewhere."""
+        if not retry or self.count >= self.limit or self.clock.now() >= self.deadline:
+            return False
+        if self.tried is None:
+            self.tried = set()
+        self.tried.add(m.index)
+        self.last_error = exc
+        return True
+
+
 class Balancer:
     """Spreads calls over one pool of providers. Shared by every face built from the same pool."""
 
@@ -115,26 +140,17 @@ class Balancer:
 
     # Acquire / release -------------------------------------------------------------------------
 
-    def _deadline(self) -> float:
-        timeout = self.config.request_timeout
-        return self.clock.now() + timeout if timeout else math.inf
-
-    def _no_provider(
-        self, waited: float, last_error: BaseException | None
-    ) -> NoProviderAvailableError:
+    def _no_provider(self, waited: float) -> NoProviderAvailableError:
         states = {
             m.config.id: self.state.snapshot(m.key, m.limits, self.clock.now()).state
             for m in self.members
         }
-        if last_error is not None:
-            detail = f"; the last error was {type(last_error).__name__}: {last_error}"
-        else:
-            detail = "; every provider stayed at its rate limit, resting or with its breaker open"
-        err = NoProviderAvailableError(
-            f"no provider had capacity within {waited:.3g}s{detail}", waited=waited, states=states
+        return NoProviderAvailableError(
+            f"no provider had capacity within {waited:.3g}s: every provider stayed at its rate "
+            "limit, resting or with its breaker open",
+            waited=waited,
+            states=states,
         )
-        err.__cause__ = last_error
-        return err
 
     def _gave_up(self, waited: float, last_error: BaseException | None) -> BaseException:
         # After a real failure, the caller gets that failure: "no capacity" would mask it (the
@@ -142,16 +158,11 @@ class Balancer:
         # when nothing can free up before the deadline.
         if last_error is not None:
             return last_error
-        return self._no_provider(waited, None)
+        return self._no_provider(waited)
 
-    def _acquire(
-        self,
-        tried: set[int] | None,
-        deadline: float,
-        tokens: int,
-        last_error: BaseException | None,
-    ) -> tuple[Member, Lease]:
+    def _acquire(self, req: _Attempts, tokens: int) -> tuple[Member, Lease]:
         clock = self.clock
+        tried = req.tried
         wait_until = None
         wait_start = 0.0
         while True:
@@ -172,20 +183,15 @@ class Balancer:
                 continue
             if wait_until is None:
                 wait_start = now
-                wait_until = min(deadline, now + self.config.max_wait)
-            if now >= wait_until or (last_error is not None and c > wait_until):
-                raise self._gave_up(now - wait_start, last_error)
+                wait_until = min(req.deadline, now + self.config.max_wait)
+            if now >= wait_until or (req.last_error is not None and c > wait_until):
+                raise self._gave_up(now - wait_start, req.last_error)
             assert event is not None
             clock.wait(event, min(c, wait_until))
 
-    async def _aacquire(
-        self,
-        tried: set[int] | None,
-        deadline: float,
-        tokens: int,
-        last_error: BaseException | None,
-    ) -> tuple[Member, Lease]:
+    async def _aacquire(self, req: _Attempts, tokens: int) -> tuple[Member, Lease]:
         clock = self.clock
+        tried = req.tried
         wait_until = None
         wait_start = 0.0
         while True:
@@ -209,9 +215,9 @@ class Balancer:
                 continue
             if wait_until is None:
                 wait_start = now
-                wait_until = min(deadline, now + self.config.max_wait)
-            if now >= wait_until or (last_error is not None and c > wait_until):
-                raise self._gave_up(now - wait_start, last_error)
+                wait_until = min(req.deadline, now + self.config.max_wait)
+            if now >= wait_until or (req.last_error is not None and c > wait_until):
+                raise self._gave_up(now - wait_start, req.last_error)
             assert event is not None
             await clock.await_event(event, min(c, wait_until))
 
@@ -301,28 +307,21 @@ class Balancer:
         Returns:
             The result, the member that served it and the number of attempts made.
         """
-        deadline = self._deadline()
-        tried = set(avoid) if avoid else None
-        attempt = 0
-        last_error: BaseException | None = None
+        req = _Attempts(self, avoid)
         while True:
-            m, lease = self._acquire(tried, deadline, tokens, last_error)
-            attempt += 1
+            m, lease = self._acquire(req, tokens)
+            req.count += 1
             try:
                 result = fn(m.provider)
             except BaseException as e:
                 outcome, retry = outcome_of(e)
                 self._release(m, lease, outcome, None, e)
-                if not retry or attempt >= self.max_attempts or self.clock.now() >= deadline:
-                    raise
-                if tried is None:
-                    tried = set()
-                tried.add(m.index)
-                last_error = e
-                continue
+                if req.again(m, e, retry):
+                    continue
+                raise
             used = tokens_of(result) if tokens_of else None
             self._release(m, lease, Outcome.SUCCESS, used)
-            return result, m, attempt
+            return result, m, req.count
 
     async def acall(
         self,
@@ -333,28 +332,21 @@ class Balancer:
         avoid: set[int] | None = None,
     ) -> tuple[T, Member, int]:
         """Async twin of ``call``."""
-        deadline = self._deadline()
-        tried = set(avoid) if avoid else None
-        attempt = 0
-        last_error: BaseException | None = None
+        req = _Attempts(self, avoid)
         while True:
-            m, lease = await self._aacquire(tried, deadline, tokens, last_error)
-            attempt += 1
+            m, lease = await self._aacquire(req, tokens)
+            req.count += 1
             try:
                 result = await fn(m.provider)
             except BaseException as e:
                 outcome, retry = outcome_of(e)
                 await self._arelease(m, lease, outcome, None, e)
-                if not retry or attempt >= self.max_attempts or self.clock.now() >= deadline:
-                    raise
-                if tried is None:
-                    tried = set()
-                tried.add(m.index)
-                last_error = e
-                continue
+                if req.again(m, e, retry):
+                    continue
+                raise
             used = tokens_of(result) if tokens_of else None
             await self._arelease(m, lease, Outcome.SUCCESS, used)
-            return result, m, attempt
+            return result, m, req.count
 
     def stream(
         self,
@@ -365,13 +357,10 @@ class Balancer:
         avoid: set[int] | None = None,
     ) -> Iterator[tuple[C, Member, int]]:
         """Stream from a chosen provider; fail over only while nothing has been yielded."""
-        deadline = self._deadline()
-        tried = set(avoid) if avoid else None
-        attempt = 0
-        last_error: BaseException | None = None
+        req = _Attempts(self, avoid)
         while True:
-            m, lease = self._acquire(tried, deadline, tokens, last_error)
-            attempt += 1
+            m, lease = self._acquire(req, tokens)
+            req.count += 1
             used = 0
             started = False
             it = open_stream(m.provider)
@@ -380,7 +369,7 @@ class Balancer:
                     if tokens_of is not None:
                         used += tokens_of(chunk) or 0
                     started = True
-                    yield chunk, m, attempt
+                    yield chunk, m, req.count
             except BaseException as e:
                 outcome, retry = outcome_of(e)
                 if isinstance(e, GeneratorExit):
@@ -389,18 +378,10 @@ class Balancer:
                 if close is not None:
                     close()
                 self._release(m, lease, outcome, used or None, e)
-                if (
-                    started
-                    or not retry
-                    or attempt >= self.max_attempts
-                    or self.clock.now() >= deadline
-                ):
-                    raise
-                if tried is None:
-                    tried = set()
-                tried.add(m.index)
-                last_error = e
-                continue
+                # After the first chunk the caller has seen text: never retry then.
+                if not started and req.again(m, e, retry):
+                    continue
+                raise
             self._release(m, lease, Outcome.SUCCESS, used or None)
             return
 
@@ -413,13 +394,10 @@ class Balancer:
         avoid: set[int] | None = None,
     ) -> AsyncIterator[tuple[C, Member, int]]:
         """Async twin of ``stream``."""
-        deadline = self._deadline()
-        tried = set(avoid) if avoid else None
-        attempt = 0
-        last_error: BaseException | None = None
+        req = _Attempts(self, avoid)
         while True:
-            m, lease = await self._aacquire(tried, deadline, tokens, last_error)
-            attempt += 1
+            m, lease = await self._aacquire(req, tokens)
+            req.count += 1
             used = 0
             started = False
             it = open_stream(m.provider)
@@ -428,7 +406,7 @@ class Balancer:
                     if tokens_of is not None:
                         used += tokens_of(chunk) or 0
                     started = True
-                    yield chunk, m, attempt
+                    yield chunk, m, req.count
             except BaseException as e:
                 outcome, retry = outcome_of(e)
                 if isinstance(e, GeneratorExit):
@@ -439,18 +417,10 @@ class Balancer:
                     with contextlib.suppress(Exception):
                         await aclose()
                 await self._arelease(m, lease, outcome, used or None, e)
-                if (
-                    started
-                    or not retry
-                    or attempt >= self.max_attempts
-                    or self.clock.now() >= deadline
-                ):
-                    raise
-                if tried is None:
-                    tried = set()
-                tried.add(m.index)
-                last_error = e
-                continue
+                # After the first chunk the caller has seen text: never retry then.
+                if not started and req.again(m, e, retry):
+                    continue
+                raise
             await self._arelease(m, lease, Outcome.SUCCESS, used or None)
             return
 

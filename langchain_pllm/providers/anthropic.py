@@ -55,7 +55,12 @@ from langchain_pllm.providers.convert import (
     tool_choice_of,
     tool_result_text,
 )
-from langchain_pllm.providers.errors import class_for_status, overflow_or, retry_after_of
+from langchain_pllm.providers.errors import (
+    class_for_status,
+    overflow_or,
+    parsing_reply,
+    retry_after_of,
+)
 
 __all__ = ["AnthropicProvider", "classify_anthropic_error", "to_anthropic_messages"]
 
@@ -562,7 +567,8 @@ class AnthropicProvider(Provider):
             resp = self.sync_client.messages.create(**payload)
         except _SDK_ERRORS as e:
             raise classify_anthropic_error(e, self.id) from e
-        return self._message(resp, json_format)
+        with parsing_reply(self.id):
+            return self._message(resp, json_format)
 
     async def achat(self, request: ChatRequest) -> AIMessage:
         """One Messages API call, async."""
@@ -571,7 +577,8 @@ class AnthropicProvider(Provider):
             resp = await self.async_client.messages.create(**payload)
         except _SDK_ERRORS as e:
             raise classify_anthropic_error(e, self.id) from e
-        return self._message(resp, json_format)
+        with parsing_reply(self.id):
+            return self._message(resp, json_format)
 
     def stream(self, request: ChatRequest) -> Iterator[AIMessageChunk]:
         """Stream a Messages API call."""
@@ -583,13 +590,15 @@ class AnthropicProvider(Provider):
                 for event in events:
                     if event.type == "message_start":
                         message_id = event.message.id
-                    chunk = self._chunk(event, state, json_format)
+                    with parsing_reply(self.id):
+                        chunk = self._chunk(event, state, json_format)
                     if chunk is not None:
                         chunk.id = message_id
                         yield chunk
         except _SDK_ERRORS as e:
             raise classify_anthropic_error(e, self.id) from e
-        last = self._last_chunk(state, json_format)
+        with parsing_reply(self.id):
+            last = self._last_chunk(state, json_format)
         last.id = message_id
         yield last
 
@@ -604,12 +613,14 @@ class AnthropicProvider(Provider):
                 async for event in events:
                     if event.type == "message_start":
                         message_id = event.message.id
-                    chunk = self._chunk(event, state, json_format)
+                    with parsing_reply(self.id):
+                        chunk = self._chunk(event, state, json_format)
                     if chunk is not None:
                         chunk.id = message_id
                         yield chunk
         except _SDK_ERRORS as e:
             raise classify_anthropic_error(e, self.id) from e
-        last = self._last_chunk(state, json_format)
+        with parsing_reply(self.id):
+            last = self._last_chunk(state, json_format)
         last.id = message_id
         yield last

@@ -7,9 +7,10 @@ codes such as Zhipu's ``1261``).
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from langchain_core.exceptions import (
@@ -24,7 +25,15 @@ from langchain_core.exceptions import (
     ModelTimeoutError,
 )
 
-__all__ = ["CONTEXT_OVERFLOW_HINTS", "class_for_status", "is_context_overflow", "retry_after_of"]
+from langchain_pllm.exceptions import model_error
+
+__all__ = [
+    "CONTEXT_OVERFLOW_HINTS",
+    "class_for_status",
+    "is_context_overflow",
+    "parsing_reply",
+    "retry_after_of",
+]
 
 CONTEXT_OVERFLOW_HINTS = (
     "context_length_exceeded",
@@ -90,3 +99,26 @@ def overflow_or(cls: type[ModelError], message: str) -> type[ModelError]:
     if cls is ModelInvalidRequestError and is_context_overflow(message):
         return ContextOverflowError
     return cls
+
+
+# What reading a reply of the wrong shape raises (a missing key, an empty list, a null where a
+# list was promised, bad base64, a response model that does not validate).
+_SHAPE_ERRORS = (KeyError, IndexError, TypeError, AttributeError, ValueError)
+
+
+@contextlib.contextmanager
+def parsing_reply(provider_id: str) -> Iterator[None]:
+    """Classify a reply that does not have the vendor's documented shape as a server failure.
+
+    A 200 with a body we cannot read is the vendor's fault, like a 5xx: it counts toward the
+    breaker and is retried on another key, instead of escaping as a bare ``IndexError``.
+    """
+    try:
+        yield
+    except _SHAPE_ERRORS as e:
+        raise model_error(
+            ModelAPIError,
+            f"{provider_id}: malformed response: {type(e).__name__}: {e}",
+            cause=e,
+            provider=provider_id,
+        ) from e

@@ -62,7 +62,12 @@ from langchain_pllm.providers.convert import (
     tool_names_by_id,
     tool_result_text,
 )
-from langchain_pllm.providers.errors import class_for_status, overflow_or, retry_after_of
+from langchain_pllm.providers.errors import (
+    class_for_status,
+    overflow_or,
+    parsing_reply,
+    retry_after_of,
+)
 
 __all__ = ["GoogleProvider", "classify_google_error", "to_gemini_contents"]
 
@@ -134,6 +139,15 @@ def classify_google_error(exc: BaseException, provider_id: str) -> BaseException
         return model_error(
             ModelConnectionError,
             f"{provider_id}: connection failed: {type(exc).__name__}",
+            cause=exc,
+            provider=provider_id,
+        )
+    if isinstance(exc, pydantic.ValidationError) and "Response" in str(exc.title):
+        # The SDK validates the reply into its response models: a reply that does not fit is
+        # the vendor's failure (retried elsewhere), not a bad request of ours.
+        return model_error(
+            ModelAPIError,
+            f"{provider_id}: malformed response: {exc.title} does not validate",
             cause=exc,
             provider=provider_id,
         )
@@ -526,7 +540,8 @@ class GoogleProvider(Provider):
             resp = self.sync_client.models.generate_content(**args)
         except _SDK_ERRORS as e:
             raise classify_google_error(e, self.id) from e
-        return self._message(resp)
+        with parsing_reply(self.id):
+            return self._message(resp)
 
     async def achat(self, request: ChatRequest) -> AIMessage:
         """One ``generateContent`` call, async."""
@@ -535,7 +550,8 @@ class GoogleProvider(Provider):
             resp = await self.async_client.aio.models.generate_content(**args)
         except _SDK_ERRORS as e:
             raise classify_google_error(e, self.id) from e
-        return self._message(resp)
+        with parsing_reply(self.id):
+            return self._message(resp)
 
     def stream(self, request: ChatRequest) -> Iterator[AIMessageChunk]:
         """Stream a ``streamGenerateContent`` call."""
@@ -543,12 +559,14 @@ class GoogleProvider(Provider):
         state = _Stream()
         try:
             for resp in self.sync_client.models.generate_content_stream(**args):
-                chunk = self._chunk(state, resp)
+                with parsing_reply(self.id):
+                    chunk = self._chunk(state, resp)
                 if chunk is not None:
                     yield chunk
         except _SDK_ERRORS as e:
             raise classify_google_error(e, self.id) from e
-        yield self._last_chunk(state)
+        with parsing_reply(self.id):
+            yield self._last_chunk(state)
 
     async def astream(self, request: ChatRequest) -> AsyncIterator[AIMessageChunk]:
         """Stream a ``streamGenerateContent`` call, async."""
@@ -557,12 +575,14 @@ class GoogleProvider(Provider):
         try:
             responses = await self.async_client.aio.models.generate_content_stream(**args)
             async for resp in responses:
-                chunk = self._chunk(state, resp)
+                with parsing_reply(self.id):
+                    chunk = self._chunk(state, resp)
                 if chunk is not None:
                     yield chunk
         except _SDK_ERRORS as e:
             raise classify_google_error(e, self.id) from e
-        yield self._last_chunk(state)
+        with parsing_reply(self.id):
+            yield self._last_chunk(state)
 
     # Embeddings --------------------------------------------------------------------------------
 
@@ -577,7 +597,8 @@ class GoogleProvider(Provider):
             resp = self.sync_client.models.embed_content(model=self.model, contents=texts)
         except _SDK_ERRORS as e:
             raise classify_google_error(e, self.id) from e
-        return self._embedding_result(resp)
+        with parsing_reply(self.id):
+            return self._embedding_result(resp)
 
     async def aembed(self, texts: list[str]) -> EmbeddingResult:
         """One ``batchEmbedContents`` call, async."""
@@ -587,4 +608,5 @@ class GoogleProvider(Provider):
             )
         except _SDK_ERRORS as e:
             raise classify_google_error(e, self.id) from e
-        return self._embedding_result(resp)
+        with parsing_reply(self.id):
+            return self._embedding_result(resp)

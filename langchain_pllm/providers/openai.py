@@ -35,7 +35,12 @@ from langchain_pllm.providers.base import (
     Provider,
     pooled_sdk_client,
 )
-from langchain_pllm.providers.errors import class_for_status, overflow_or, retry_after_of
+from langchain_pllm.providers.errors import (
+    class_for_status,
+    overflow_or,
+    parsing_reply,
+    retry_after_of,
+)
 
 __all__ = ["DeepSeekProvider", "OpenAIProvider", "SiliconFlowProvider", "classify_openai_error"]
 
@@ -95,7 +100,9 @@ def to_openai_messages(messages: Sequence[BaseMessage]) -> list[dict[str, Any]]:
     """LangChain messages to Chat Completions dicts, with a fast path for plain text."""
     out: list[dict[str, Any]] = []
     for m in messages:
-        if isinstance(m.content, str) and type(m) in _SIMPLE_ROLES:
+        if m.name is not None:
+            out.extend(convert_to_openai_messages([m]))
+        elif isinstance(m.content, str) and type(m) in _SIMPLE_ROLES:
             out.append({"role": _SIMPLE_ROLES[type(m)], "content": m.content})
         elif isinstance(m, AIMessage) and isinstance(m.content, str) and not m.tool_calls:
             out.append({"role": "assistant", "content": m.content})
@@ -215,22 +222,32 @@ class OpenAIProvider(Provider):
             id=resp.get("id"),
         )
 
-    def _chunk(self, chunk: dict[str, Any]) -> AIMessageChunk | None:
-        usage = _usage(chunk.get("usage"))
+    def _chunk(
+        self, chunk: dict[str, Any], usage: UsageMetadata | None
+    ) -> tuple[AIMessageChunk | None, UsageMetadata | None]:
+        """One SSE chunk as a message chunk, and the usage seen so far.
+
+        Usage is held back and sent once, after the stream: servers differ (on the finish chunk,
+        on a final ``include_usage`` chunk, cumulative on every chunk), and summing the chunks
+        of a stream would count it more than once. The last report is the total.
+        """
+        usage = _usage(chunk.get("usage")) or usage
         choices = chunk.get("choices")
         if not choices:
-            if usage is None:
-                return None
-            return AIMessageChunk(content="", usage_metadata=usage, id=chunk.get("id"))
+            return None, usage
         choice = choices[0]
         delta = choice.get("delta") or {}
         finish = choice.get("finish_reason")
         content = delta.get("content")
         deltas = delta.get("tool_calls")
-        if not finish and usage is None and not content and not deltas:
+        extra: dict[str, Any] = {}
+        for key in ("reasoning_content", "refusal"):
+            if delta.get(key):
+                extra[key] = delta[key]
+        if not finish and not content and not deltas and not extra:
             # The opening role-only chunk carries nothing: skipping it keeps "before the first
             # chunk" meaning "before any content", so a stream that dies at once fails over.
-            return None
+            return None, usage
         tool_chunks = []
         for tc in deltas or ():
             fn = tc.get("function") or {}
@@ -244,12 +261,15 @@ class OpenAIProvider(Provider):
             )
         # Chunk metadata is merged by concatenating strings, so the finish reason rides on one
         # chunk only and the face adds model name and provider once, at the end.
-        return AIMessageChunk(
-            content=content or "",
-            tool_call_chunks=tool_chunks,
-            usage_metadata=usage,
-            response_metadata={"finish_reason": finish} if finish else {},
-            id=chunk.get("id"),
+        return (
+            AIMessageChunk(
+                content=content or "",
+                tool_call_chunks=tool_chunks,
+                additional_kwargs=extra,
+                response_metadata={"finish_reason": finish} if finish else {},
+                id=chunk.get("id"),
+            ),
+            usage,
         )
 
     # Chat --------------------------------------------------------------------------------------
@@ -260,54 +280,59 @@ class OpenAIProvider(Provider):
 
     def chat(self, request: ChatRequest) -> AIMessage:
         """One Chat Completions call."""
+        body = self._payload(request, False)
         try:
             resp = self.sync_client.post(
-                "/chat/completions",
-                body=self._payload(request, False),
-                options=self._options(request),
-                cast_to=dict,
+                "/chat/completions", body=body, options=self._options(request), cast_to=dict
             )
-            return self._message(resp)
         except _SDK_ERRORS as e:
             raise classify_openai_error(e, self.id) from e
+        with parsing_reply(self.id):
+            return self._message(resp)
 
     async def achat(self, request: ChatRequest) -> AIMessage:
         """One Chat Completions call, async."""
+        body = self._payload(request, False)
         try:
             resp = await self.async_client.post(
-                "/chat/completions",
-                body=self._payload(request, False),
-                options=self._options(request),
-                cast_to=dict,
+                "/chat/completions", body=body, options=self._options(request), cast_to=dict
             )
-            return self._message(resp)
         except _SDK_ERRORS as e:
             raise classify_openai_error(e, self.id) from e
+        with parsing_reply(self.id):
+            return self._message(resp)
 
     def stream(self, request: ChatRequest) -> Iterator[AIMessageChunk]:
         """Stream a Chat Completions call."""
+        body = self._payload(request, True)
+        usage: UsageMetadata | None = None
         try:
             with self.sync_client.post(
                 "/chat/completions",
-                body=self._payload(request, True),
+                body=body,
                 options=self._options(request),
                 cast_to=dict,
                 stream=True,
                 stream_cls=openai.Stream[dict],
             ) as events:
                 for raw in events:
-                    chunk = self._chunk(raw)
+                    with parsing_reply(self.id):
+                        chunk, usage = self._chunk(raw, usage)
                     if chunk is not None:
                         yield chunk
         except _SDK_ERRORS as e:
             raise classify_openai_error(e, self.id) from e
+        if usage is not None:
+            yield AIMessageChunk(content="", usage_metadata=usage)
 
     async def astream(self, request: ChatRequest) -> AsyncIterator[AIMessageChunk]:
         """Stream a Chat Completions call, async."""
+        body = self._payload(request, True)
+        usage: UsageMetadata | None = None
         try:
             events = await self.async_client.post(
                 "/chat/completions",
-                body=self._payload(request, True),
+                body=body,
                 options=self._options(request),
                 cast_to=dict,
                 stream=True,
@@ -315,11 +340,14 @@ class OpenAIProvider(Provider):
             )
             async with events:
                 async for raw in events:
-                    chunk = self._chunk(raw)
+                    with parsing_reply(self.id):
+                        chunk, usage = self._chunk(raw, usage)
                     if chunk is not None:
                         yield chunk
         except _SDK_ERRORS as e:
             raise classify_openai_error(e, self.id) from e
+        if usage is not None:
+            yield AIMessageChunk(content="", usage_metadata=usage)
 
     # Embeddings --------------------------------------------------------------------------------
 
@@ -339,9 +367,10 @@ class OpenAIProvider(Provider):
         """One embeddings call."""
         try:
             resp = self.sync_client.post("/embeddings", body=self._embed_body(texts), cast_to=dict)
-            return self._embedding_result(resp)
         except _SDK_ERRORS as e:
             raise classify_openai_error(e, self.id) from e
+        with parsing_reply(self.id):
+            return self._embedding_result(resp)
 
     async def aembed(self, texts: list[str]) -> EmbeddingResult:
         """One embeddings call, async."""
@@ -349,9 +378,10 @@ class OpenAIProvider(Provider):
             resp = await self.async_client.post(
                 "/embeddings", body=self._embed_body(texts), cast_to=dict
             )
-            return self._embedding_result(resp)
         except _SDK_ERRORS as e:
             raise classify_openai_error(e, self.id) from e
+        with parsing_reply(self.id):
+            return self._embedding_result(resp)
 
 
 def _vector(raw: str | list[float]) -> list[float]:

@@ -55,7 +55,12 @@ from langchain_pllm.providers.convert import (
     stop_sequences,
     tool_choice_of,
 )
-from langchain_pllm.providers.errors import class_for_status, overflow_or, retry_after_of
+from langchain_pllm.providers.errors import (
+    class_for_status,
+    overflow_or,
+    parsing_reply,
+    retry_after_of,
+)
 from langchain_pllm.providers.openai import classify_openai_error, to_openai_messages
 
 __all__ = ["ZhipuProvider", "classify_zhipu_error"]
@@ -410,7 +415,8 @@ class ZhipuProvider(Provider):
             resp = self.sync_client.chat.completions.create(**args)
         except _SDK_ERRORS as e:
             raise classify_zhipu_error(e, self.id) from e
-        return self._message(resp)
+        with parsing_reply(self.id):
+            return self._message(resp)
 
     async def achat(self, request: ChatRequest) -> AIMessage:
         """One chat completion through the OpenAI-compatible endpoint, async."""
@@ -419,7 +425,8 @@ class ZhipuProvider(Provider):
             resp = await self.async_client.chat.completions.create(**args)
         except _SDK_ERRORS as e:
             raise classify_zhipu_error(e, self.id) from e
-        return self._message(resp)
+        with parsing_reply(self.id):
+            return self._message(resp)
 
     def stream(self, request: ChatRequest) -> Iterator[AIMessageChunk]:
         """Stream a chat completion through ``zhipuai``."""
@@ -427,12 +434,14 @@ class ZhipuProvider(Provider):
         state = _Stream()
         try:
             for raw in self.sync_client.chat.completions.create(**args):
-                chunk = self._chunk(raw, state)
+                with parsing_reply(self.id):
+                    chunk = self._chunk(raw, state)
                 if chunk is not None:
                     yield chunk
         except _SDK_ERRORS as e:
             raise classify_zhipu_error(e, self.id) from e
-        yield self._last_chunk(state)
+        with parsing_reply(self.id):
+            yield self._last_chunk(state)
 
     async def astream(self, request: ChatRequest) -> AsyncIterator[AIMessageChunk]:
         """Stream a chat completion through the OpenAI-compatible endpoint, async."""
@@ -442,12 +451,14 @@ class ZhipuProvider(Provider):
             raws = await self.async_client.chat.completions.create(**args)
             async with raws:
                 async for raw in raws:
-                    chunk = self._chunk(raw, state)
+                    with parsing_reply(self.id):
+                        chunk = self._chunk(raw, state)
                     if chunk is not None:
                         yield chunk
         except _SDK_ERRORS as e:
             raise classify_zhipu_error(e, self.id) from e
-        yield self._last_chunk(state)
+        with parsing_reply(self.id):
+            yield self._last_chunk(state)
 
     # Embeddings --------------------------------------------------------------------------------
 
@@ -466,7 +477,8 @@ class ZhipuProvider(Provider):
             resp = self.sync_client.embeddings.create(input=texts, model=self.model)
         except _SDK_ERRORS as e:
             raise classify_zhipu_error(e, self.id) from e
-        return self._embedding_result(resp)
+        with parsing_reply(self.id):
+            return self._embedding_result(resp)
 
     async def aembed(self, texts: list[str]) -> EmbeddingResult:
         """One embeddings call, async, through the OpenAI-compatible endpoint."""
@@ -476,4 +488,5 @@ class ZhipuProvider(Provider):
             )
         except _SDK_ERRORS as e:
             raise classify_zhipu_error(e, self.id) from e
-        return self._embedding_result(resp)
+        with parsing_reply(self.id):
+            return self._embedding_result(resp)
