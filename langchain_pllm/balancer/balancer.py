@@ -152,6 +152,13 @@ class Balancer:
             states=states,
         )
 
+    def _wait_until(self, req: _Attempts, now: float) -> float:
+        # The infinite policy retries "until success, cancellation or timeout": only the
+        # request's own deadline bounds its waits, not max_wait.
+        if self.max_attempts == math.inf:
+            return req.deadline
+        return min(req.deadline, now + self.config.max_wait)
+
     def _gave_up(self, waited: float, last_error: BaseException | None) -> BaseException:
         # After a real failure, the caller gets that failure: "no capacity" would mask it (the
         # remaining keys are resting or open because of errors like it). Waiting is pointless
@@ -174,8 +181,13 @@ class Balancer:
                     event = threading.Event()
                     self._waiters.append(event.set)
             if isinstance(c, Member):
-                c.provider.prepare(False)
-                r = self.state.acquire(c.key, c.limits, tokens, now, self.breaker)
+                try:
+                    c.provider.prepare(False)
+                    r = self.state.acquire(c.key, c.limits, tokens, now, self.breaker)
+                except BaseException:
+                    with self._lock:
+                        self.picker.undo(c)
+                    raise
                 if isinstance(r, Lease):
                     return c, r
                 with self._lock:
@@ -183,7 +195,7 @@ class Balancer:
                 continue
             if wait_until is None:
                 wait_start = now
-                wait_until = min(req.deadline, now + self.config.max_wait)
+                wait_until = self._wait_until(req, now)
             if now >= wait_until or (req.last_error is not None and c > wait_until):
                 raise self._gave_up(now - wait_start, req.last_error)
             assert event is not None
@@ -203,11 +215,18 @@ class Balancer:
                     event = asyncio.Event()
                     self._waiters.append(_async_setter(event))
             if isinstance(c, Member):
-                c.provider.prepare(True)
-                if self._local:
-                    r = self.state.acquire(c.key, c.limits, tokens, now, self.breaker)
-                else:
-                    r = await self.state.aacquire(c.key, c.limits, tokens, now, self.breaker)
+                try:
+                    c.provider.prepare(True)
+                    if self._local:
+                        r = self.state.acquire(c.key, c.limits, tokens, now, self.breaker)
+                    else:
+                        r = await self.state.aacquire(c.key, c.limits, tokens, now, self.breaker)
+                except BaseException:
+                    # Cancelled (or failed) between the pick and the state's answer: undo the
+                    # pick. A lease the remote state granted meanwhile is its own to give back.
+                    with self._lock:
+                        self.picker.undo(c)
+                    raise
                 if isinstance(r, Lease):
                     return c, r
                 with self._lock:
@@ -215,7 +234,7 @@ class Balancer:
                 continue
             if wait_until is None:
                 wait_start = now
-                wait_until = min(req.deadline, now + self.config.max_wait)
+                wait_until = self._wait_until(req, now)
             if now >= wait_until or (req.last_error is not None and c > wait_until):
                 raise self._gave_up(now - wait_start, req.last_error)
             assert event is not None

@@ -47,6 +47,7 @@ class Member:
         "last_used",
         "limits",
         "parked",
+        "poll",
         "provider",
         "version",
         "vfinish",
@@ -66,6 +67,7 @@ class Member:
         self.vfinish = 0.0
         self.version = 0
         self.parked = False
+        self.poll = 0.0  # current back-off while refused with no known wake time
 
 
 class Picker:
@@ -153,10 +155,16 @@ class Picker:
         m.parked = True
         if wake == math.inf:
             # Only a release frees it (concurrency cap, a probe in flight). Our own releases
-            # unpark it at once; look again after a window in case the release happened in
-            # another balancer or process sharing the key.
-            wake = now + m.limits.window
+            # unpark it at once; a release in another balancer or process sharing the key does
+            # not reach us, so look again soon, backing off from 50 ms to 1 s.
+            m.poll = min(max(m.poll * 2.0, 0.05), 1.0)
+            wake = now + m.poll
         heapq.heappush(self._parked, (wake, m.index, m.version))
+
+    def undo(self, m: Member) -> None:
+        """The pick of ``m`` was abandoned before the state answered (cancelled, or it raised)."""
+        m.active -= 1
+        self._push(m)
 
     def done(self, m: Member, failed: bool | None) -> None:
         """An attempt on ``m`` ended: lower its load, note the outcome, make it ready again.
@@ -171,6 +179,7 @@ class Picker:
         elif failed is False:
             m.failures = 0
         m.parked = False
+        m.poll = 0.0
         self._push(m)
 
     def next_wake(self) -> float:

@@ -468,3 +468,63 @@ def test_a_half_open_key_is_probed_even_behind_an_idle_healthy_peer() -> None:
     served = [call(balancer)[1].config.id for _ in range(4)]
     assert "openai-0" in served
     assert balancer.get_stats()["openai-0"]["state"] == "closed"
+
+
+async def test_a_release_in_another_balancer_sharing_the_key_is_seen_soon() -> None:
+    # Two balancers (different settings) on one key with room for one request at a time: the
+    # second learns of the first's release by polling with a short back-off, not a whole window.
+    clock = ManualClock()
+    state = MemoryState()
+    pool = pool_from_providers(
+        [{"vendor": "openai", "api_key": "shared-key", "model": "m", "max_concurrency": 1}]
+    )
+
+    def balancer(retries: int) -> Balancer:
+        provider = ScriptedProvider(pool.providers[0])
+        settings = balancer_from_mapping({"max_retries": retries})
+        return Balancer(pool, settings, clock=clock, state=state, providers=[provider])
+
+    first, second = balancer(1), balancer(2)
+    gate = asyncio.Event()
+    held = asyncio.create_task(first.acall(lambda p: p.arun(gate)))  # type: ignore[attr-defined]
+    await asyncio.sleep(0)
+    start = clock.now()
+    waiting = asyncio.create_task(second.acall(lambda p: p.arun()))  # type: ignore[attr-defined]
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert not waiting.done()
+    gate.set()
+    await held
+    result, _, _ = await waiting
+    assert result == "ok from openai-0"
+    assert clock.now() - start < 2.0  # a back-off step, not the 60 s window
+
+
+async def test_cancelled_between_pick_and_state_answer_undoes_the_pick() -> None:
+    class SlowState(MemoryState):
+        """A remote-like state whose acquire takes a while (as a Redis round trip does)."""
+
+        @property
+        def is_local(self) -> bool:
+            return False
+
+        async def aacquire(self, *args: Any) -> Any:
+            await asyncio.sleep(0.05)
+            return super().acquire(*args)
+
+    clock = ManualClock()
+    pool = pool_from_providers([{"vendor": "openai", "api_key": "slow-state", "model": "m"}])
+    provider = ScriptedProvider(pool.providers[0])
+    balancer = Balancer(
+        pool, balancer_from_mapping({}), clock=clock, state=SlowState(), providers=[provider]
+    )
+    task = asyncio.create_task(balancer.acall(lambda p: p.arun()))  # type: ignore[attr-defined]
+    await asyncio.sleep(0.01)
+    assert balancer.members[0].active == 1  # picked, waiting for the state
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert balancer.members[0].active == 0
+    result, member, _ = await balancer.acall(lambda p: p.arun())  # type: ignore[attr-defined]
+    assert member.active == 0
+    assert result == "ok from openai-0"
