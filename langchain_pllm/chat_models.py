@@ -508,7 +508,10 @@ def _pool_and_balancer(data: dict[str, Any], capability: str) -> tuple[PoolConfi
     pool = pool_from_providers(data.get("providers") or [], default_api_key=api_key)
     raw = data.get("balancer")
     if isinstance(raw, BalancerConfig):
-        settings: dict[str, Any] = raw.model_dump()
+        # Field by field, not model_dump(): the dump redacts the state URL's password.
+        settings: dict[str, Any] = {
+            name: getattr(raw, name) for name in BalancerConfig.model_fields
+        }
     elif isinstance(raw, Mapping):
         settings = dict(raw)
     elif raw is None:

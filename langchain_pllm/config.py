@@ -17,8 +17,9 @@ import hashlib
 import math
 import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 from pydantic import (
@@ -28,6 +29,7 @@ from pydantic import (
     SecretStr,
     ValidationError,
     ValidationInfo,
+    field_serializer,
     field_validator,
     model_validator,
 )
@@ -45,6 +47,7 @@ __all__ = [
     "balancer_from_mapping",
     "load_config",
     "pool_from_providers",
+    "redact_url",
 ]
 
 VENDORS: tuple[str, ...] = ("openai", "siliconflow", "deepseek", "anthropic", "google", "zhipu")
@@ -447,6 +450,15 @@ class BalancerConfig(_ConfigModel):
             return None
         return _checked_number(value, "local_share", positive=True, at_most=1.0)
 
+    @field_serializer("state")
+    def _serialize_state(self, value: str) -> str:
+        return redact_url(value)
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        # A Redis URL may carry a password: never in repr, str, dumps or logs.
+        for name, value in super().__repr_args__():
+            yield name, redact_url(value) if name == "state" else value
+
     @field_validator("state", mode="before")
     @classmethod
     def _check_state(cls, value: Any) -> str:
@@ -459,6 +471,16 @@ class BalancerConfig(_ConfigModel):
                 f"state must be memory or a redis://, rediss:// or unix:// URL{shown}; {hint}"
             )
         return url
+
+
+def redact_url(url: str) -> str:
+    """A URL with its password (if any) replaced by ``***``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = f"{parts.username}:" if parts.username else ":"
+    return urlunsplit(parts._replace(netloc=f"{user}***@{netloc}"))
 
 
 class PllmConfig(_ConfigModel):

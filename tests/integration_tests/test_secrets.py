@@ -324,3 +324,25 @@ def test_embeddings_from_config_without_embedding_section(secrets: list[str]) ->
     with pytest.raises(PllmConfigError) as info:
         BalancedEmbeddings.from_config(config)
     assert info.value.field == "embedding"
+
+
+def test_a_redis_password_in_the_state_url_stays_hidden() -> None:
+    from langchain_pllm import BalancedEmbeddings
+    from langchain_pllm.config import load_config
+
+    password = f"pw-{uuid.uuid4().hex}"
+    url = f"redis://user:{password}@127.0.0.1:6399/0"
+    providers = [{"vendor": "openai", "api_key": "sk-x", "model": "m"}]
+    chat = BalancedChatModel(providers=providers, balancer={"state": url})
+    emb = BalancedEmbeddings(providers=providers, balancer={"state": url})
+    for face in (chat, emb):
+        for text in (repr(face), str(face), face.model_dump_json(), dumps(face)):
+            assert password not in text
+            assert "127.0.0.1:6399" in text  # the rest of the URL is still there to read
+    assert chat.balancer.state == url  # the real value is kept for connecting
+    config = load_config({"llm": {"openai": providers}, "balancer": {"state": url}})
+    assert password not in repr(config)
+    assert password not in config.model_dump_json()
+    # Handing a BalancerConfig to a face keeps the real URL.
+    again = BalancedChatModel(providers=providers, balancer=config.balancer)
+    assert again.balancer.state == url
