@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import math
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -35,7 +36,7 @@ from langchain_pllm.balancer.clock import Clock
 from langchain_pllm.balancer.picker import Member, Picker
 from langchain_pllm.exceptions import NoProviderAvailableError
 from langchain_pllm.providers import build_provider
-from langchain_pllm.providers.base import Provider
+from langchain_pllm.providers.base import ATTEMPT_BUDGET, Provider
 from langchain_pllm.state.base import BreakerPolicy, Lease, Outcome, StateBackend
 
 if TYPE_CHECKING:
@@ -89,6 +90,12 @@ class _Attempts:
         self.tried: set[int] | None = set(avoid) if avoid else None
         self.count = 0
         self.last_error: BaseException | None = None
+
+    def set_budget(self) -> contextvars.Token[float | None] | None:
+        """Tell the provider how long this attempt may take, if the request has a deadline."""
+        if self.deadline == math.inf:
+            return None
+        return ATTEMPT_BUDGET.set(self.deadline - self.clock.now())
 
     def again(self, m: Member, exc: BaseException, retry: bool) -> bool:
         """After a failed attempt on ``m``: whether the policy allows another, elsewhere."""
@@ -330,6 +337,7 @@ class Balancer:
         while True:
             m, lease = self._acquire(req, tokens)
             req.count += 1
+            token = req.set_budget()
             try:
                 result = fn(m.provider)
             except BaseException as e:
@@ -338,6 +346,9 @@ class Balancer:
                 if req.again(m, e, retry):
                     continue
                 raise
+            finally:
+                if token is not None:
+                    ATTEMPT_BUDGET.reset(token)
             used = tokens_of(result) if tokens_of else None
             self._release(m, lease, Outcome.SUCCESS, used)
             return result, m, req.count
@@ -355,6 +366,7 @@ class Balancer:
         while True:
             m, lease = await self._aacquire(req, tokens)
             req.count += 1
+            token = req.set_budget()
             try:
                 result = await fn(m.provider)
             except BaseException as e:
@@ -363,6 +375,9 @@ class Balancer:
                 if req.again(m, e, retry):
                     continue
                 raise
+            finally:
+                if token is not None:
+                    ATTEMPT_BUDGET.reset(token)
             used = tokens_of(result) if tokens_of else None
             await self._arelease(m, lease, Outcome.SUCCESS, used)
             return result, m, req.count

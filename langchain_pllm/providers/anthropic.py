@@ -372,8 +372,9 @@ class AnthropicProvider(Provider):
                         **payload["tool_choice"],
                         "disable_parallel_tool_use": True,
                     }
-        if request.timeout is not None:
-            payload["timeout"] = request.timeout
+        timeout = self.attempt_timeout(request)
+        if timeout is not None:
+            payload["timeout"] = timeout
         return payload, json_format
 
     # Reply -------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ clients, once per event loop, since their connection pools belong to a loop).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import threading
 import weakref
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -22,7 +23,14 @@ from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 if TYPE_CHECKING:
     from langchain_pllm.config import ProviderConfig
 
-__all__ = ["ChatRequest", "EmbeddingResult", "Provider", "estimate_tokens", "pooled_sdk_client"]
+__all__ = [
+    "ATTEMPT_BUDGET",
+    "ChatRequest",
+    "EmbeddingResult",
+    "Provider",
+    "estimate_tokens",
+    "pooled_sdk_client",
+]
 
 C = TypeVar("C")
 
@@ -68,6 +76,13 @@ class _PerLoop(Generic[C]):
         return obj
 
 
+# Seconds left before the current request's overall deadline (``balancer.request_timeout``),
+# set by the balancer around each attempt when a deadline exists.
+ATTEMPT_BUDGET: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "pllm_attempt_budget", default=None
+)
+
+
 class Provider:
     """Base class of every vendor provider."""
 
@@ -101,6 +116,20 @@ class Provider:
                 if client is None:
                     client = self._sync_client = self._build_sync_client()
         return client
+
+    def attempt_timeout(self, request: ChatRequest) -> float | None:
+        """Seconds this attempt may take (``None``: the SDK's default).
+
+        The tightest of the key's own ``timeout``, the call's ``timeout`` and what is left of
+        the request's overall deadline (``balancer.request_timeout``).
+        """
+        timeout = self.config.timeout
+        if request.timeout is not None and (timeout is None or request.timeout < timeout):
+            timeout = request.timeout
+        budget = ATTEMPT_BUDGET.get()
+        if budget is not None and (timeout is None or budget < timeout):
+            timeout = max(budget, 0.001)
+        return timeout
 
     def prepare(self, asynchronous: bool) -> None:
         """Build the client a call is about to need, before a rate-limit slot is reserved.

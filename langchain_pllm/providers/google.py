@@ -439,8 +439,9 @@ class GoogleProvider(Provider):
             config["response_mime_type"] = "application/json"
             if json_format.schema is not None:
                 config["response_json_schema"] = json_format.schema
-        if request.timeout is not None:
-            config["http_options"] = {"timeout": int(request.timeout * 1000)}
+        timeout = self.attempt_timeout(request)
+        if timeout is not None:
+            config["http_options"] = {"timeout": max(1, int(timeout * 1000))}
         return {
             "model": params.get("model") or self.model,
             "contents": contents,

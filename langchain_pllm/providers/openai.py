@@ -176,7 +176,8 @@ class OpenAIProvider(Provider):
         return payload
 
     def _options(self, request: ChatRequest) -> dict[str, Any]:
-        return {"timeout": request.timeout} if request.timeout is not None else {}
+        timeout = self.attempt_timeout(request)
+        return {"timeout": timeout} if timeout is not None else {}
 
     # Reply -------------------------------------------------------------------------------------
 

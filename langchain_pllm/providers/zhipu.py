@@ -297,8 +297,9 @@ class ZhipuProvider(Provider):
         args = self._split(self._body(request), _SYNC_KWARGS)
         if stream:
             args["stream"] = True
-        if request.timeout is not None:
-            args["timeout"] = request.timeout
+        timeout = self.attempt_timeout(request)
+        if timeout is not None:
+            args["timeout"] = timeout
         return args
 
     def _async_args(self, request: ChatRequest, stream: bool) -> dict[str, Any]:
@@ -306,8 +307,9 @@ class ZhipuProvider(Provider):
         if stream:
             # Zhipu puts usage on its last chunk by itself; no stream_options.
             args["stream"] = True
-        if request.timeout is not None:
-            args["timeout"] = request.timeout
+        timeout = self.attempt_timeout(request)
+        if timeout is not None:
+            args["timeout"] = timeout
         return args
 
     # Reply -------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from langchain_core.exceptions import (
     ModelNotFoundError,
     ModelPermissionDeniedError,
     ModelRateLimitError,
+    ModelTimeoutError,
 )
 
 from langchain_pllm import BalancedChatModel, NoProviderAvailableError
@@ -661,3 +662,21 @@ def test_sync_batch_with_faults_in_order(srv: FakeOpenAIServer) -> None:
     assert [r.content for r in replies] == [f"echo: n{i}" for i in range(60)]
     assert sum(1 for r in srv.requests if r.status == 200) == 60
     assert_idle(model)
+
+
+def test_request_timeout_bounds_an_attempt_in_flight() -> None:
+    import time
+
+    with FakeOpenAIServer() as slow:
+        slow.enqueue(Fault(latency=2.0))
+        model = BalancedChatModel(
+            providers=[
+                {"vendor": "openai", "api_key": new_key(), "model": "m", "api_base": slow.base_url}
+            ],
+            balancer={"request_timeout": 0.3},
+            max_retries=0,
+        )
+        started = time.monotonic()
+        with pytest.raises(ModelTimeoutError):
+            model.invoke("x")
+        assert time.monotonic() - started < 1.5  # cut at the deadline, not after the 2 s reply

@@ -528,3 +528,40 @@ async def test_cancelled_between_pick_and_state_answer_undoes_the_pick() -> None
     result, member, _ = await balancer.acall(lambda p: p.arun())  # type: ignore[attr-defined]
     assert member.active == 0
     assert result == "ok from openai-0"
+
+
+def test_the_attempt_timeout_is_the_tightest_of_key_call_and_deadline() -> None:
+    from langchain_pllm.providers.base import ATTEMPT_BUDGET, ChatRequest
+
+    pool = pool_from_providers(
+        [
+            {"vendor": "openai", "api_key": "t", "model": "m", "timeout": 0.3},
+            {"vendor": "openai", "api_key": "u", "model": "m"},
+        ]
+    )
+    keyed, plain = (ScriptedProvider(p) for p in pool.providers)
+    assert keyed.attempt_timeout(ChatRequest([], {}, 5.0)) == 0.3  # the key's own timeout wins
+    assert keyed.attempt_timeout(ChatRequest([], {}, 0.2)) == 0.2
+    assert plain.attempt_timeout(ChatRequest([], {}, None)) is None  # the SDK's default
+    token = ATTEMPT_BUDGET.set(0.05)
+    try:
+        assert keyed.attempt_timeout(ChatRequest([], {}, 5.0)) == 0.05
+        assert plain.attempt_timeout(ChatRequest([], {}, None)) == 0.05
+    finally:
+        ATTEMPT_BUDGET.reset(token)
+
+
+def test_each_attempt_gets_what_is_left_of_the_request_deadline() -> None:
+    from langchain_pllm.providers.base import ATTEMPT_BUDGET
+
+    balancer, providers, _ = make_balancer(1, request_timeout=10.0, max_retries=3)
+    providers[0].script = [err(ModelRateLimitError, retry_after=4.0)]
+    budgets: list[float | None] = []
+
+    def run(p: Provider) -> str:
+        budgets.append(ATTEMPT_BUDGET.get())
+        return p.run()  # type: ignore[attr-defined, no-any-return]
+
+    assert balancer.call(run)[0] == "ok from openai-0"
+    assert budgets == [pytest.approx(10.0), pytest.approx(6.0)]  # the 4 s rest was spent
+    assert ATTEMPT_BUDGET.get() is None  # nothing leaks out of the call
