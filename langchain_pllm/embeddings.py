@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from typing import Any
 
 from langchain_core.embeddings import Embeddings
@@ -172,11 +172,21 @@ class BalancedEmbeddings(BaseModel, Embeddings):
             return self._embed_batch(balancer, batches[0][1])
         out: list[list[float]] = [[] for _ in texts]
         workers = min(len(batches), self.max_concurrency)
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pllm-embed") as pool:
-            futures = [(start, pool.submit(self._embed_batch, balancer, b)) for start, b in batches]
-            for start, fut in futures:
+        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pllm-embed")
+        try:
+            futures = {pool.submit(self._embed_batch, balancer, b): start for start, b in batches}
+            done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+            for fut in done:
+                error = fut.exception()
+                if error is not None:
+                    # Fail fast: batches not yet started are dropped rather than spending
+                    # quota on a result that would be thrown away.
+                    raise error
+            for fut, start in futures.items():
                 vectors = fut.result()
                 out[start : start + len(vectors)] = vectors
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
         return out
 
     def embed_query(self, text: str) -> list[float]:
@@ -208,7 +218,16 @@ class BalancedEmbeddings(BaseModel, Embeddings):
         balancer = self.balancer_instance
         batches = self._batches(list(texts), balancer)
         gate = asyncio.Semaphore(self.max_concurrency)
-        results = await asyncio.gather(*(self._aembed_batch(balancer, b, gate) for _, b in batches))
+        tasks = [asyncio.ensure_future(self._aembed_batch(balancer, b, gate)) for _, b in batches]
+        try:
+            results = await asyncio.gather(*tasks)
+        except BaseException:
+            # Fail fast: the other batches are cancelled (their keys released), not left
+            # running to spend quota on a result nobody reads.
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
         return [v for vectors in results for v in vectors]
 
     async def aembed_query(self, text: str) -> list[float]:

@@ -243,3 +243,34 @@ def test_from_config_builds_the_embedding_pool(srv: FakeOpenAIServer) -> None:
     )
     assert_vectors_match(["configured"], [emb.embed_query("configured")])
     assert srv.requests[0].api_key == key
+
+
+def _one_bad_batch(srv: FakeOpenAIServer) -> tuple[BalancedEmbeddings, list[str]]:
+    keys = [new_key() for _ in range(4)]
+    emb = BalancedEmbeddings(providers=[entry(srv, k, batch_size=10) for k in keys])
+    srv.fault_for_key(keys[0], Fault(status=400, message="bad input"), times=1)
+    for k in keys[1:]:
+        srv.fault_for_key(k, Fault(latency=0.6), times=1)
+    return emb, [f"text {i}" for i in range(40)]
+
+
+def test_a_failed_batch_fails_the_call_fast(srv: FakeOpenAIServer) -> None:
+    import time
+
+    emb, texts = _one_bad_batch(srv)
+    started = time.monotonic()
+    with pytest.raises(ModelInvalidRequestError):
+        emb.embed_documents(texts)
+    # Raised when the 400 came back, not after the slow batches (0.6 s) finished.
+    assert time.monotonic() - started < 0.5
+
+
+async def test_async_a_failed_batch_cancels_the_others(srv: FakeOpenAIServer) -> None:
+    import asyncio
+
+    emb, texts = _one_bad_batch(srv)
+    with pytest.raises(ModelInvalidRequestError):
+        await emb.aembed_documents(texts)
+    # The other batches were cancelled, and their keys released, before the error came out.
+    assert len(asyncio.all_tasks()) == 1
+    assert_idle(emb)
