@@ -17,6 +17,7 @@ from langchain_core.runnables import RunnableConfig, RunnableSerializable
 from langchain_core.runnables.config import ensure_config
 from pydantic import ConfigDict
 
+from langchain_pllm.balancer.picker import Member
 from langchain_pllm.chat_models import AVOID_KWARG, BalancedChatModel
 from langchain_pllm.exceptions import ValidationFailedError
 from langchain_pllm.output_parsers import OutputValidator, ValidationResult
@@ -54,10 +55,15 @@ class ValidatingRunnable(RunnableSerializable[LanguageModelInput, Any]):
         messages: list[BaseMessage],
         attempts: list[dict[str, Any]],
         avoid: list[str],
-    ) -> ValidationResult:
+    ) -> tuple[ValidationResult, Member | None]:
+        """Check one reply; on failure, record it and extend the conversation.
+
+        Returns:
+            The result, and the member to charge with a validation failure (if any).
+        """
         result = self.validator.validate(message.text)
         if result.is_valid:
-            return result
+            return result, None
         provider = message.response_metadata.get("provider")
         attempts.append(
             {
@@ -67,16 +73,14 @@ class ValidatingRunnable(RunnableSerializable[LanguageModelInput, Any]):
                 "retry_prompt": result.retry_prompt,
             }
         )
+        member = None
         if provider:
-            balancer = self.model.balancer_instance
-            member = balancer.by_id.get(provider)
-            if member is not None:
-                balancer.count_validation_failure(member)
+            member = self.model.balancer_instance.by_id.get(provider)
             if provider not in avoid:
                 avoid.append(provider)
         messages.append(message)
         messages.append(HumanMessage(content=result.retry_prompt or result.error or "Try again."))
-        return result
+        return result, member
 
     def _give_up(self, attempts: list[dict[str, Any]]) -> ValidationFailedError:
         last = attempts[-1]["error"] if attempts else "no attempt"
@@ -96,9 +100,11 @@ class ValidatingRunnable(RunnableSerializable[LanguageModelInput, Any]):
         for _ in range(self.max_retries + 1):
             call_kwargs = {**kwargs, AVOID_KWARG: list(avoid)} if avoid else kwargs
             message = self.model.invoke(messages, config, **call_kwargs)
-            result = self._judge(message, messages, attempts, avoid)
+            result, failed = self._judge(message, messages, attempts, avoid)
             if result.is_valid:
                 return result.value
+            if failed is not None:
+                self.model.balancer_instance.count_validation_failure(failed)
         raise self._give_up(attempts)
 
     async def ainvoke(
@@ -112,7 +118,9 @@ class ValidatingRunnable(RunnableSerializable[LanguageModelInput, Any]):
         for _ in range(self.max_retries + 1):
             call_kwargs = {**kwargs, AVOID_KWARG: list(avoid)} if avoid else kwargs
             message = await self.model.ainvoke(messages, config, **call_kwargs)
-            result = self._judge(message, messages, attempts, avoid)
+            result, failed = self._judge(message, messages, attempts, avoid)
             if result.is_valid:
                 return result.value
+            if failed is not None:
+                await self.model.balancer_instance.acount_validation_failure(failed)
         raise self._give_up(attempts)

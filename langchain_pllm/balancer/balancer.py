@@ -464,6 +464,10 @@ class Balancer:
         """Count an output of ``member`` that failed its validator."""
         self.state.count_validation_failure(member.key)
 
+    async def acount_validation_failure(self, member: Member) -> None:
+        """Async twin of ``count_validation_failure``."""
+        await self.state.acount_validation_failure(member.key)
+
     def get_stats(self) -> dict[str, dict[str, Any]]:
         """Per-provider stats as DESIGN.md section 2 lists them (plus a few extras)."""
         now = self.clock.now()

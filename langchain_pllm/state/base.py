@@ -135,6 +135,10 @@ class StateBackend:
         """Async twin of ``snapshot``."""
         return self.snapshot(key, limits, now)
 
+    async def acount_validation_failure(self, key: str) -> None:
+        """Async twin of ``count_validation_failure``."""
+        self.count_validation_failure(key)
+
     @property
     def is_local(self) -> bool:
         """True when every call is in-process and cheap (the balancer may skip the async twins)."""
