@@ -1,4 +1,4 @@
-"""The ``pllm`` command: ``demo`` (offline, on built-in fake vendors), ``check`` and ``chat``.
+"""The ``pllm`` command: ``demo`` (offline, on fake vendors), ``check``, ``chat`` and ``bench``.
 
 ``python -m langchain_pllm demo`` needs no key and no network: it starts fake vendor servers on
 loopback (OpenAI, Anthropic, Gemini, Zhipu wire formats), makes one key fail every request and
@@ -163,6 +163,60 @@ def chat(args: argparse.Namespace) -> int:
     return 0
 
 
+def bench(args: argparse.Namespace) -> int:
+    """Quick CPU cost per call: the raw ``openai`` SDK against ``BalancedChatModel``.
+
+    A smaller cousin of ``benchmarks/overhead.py`` (which also measures ``ChatOpenAI`` and
+    LiteLLM, latency and throughput) that needs nothing beyond the package.
+    """
+    import openai
+
+    from langchain_pllm import BalancedChatModel
+    from langchain_pllm.testing import FakeOpenAIServer
+
+    calls, rounds = args.calls, args.rounds
+    with FakeOpenAIServer() as srv:
+        raw = openai.OpenAI(base_url=srv.base_url, api_key="sk-bench", max_retries=0)
+        message: Any = [{"role": "user", "content": "hi"}]
+
+        def pool(n: int) -> BalancedChatModel:
+            return BalancedChatModel(
+                providers=[
+                    {
+                        "vendor": "openai",
+                        "api_key": f"sk-bench-{i}",
+                        "model": "m",
+                        "api_base": srv.base_url,
+                    }
+                    for i in range(n)
+                ]
+            )
+
+        one, four = pool(1), pool(4)
+        contestants: dict[str, Any] = {
+            "openai SDK (raw)": lambda: raw.chat.completions.create(model="m", messages=message),
+            "BalancedChatModel, 1 key": lambda: one.invoke("hi"),
+            "BalancedChatModel, 4 keys": lambda: four.invoke("hi"),
+        }
+        for fn in contestants.values():  # warm up: clients built, connections open
+            for _ in range(20):
+                fn()
+        cpu: dict[str, list[float]] = {name: [] for name in contestants}
+        for _ in range(rounds):
+            for name, fn in contestants.items():
+                started = time.process_time()
+                for _ in range(calls):
+                    fn()
+                cpu[name].append((time.process_time() - started) / calls * 1e6)
+    base = sorted(cpu["openai SDK (raw)"])[rounds // 2]
+    print(f"CPU per call, median of {rounds} rounds x {calls} calls (client and fake server in")
+    print("one process, so the figures include the server's share; see benchmarks/overhead.py)")
+    for name, values in cpu.items():
+        median = sorted(values)[rounds // 2]
+        print(f"  {name:28} {median:8.0f} us   {median / base:5.2f}x")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``pllm`` and ``python -m langchain_pllm``."""
     parser = argparse.ArgumentParser(prog="pllm", description=__doc__)
@@ -179,6 +233,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("prompt")
     p.add_argument("--stream", action="store_true")
     p.set_defaults(func=chat)
+    p = sub.add_parser("bench", help="quick CPU cost per call against the raw openai SDK")
+    p.add_argument("--calls", type=int, default=200)
+    p.add_argument("--rounds", type=int, default=5)
+    p.set_defaults(func=bench)
     args = parser.parse_args(argv)
     return int(args.func(args))
 

@@ -1,0 +1,49 @@
+"""The ``pllm`` command, run as a user runs it: a subprocess, its output and exit code."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+
+def pllm(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "langchain_pllm", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_demo_answers_every_prompt_and_shows_each_key() -> None:
+    done = pllm("demo", "--requests", "30")
+    assert done.returncode == 0, done.stderr
+    assert "30/30 answered correctly, in order" in done.stdout
+    for name in ("gpt", "deepseek", "claude", "gemini", "glm"):
+        assert f"\n{name}: served" in done.stdout
+    assert "claude: served 0 of its" in done.stdout  # the overloaded key never served
+    assert "breaker open" in done.stdout
+    assert "sk-demo" not in done.stdout  # keys never printed
+
+
+def test_check_prints_pools_without_keys(tmp_path: Path) -> None:
+    path = tmp_path / "pllm.yaml"
+    path.write_text(
+        "llm:\n  openai:\n    - {api_key: sk-secret-123, model: gpt-4o-mini, rate_limit: 20}\n"
+    )
+    done = pllm("check", str(path))
+    assert done.returncode == 0, done.stderr
+    assert "openai-0" in done.stdout
+    assert "rate_limit=20" in done.stdout
+    assert "sk-secret-123" not in done.stdout
+
+
+def test_check_reports_a_bad_config_with_the_field(tmp_path: Path) -> None:
+    path = tmp_path / "pllm.yaml"
+    path.write_text("llm:\n  openai:\n    - {api_key: k, model: m, rate_limit: -3}\n")
+    done = pllm("check", str(path))
+    assert done.returncode == 2
+    assert "llm.openai[0].rate_limit" in done.stderr
+    assert "Traceback" not in done.stderr
