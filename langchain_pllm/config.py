@@ -402,7 +402,8 @@ class BalancerConfig(_ConfigModel):
     redis_timeout: float = 0.25
     """Seconds allowed per Redis call before falling back to local limits."""
     local_share: float | None = None
-    """Share of each limit one process takes while Redis is unreachable; ``None`` means all."""
+    """Share of each limit one process takes while Redis is unreachable; ``None``: one share per
+    live process sharing that Redis (counted by heartbeats)."""
 
     @field_validator("retry_policy", mode="before")
     @classmethod

@@ -1,7 +1,7 @@
 """Where windows, breakers and counters live: ``memory`` (default) or ``redis://``.
 
-``state_for`` returns the one backend of this process for a state URL and clock, so every
-balancer that names the same URL shares one truth per key.
+``state_for`` returns the one backend of this process for a state URL, clock and settings, so
+every balancer that names the same URL shares one truth per key.
 """
 
 from __future__ import annotations
@@ -34,20 +34,26 @@ __all__ = [
     "state_for",
 ]
 
-_REMOTE: dict[tuple[str, int], StateBackend] = {}
+_REMOTE: dict[tuple[object, ...], StateBackend] = {}
 _REMOTE_LOCK = threading.Lock()
 
 
 def state_for(config: BalancerConfig, clock: Clock) -> StateBackend:
-    """The shared state backend named by ``config.state`` for this clock."""
+    """The shared state backend named by ``config.state`` for this clock.
+
+    Backends are shared by URL, clock and every setting that shapes one (lease length,
+    Redis timeout, local share, key prefix, whose clock is used), so a model with other
+    settings gets a backend of its own rather than the first one's settings.
+    """
     url = config.state
     if url == "memory":
         return memory_state_for(clock)
+    from langchain_pllm.state.redis import RedisState
+
+    redis_url, options = RedisState.options_from_config(config, clock)
+    key = (redis_url, id(clock), *sorted(options.items()))
     with _REMOTE_LOCK:
-        key = (url, id(clock))
         backend = _REMOTE.get(key)
         if backend is None:
-            from langchain_pllm.state.redis import RedisState
-
-            backend = _REMOTE[key] = RedisState.from_config(config, clock)
+            backend = _REMOTE[key] = RedisState(redis_url, **options)
         return backend

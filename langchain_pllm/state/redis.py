@@ -34,26 +34,48 @@ other clock (a test's ``ManualClock``) the passed ``now`` is used as is, so test
 
 Redis away or slow: every call has a short timeout (``redis_timeout``, default 0.25 s) and is
 never retried by the client. On an error the state logs one warning and serves from an
-in-process ``MemoryState`` whose limits are the ``local_share`` of each limit (rounded up, at
-least 1), trying Redis again at most every ``retry_interval`` seconds, and logs once when it is
-back. Leases from the fallback go back to the fallback. A Redis lease released while Redis is
-away is dropped: its in-flight entry expires with its lease, its window entries age out, and
-what its outcome would have taught the breaker and counters is lost. A call that timed out may
-still have run on the server; its lease expires too.
+in-process ``MemoryState`` holding a share of each limit (rounded up, at least 1), trying Redis
+again at most every ``retry_interval`` seconds, and logs once when it is back. The share is
+``local_share`` when set; otherwise it is ``1 / n`` for the ``n`` live processes last seen
+sharing this Redis: each process refreshes its member of the ZSET ``pllm:procs`` (scored by
+expiry, three heartbeats or at least 15 s ahead) at most every ``heartbeat_interval`` seconds
+(5 s), one extra round trip folded into an ``acquire`` then, and remembers the count it reads
+back (before the first count, the whole limit). So ``n`` processes cut off together start at
+most about one limit between them, not ``n`` limits. Requests started on the fallback are
+remembered (start, token reservation, settled when released) and, when Redis answers again,
+the ones still inside their window are written into the Redis windows before anything else
+(one script per key, all in one pipelined round trip, best effort), so the window they
+started in is not granted a whole new limit on top of them. Leases from the fallback go back
+to the fallback. A Redis lease released while Redis is away is dropped: its in-flight entry
+expires with its lease, its window entries age out, and what its outcome would have taught
+the breaker and counters is lost. A call that timed out may still have run on the server; its
+lease expires too.
+
+Cancellation: the async ``acquire`` runs its script in a task of its own; if the caller is
+cancelled while it runs, the backend waits for the reply (at most three Redis timeouts; past
+that the cleanup goes on alone) and gives back at once, as ``CANCELLED``, a lease the server
+granted meanwhile, so a lost probe does not hold a breaker half-open fleet-wide until the lease
+expires; so does any error raised after the grant. The sync methods block for at most a few
+short round trips (the call, a due heartbeat, a return to Redis), each bounded by
+``redis_timeout``, and touch no event loop, so they may be called from async code too;
+``asnapshot`` and ``acount_validation_failure`` are their non-blocking twins.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import itertools
 import logging
 import math
 import os
 import secrets
+import socket
 import threading
 import time
 import weakref
+from collections import deque
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -87,6 +109,8 @@ _WINDOW_SLACK = 60.0  # seconds a window key outlives its newest entry
 _LEASE_SLACK = 60.0
 _STATS_TTL = 86_400.0
 _URL_OPTIONS = ("lease_ttl", "key_prefix")
+_HEARTBEAT_INTERVAL = 5.0
+_MIN_PROCESS_TTL = 15.0  # seconds a process counts as live after its last heartbeat, at least
 
 
 class _Script:
@@ -169,9 +193,10 @@ local id = ARGV[7]
 local tpm = tonumber(ARGV[4])
 if tpm >= 0 then
   local tokens = tonumber(ARGV[6])
-  local sum, held = expire_tokens(tk, st, cutoff)
-  -- A request larger than the whole budget may still run alone in an empty window.
-  if sum + tokens > tpm and held > 0 then
+  local sum = expire_tokens(tk, st, cutoff)
+  -- A request larger than the whole budget may still run alone in a window whose tokens sum
+  -- to 0, as in MemoryState: entries settled to 0 (refused requests) do not block it.
+  if sum + tokens > tpm and sum > 0 then
     redis.call('HSET', st, 'token_sum', fmt(sum))
     local first = redis.call('ZRANGE', tk, 0, 0, 'WITHSCORES')
     return {0, fmt(tonumber(first[2]) + window), clock}
@@ -268,6 +293,54 @@ return 1
 """
 )
 
+# Liveness is real time, whatever clock the caller keeps: always the server's clock.
+# KEYS: procs. ARGV: process id, seconds it stays live, key ttl ms. Returns the live count.
+_HEARTBEAT = _Script(
+    """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', string.format('%.17g', now))
+redis.call('ZADD', KEYS[1], string.format('%.17g', now + tonumber(ARGV[2])), ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return redis.call('ZCARD', KEYS[1])
+"""
+)
+
+# Writes requests started on the local fallback into the Redis windows. Ages, not times, travel:
+# the fallback's times are in the caller's clock, the scripts may run on the server's.
+# KEYS: starts, tokens, state. ARGV: now, window, window key ttl ms, state ttl ms, then per
+# start: member, age, tokens ('' when the key has no tpm).
+_REPLAY = _Script(
+    _PRELUDE
+    + _EXPIRE_TOKENS
+    + """
+local starts, tk, st = KEYS[1], KEYS[2], KEYS[3]
+local cutoff = fmt(now - tonumber(ARGV[2]))
+redis.call('ZREMRANGEBYSCORE', starts, '-inf', cutoff)
+local sum = expire_tokens(tk, st, cutoff)
+local has_tokens = false
+for i = 5, #ARGV, 3 do
+  local at = fmt(now - tonumber(ARGV[i + 1]))
+  redis.call('ZADD', starts, at, ARGV[i])
+  if ARGV[i + 2] ~= '' then
+    has_tokens = true
+    -- Only a new member adds to the sum: a replay sent twice counts once.
+    if redis.call('ZADD', tk, at, ARGV[i] .. '|' .. ARGV[i + 2]) == 1 then
+      sum = sum + tonumber(ARGV[i + 2])
+    end
+  end
+end
+redis.call('PEXPIRE', starts, ARGV[3])
+if has_tokens then redis.call('PEXPIRE', tk, ARGV[3]) end
+if has_tokens or redis.call('EXISTS', st) == 1 then
+  redis.call('HSET', st, 'token_sum', fmt(sum))
+  -- Never shorten a longer life (a long breaker interval or Retry-After set it).
+  if redis.call('PTTL', st) < tonumber(ARGV[4]) then redis.call('PEXPIRE', st, ARGV[4]) end
+end
+return 1
+"""
+)
+
 
 class _RedisLease:
     """What a Redis lease needs at release: its id and where its token entry sits."""
@@ -279,6 +352,53 @@ class _RedisLease:
         self.token_start = token_start  # the entry's score; '' when the key has no tpm
 
 
+class _FallbackStart:
+    """A request started on the local fallback, kept to be written into Redis on its return."""
+
+    __slots__ = ("member", "started", "tokens", "window")
+
+    def __init__(self, member: str, started: float, tokens: int | None, window: float) -> None:
+        self.member = member
+        self.started = started  # in the caller's clock
+        self.tokens = tokens  # reserved, then settled at release; None when the key has no tpm
+        self.window = window
+
+
+class _FallbackLease:
+    """A fallback lease: the local state's own lease, and the record to settle at release."""
+
+    __slots__ = ("lease", "start")
+
+    def __init__(self, lease: Lease, start: _FallbackStart) -> None:
+        self.lease = lease
+        self.start = start
+
+
+_PROCESS: tuple[int, str] | None = None
+
+
+def _process_id() -> str:
+    """This OS process's name in ``pllm:procs``; a forked child gets a name of its own."""
+    global _PROCESS
+    pid = os.getpid()
+    current = _PROCESS
+    if current is None or current[0] != pid:
+        current = _PROCESS = (pid, f"{socket.gethostname()}:{pid}:{secrets.token_hex(4)}")
+    return current[1]
+
+
+def _settled_tokens(lease: Lease, outcome: Outcome, tokens_used: int | None) -> tuple[int, bool]:
+    """The tokens a released lease leaves in its window, and whether they count as spent.
+
+    The same settlement as ``MemoryState.release``.
+    """
+    if outcome is Outcome.SUCCESS or tokens_used is not None:
+        return (tokens_used if tokens_used is not None else lease.tokens), True
+    if outcome is not Outcome.CANCELLED:
+        return 0, False  # a refused request spent no tokens
+    return lease.tokens, False  # a cancelled one may have: keep the estimate
+
+
 class RedisState(StateBackend):
     """Windows, breakers, leases and counters in Redis, shared by every process using it.
 
@@ -286,7 +406,7 @@ class RedisState(StateBackend):
         url: ``redis://``, ``rediss://`` or ``unix://`` URL (redis-py's URL syntax).
         timeout: Seconds allowed per Redis call (connect and reply) before falling back.
         local_share: Share of each limit this process takes while Redis is away; ``None``
-            means the whole limit.
+            means one share per live process sharing this Redis (see the module docstring).
         lease_ttl: Seconds after which a request in flight that was never released (its
             process died) stops counting as active, and a lost probe frees the breaker.
         server_time: Use the Redis server's clock (processes must agree on time) instead of
@@ -294,6 +414,9 @@ class RedisState(StateBackend):
         key_prefix: First part of every Redis key.
         retry_interval: Seconds between attempts to reach Redis again while it is away.
         stats_ttl: Seconds a key's breaker and counters live after their last use.
+        heartbeat_interval: Seconds between refreshes of this process's liveness in Redis.
+        process_id: This process's name among the live processes; by default one name per OS
+            process (host, pid and a random part), shared by every state in it.
     """
 
     def __init__(
@@ -307,15 +430,19 @@ class RedisState(StateBackend):
         key_prefix: str = "pllm",
         retry_interval: float = 1.5,
         stats_ttl: float = _STATS_TTL,
+        heartbeat_interval: float = _HEARTBEAT_INTERVAL,
+        process_id: str | None = None,
     ) -> None:
         self.url = url
         self.timeout = timeout
-        self.local_share = 1.0 if local_share is None else local_share
+        self.local_share = local_share
         self.lease_ttl = lease_ttl
         self.server_time = server_time
         self.key_prefix = key_prefix
         self.retry_interval = retry_interval
         self.stats_ttl = stats_ttl
+        self.heartbeat_interval = heartbeat_interval
+        self._process_id = process_id
         self._where = _redacted(url)
         self._client_options: dict[str, Any] = {
             "socket_timeout": timeout,
@@ -336,6 +463,7 @@ class RedisState(StateBackend):
             str(math.ceil((lease_ttl + _LEASE_SLACK) * 1000)),
         )
         self._window_ttls: dict[float, str] = {}
+        self._stats_ttl_ms = str(math.ceil(stats_ttl * 1000))
         self._ids = itertools.count(1)
         self._pid = os.getpid()
         self._salt = secrets.token_hex(4)
@@ -344,6 +472,39 @@ class RedisState(StateBackend):
         self._down = False
         self._retry_at = 0.0
         self._health_lock = threading.Lock()
+        self._procs_key = f"{key_prefix}:procs"
+        process_ttl = max(3 * heartbeat_interval, _MIN_PROCESS_TTL)
+        self._beat_ttl = (repr(float(process_ttl)), str(math.ceil(process_ttl * 1000)))
+        self._beat_at = 0.0
+        self._process_count: int | None = None
+        self._fallback: dict[str, deque[_FallbackStart]] = {}
+        self._fallback_lock = threading.Lock()
+        # Cleanups of cancelled acquires still waiting for their reply (strong references).
+        self._orphans: set[asyncio.Task[None]] = set()
+
+    @staticmethod
+    def options_from_config(config: BalancerConfig, clock: Clock) -> tuple[str, dict[str, Any]]:
+        """The Redis URL (our own query parameters taken off) and the constructor options.
+
+        Everything that shapes a backend is in them, so ``state_for`` can tell apart two
+        models that name one URL with different settings.
+        """
+        url, options = _split_options(config.state)
+        if "lease_ttl" in options:
+            lease_ttl = float(options["lease_ttl"])
+        elif config.request_timeout:
+            lease_ttl = config.request_timeout + 30.0
+        else:
+            lease_ttl = 300.0
+        return url, {
+            "timeout": config.redis_timeout,
+            "local_share": config.local_share,
+            "lease_ttl": lease_ttl,
+            # Only the real clock's readings mean the same across processes (and then only on
+            # one machine): a fleet needs the one clock it shares, the server's.
+            "server_time": getattr(clock, "now", None) is time.monotonic,
+            "key_prefix": options.get("key_prefix", "pllm"),
+        }
 
     @classmethod
     def from_config(cls, config: BalancerConfig, clock: Clock) -> RedisState:
@@ -354,23 +515,8 @@ class RedisState(StateBackend):
         before redis-py reads it. Without ``lease_ttl``, a lease lasts the request timeout plus
         30 s when one is set, else 300 s.
         """
-        url, options = _split_options(config.state)
-        if "lease_ttl" in options:
-            lease_ttl = float(options["lease_ttl"])
-        elif config.request_timeout:
-            lease_ttl = config.request_timeout + 30.0
-        else:
-            lease_ttl = 300.0
-        return cls(
-            url,
-            timeout=config.redis_timeout,
-            local_share=config.local_share,
-            lease_ttl=lease_ttl,
-            # Only the real clock's readings mean the same across processes (and then only on
-            # one machine): a fleet needs the one clock it shares, the server's.
-            server_time=getattr(clock, "now", None) is time.monotonic,
-            key_prefix=options.get("key_prefix", "pllm"),
-        )
+        url, options = cls.options_from_config(config, clock)
+        return cls(url, **options)
 
     # Plumbing --------------------------------------------------------------------------------
 
@@ -417,9 +563,14 @@ class RedisState(StateBackend):
         scaled = self._local_limits.get(limits)
         if scaled is None:
             share = self.local_share
+            count = self._process_count or 1
 
             def part(limit: int | None) -> int | None:
-                return None if limit is None else max(1, math.ceil(limit * share))
+                if limit is None:
+                    return None
+                if share is not None:
+                    return max(1, math.ceil(limit * share))
+                return max(1, -(-limit // count))  # ceil without float rounding
 
             scaled = Limits(
                 part(limits.rate_limit),
@@ -463,20 +614,63 @@ class RedisState(StateBackend):
         except NoScriptError:
             return await client.eval(script.source, len(keys), *keys, *args)
 
-    # Redis away and back ---------------------------------------------------------------------
+    # Live processes ----------------------------------------------------------------------------
 
-    def _skip_redis(self) -> bool:
-        """While Redis is away, let one caller per ``retry_interval`` try it again."""
-        if not self._down:
+    @property
+    def process_count(self) -> int | None:
+        """Live processes sharing this Redis, as last seen (``None`` before the first look)."""
+        return self._process_count
+
+    def _beat_args(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        process = self._process_id or _process_id()
+        return (self._procs_key,), (process, *self._beat_ttl)
+
+    def _beat_due(self) -> bool:
+        """Whether this call should refresh the heartbeat: one call per interval does."""
+        t = time.monotonic()
+        if t < self._beat_at:
             return False
         with self._health_lock:
-            if not self._down:
+            if t < self._beat_at:
                 return False
+            self._beat_at = t + self.heartbeat_interval
+        return True
+
+    def _seen(self, count: Any) -> None:
+        n = max(1, int(count))
+        if n != self._process_count:
+            self._process_count = n
+            if self.local_share is None:
+                self._local_limits = {}  # the fallback's shares follow the count
+
+    # Redis away and back ---------------------------------------------------------------------
+
+    def _retry_due(self) -> bool | None:
+        """``None`` while Redis is in use; while it is away, True for one caller per interval."""
+        if not self._down:
+            return None
+        with self._health_lock:
+            if not self._down:
+                return None
             t = time.monotonic()
             if t >= self._retry_at:
                 self._retry_at = t + self.retry_interval
-                return False
+                return True
+            return False
+
+    def _usable(self, now: float) -> bool:
+        """Whether to ask Redis now; the one caller that tries it again rejoins it first."""
+        due = self._retry_due()
+        if due is None:
             return True
+        return due and self._rejoin(now)
+
+    async def _ausable(self, now: float) -> bool:
+        """Async twin of ``_usable``."""
+        due = self._retry_due()
+        if due is None:
+            return True
+        return due and await self._arejoin(now)
 
     def _went_away(self, exc: BaseException) -> None:
         with self._health_lock:
@@ -484,13 +678,19 @@ class RedisState(StateBackend):
             if self._down:
                 return
             self._down = True
+        if self.local_share is not None:
+            share = f"{self.local_share:.3g} of each limit"
+        elif self._process_count:
+            share = f"1/{self._process_count} of each limit, one per live process"
+        else:
+            share = "each whole limit: no process count seen yet"
         logger.warning(
-            "Redis state at %s unreachable (%s: %s); using local limits (%.3g of each limit "
-            "in this process) until it answers again",
+            "Redis state at %s unreachable (%s: %s); using local limits (%s in this process) "
+            "until it answers again",
             self._where,
             type(exc).__name__,
             exc,
-            self.local_share,
+            share,
         )
 
     def _came_back(self) -> None:
@@ -504,6 +704,125 @@ class RedisState(StateBackend):
     def is_redis_available(self) -> bool:
         """False while this process serves from its local fallback."""
         return not self._down
+
+    def _fallback_acquire(
+        self, key: str, limits: Limits, tokens: int, now: float, breaker: BreakerPolicy
+    ) -> Lease | float:
+        r = self._local.acquire(key, self._scaled(limits), tokens, now, breaker)
+        if not isinstance(r, Lease):
+            return r
+        tpm_tokens = int(tokens) if limits.tpm is not None else None
+        start = _FallbackStart(self._new_lease_id(), now, tpm_tokens, limits.window)
+        with self._fallback_lock:
+            starts = self._fallback.get(key)
+            if starts is None:
+                starts = self._fallback[key] = deque()
+            while starts and now - starts[0].started >= starts[0].window:
+                starts.popleft()  # out of its window: nothing left to replay
+            starts.append(start)
+        return Lease(key, r.started, r.tokens, r.probe, _FallbackLease(r, start))
+
+    def _take_fallback(self) -> dict[str, deque[_FallbackStart]]:
+        with self._fallback_lock:
+            taken, self._fallback = self._fallback, {}
+        return taken
+
+    def _restore_fallback(self, taken: dict[str, deque[_FallbackStart]]) -> None:
+        """Put back starts whose replay failed, ahead of any recorded since (order kept)."""
+        with self._fallback_lock:
+            for key, starts in taken.items():
+                newer = self._fallback.get(key)
+                if newer:
+                    starts.extend(newer)
+                self._fallback[key] = starts
+
+    def _replays(
+        self, taken: dict[str, deque[_FallbackStart]], now: float
+    ) -> list[tuple[tuple[str, ...], tuple[str, ...]]]:
+        """One ``_REPLAY`` call per key, for the starts still inside their window."""
+        # Ages from the caller's clock; with the server's clock, from this very moment.
+        ref = time.monotonic() if self.server_time else now
+        calls: list[tuple[tuple[str, ...], tuple[str, ...]]] = []
+        for key, starts in taken.items():
+            if not starts:
+                continue
+            window = starts[-1].window
+            args: list[str] = []
+            for start in starts:
+                age = max(0.0, ref - start.started)
+                if age < start.window:
+                    tokens = "" if start.tokens is None else str(int(start.tokens))
+                    args += (start.member, repr(age), tokens)
+            if not args:
+                continue
+            starts_key, tokens_key, _, state_key = self._key_names(key)
+            head = (self._now_arg(now), repr(float(window)), self._window_ttl(window))
+            calls.append(((starts_key, tokens_key, state_key), (*head, self._stats_ttl_ms, *args)))
+        return calls
+
+    def _rejoined(self, replies: list[Any], beat: bool) -> None:
+        if beat:
+            if isinstance(replies[0], int):
+                self._seen(replies[0])
+            self._came_back()
+        failed = [r for r in replies if isinstance(r, Exception)]
+        if failed:
+            logger.debug("replaying fallback starts into Redis failed: %s", failed[0])
+
+    def _rejoin(self, now: float) -> bool:
+        """Try Redis again: heartbeat and replay of the fallback's starts, one round trip.
+
+        Starts recorded by other threads during that round trip are replayed in a second one.
+        """
+        beat = True
+        while True:
+            taken = self._take_fallback()
+            calls = self._replays(taken, now)
+            if not calls and not beat:
+                return True
+            pipe = self._client.pipeline(transaction=False)
+            if beat:
+                keys, args = self._beat_args()
+                pipe.eval(_HEARTBEAT.source, len(keys), *keys, *args)
+            for keys, args in calls:
+                pipe.eval(_REPLAY.source, len(keys), *keys, *args)
+            try:
+                replies = pipe.execute(raise_on_error=False)
+            except _UNAVAILABLE as exc:
+                self._restore_fallback(taken)
+                self._went_away(exc)
+                return False
+            except BaseException:
+                self._restore_fallback(taken)
+                raise
+            self._rejoined(replies, beat)
+            beat = False
+
+    async def _arejoin(self, now: float) -> bool:
+        """Async twin of ``_rejoin``."""
+        beat = True
+        while True:
+            taken = self._take_fallback()
+            calls = self._replays(taken, now)
+            if not calls and not beat:
+                return True
+            pipe = self._aclient().pipeline(transaction=False)
+            if beat:
+                keys, args = self._beat_args()
+                pipe.eval(_HEARTBEAT.source, len(keys), *keys, *args)
+            for keys, args in calls:
+                pipe.eval(_REPLAY.source, len(keys), *keys, *args)
+            try:
+                replies = await pipe.execute(raise_on_error=False)
+            except _UNAVAILABLE as exc:
+                self._restore_fallback(taken)
+                self._went_away(exc)
+                return False
+            except BaseException:
+                self._restore_fallback(taken)
+                raise
+            self._rejoined(replies, beat)
+            beat = False
 
     # acquire -----------------------------------------------------------------------------------
 
@@ -522,7 +841,7 @@ class RedisState(StateBackend):
             lease_id,
             lease_ttl,
             window_ttl,
-            str(math.ceil(self.stats_ttl * 1000)),
+            self._stats_ttl_ms,
             lease_key_ttl,
         )
 
@@ -534,39 +853,111 @@ class RedisState(StateBackend):
             return Lease(key, now, int(tokens), reply[2] == 1, _RedisLease(lease_id, token_start))
         return self._to_local(reply[1], reply[2], now)
 
+    def _disown_args(
+        self, key: str, lease_id: str, now: float, breaker: BreakerPolicy
+    ) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """A ``CANCELLED`` release of a lease known only by its id.
+
+        It frees the in-flight slot and, if this lease held it, the probe; its start and token
+        reservation stay, as a cancelled request's do. For an id that was never granted it
+        changes nothing.
+        """
+        _, tokens_key, leases_key, state_key = self._key_names(key)
+        return (tokens_key, leases_key, state_key), (
+            self._now_arg(now),
+            lease_id,
+            str(int(Outcome.CANCELLED)),
+            "1",
+            "",
+            "0",
+            "0",
+            "0",
+            str(breaker.threshold),
+            repr(float(breaker.interval)),
+            "0.0",
+            self._state_ttl(breaker),
+        )
+
+    def _disown(self, key: str, lease_id: str, now: float, breaker: BreakerPolicy) -> None:
+        with contextlib.suppress(*_UNAVAILABLE):  # then it expires with its lease
+            self._run(_RELEASE, *self._disown_args(key, lease_id, now, breaker))
+
+    async def _adisown(self, key: str, lease_id: str, now: float, breaker: BreakerPolicy) -> None:
+        with contextlib.suppress(*_UNAVAILABLE):
+            await self._arun(_RELEASE, *self._disown_args(key, lease_id, now, breaker))
+
+    async def _disown_when_granted(
+        self,
+        call: asyncio.Future[Any],
+        key: str,
+        lease_id: str,
+        now: float,
+        breaker: BreakerPolicy,
+    ) -> None:
+        """After the caller gave up: release the lease if the script granted one after all."""
+        try:
+            reply = await call
+        except BaseException:  # no reply: the lease, if any, expires
+            return
+        if reply[0] == 1:
+            await self._adisown(key, lease_id, now, breaker)
+
     def acquire(
         self, key: str, limits: Limits, tokens: int, now: float, breaker: BreakerPolicy
     ) -> Lease | float:
         """Check every limit and reserve in one atomic script (see ``MemoryState.acquire``)."""
-        if self._skip_redis():
-            return self._local.acquire(key, self._scaled(limits), tokens, now, breaker)
+        if self._down and not self._usable(now):
+            return self._fallback_acquire(key, limits, tokens, now, breaker)
         lease_id = self._new_lease_id()
         keys, args = self._acquire_args(key, limits, tokens, now, lease_id)
         try:
+            if self._beat_due():
+                self._seen(self._run(_HEARTBEAT, *self._beat_args()))
             reply = self._run(_ACQUIRE, keys, args)
         except _UNAVAILABLE as exc:
             self._went_away(exc)
-            return self._local.acquire(key, self._scaled(limits), tokens, now, breaker)
-        if self._down:
-            self._came_back()
-        return self._acquired(key, limits, tokens, now, lease_id, reply)
+            return self._fallback_acquire(key, limits, tokens, now, breaker)
+        try:
+            return self._acquired(key, limits, tokens, now, lease_id, reply)
+        except BaseException:
+            self._disown(key, lease_id, now, breaker)
+            raise
 
     async def aacquire(
         self, key: str, limits: Limits, tokens: int, now: float, breaker: BreakerPolicy
     ) -> Lease | float:
-        """Async twin of ``acquire``."""
-        if self._skip_redis():
-            return self._local.acquire(key, self._scaled(limits), tokens, now, breaker)
+        """Async twin of ``acquire``; a lease granted after the caller was cancelled is freed."""
+        if self._down and not await self._ausable(now):
+            return self._fallback_acquire(key, limits, tokens, now, breaker)
         lease_id = self._new_lease_id()
         keys, args = self._acquire_args(key, limits, tokens, now, lease_id)
         try:
-            reply = await self._arun(_ACQUIRE, keys, args)
+            if self._beat_due():
+                self._seen(await self._arun(_HEARTBEAT, *self._beat_args()))
+            # In a task of its own, so that a cancelled caller does not cut the exchange short
+            # and lose the reply: the server may grant the lease all the same.
+            call = asyncio.ensure_future(self._arun(_ACQUIRE, keys, args))
+            try:
+                reply = await asyncio.shield(call)
+            except asyncio.CancelledError:
+                cleanup = asyncio.ensure_future(
+                    self._disown_when_granted(call, key, lease_id, now, breaker)
+                )
+                self._orphans.add(cleanup)
+                cleanup.add_done_callback(self._orphans.discard)
+                # Wait for it, bounded: the reply, then one release. Cancelled again meanwhile,
+                # it goes on alone.
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.wait((cleanup,), timeout=3 * self.timeout)
+                raise
         except _UNAVAILABLE as exc:
             self._went_away(exc)
-            return self._local.acquire(key, self._scaled(limits), tokens, now, breaker)
-        if self._down:
-            self._came_back()
-        return self._acquired(key, limits, tokens, now, lease_id, reply)
+            return self._fallback_acquire(key, limits, tokens, now, breaker)
+        try:
+            return self._acquired(key, limits, tokens, now, lease_id, reply)
+        except BaseException:
+            await self._adisown(key, lease_id, now, breaker)
+            raise
 
     # release -----------------------------------------------------------------------------------
 
@@ -580,15 +971,7 @@ class RedisState(StateBackend):
         tokens_used: int | None,
         retry_after: float | None,
     ) -> tuple[tuple[str, ...], tuple[str, ...]]:
-        # The same settlement as MemoryState.release.
-        add_total = "0"
-        if outcome is Outcome.SUCCESS or tokens_used is not None:
-            used = tokens_used if tokens_used is not None else lease.tokens
-            add_total = "1"
-        elif outcome is not Outcome.CANCELLED:
-            used = 0  # a refused request spent no tokens
-        else:
-            used = lease.tokens  # a cancelled one may have: keep the estimate
+        used, spent = _settled_tokens(lease, outcome, tokens_used)
         _, tokens_key, leases_key, state_key = self._key_names(lease.key)
         return (tokens_key, leases_key, state_key), (
             self._now_arg(now),
@@ -598,12 +981,30 @@ class RedisState(StateBackend):
             extra.token_start,
             str(lease.tokens),
             str(int(used)),
-            add_total,
+            "1" if spent else "0",
             str(breaker.threshold),
             repr(float(breaker.interval)),
             repr(float(retry_after or 0.0)),
             self._state_ttl(breaker, retry_after),
         )
+
+    def _fallback_release(
+        self,
+        lease: Lease,
+        outcome: Outcome,
+        now: float,
+        breaker: BreakerPolicy,
+        tokens_used: int | None,
+        retry_after: float | None,
+    ) -> None:
+        """A fallback lease goes back where it came from; its record learns the settlement."""
+        extra = lease.extra
+        local = extra.lease if isinstance(extra, _FallbackLease) else lease
+        self._local.release(
+            local, outcome, now, breaker, tokens_used=tokens_used, retry_after=retry_after
+        )
+        if isinstance(extra, _FallbackLease) and extra.start.tokens is not None:
+            extra.start.tokens = _settled_tokens(lease, outcome, tokens_used)[0]
 
     def release(
         self,
@@ -617,12 +1018,10 @@ class RedisState(StateBackend):
     ) -> None:
         """Settle the lease and move the breaker in one script."""
         extra = lease.extra
-        if not isinstance(extra, _RedisLease):  # a fallback lease goes back where it came from
-            self._local.release(
-                lease, outcome, now, breaker, tokens_used=tokens_used, retry_after=retry_after
-            )
+        if not isinstance(extra, _RedisLease):
+            self._fallback_release(lease, outcome, now, breaker, tokens_used, retry_after)
             return
-        if self._skip_redis():
+        if self._down and not self._usable(now):
             return
         keys, args = self._release_args(
             lease, extra, outcome, now, breaker, tokens_used, retry_after
@@ -631,9 +1030,6 @@ class RedisState(StateBackend):
             self._run(_RELEASE, keys, args)
         except _UNAVAILABLE as exc:
             self._went_away(exc)
-            return
-        if self._down:
-            self._came_back()
 
     async def arelease(
         self,
@@ -648,11 +1044,9 @@ class RedisState(StateBackend):
         """Async twin of ``release``."""
         extra = lease.extra
         if not isinstance(extra, _RedisLease):
-            self._local.release(
-                lease, outcome, now, breaker, tokens_used=tokens_used, retry_after=retry_after
-            )
+            self._fallback_release(lease, outcome, now, breaker, tokens_used, retry_after)
             return
-        if self._skip_redis():
+        if self._down and not await self._ausable(now):
             return
         keys, args = self._release_args(
             lease, extra, outcome, now, breaker, tokens_used, retry_after
@@ -661,9 +1055,6 @@ class RedisState(StateBackend):
             await self._arun(_RELEASE, keys, args)
         except _UNAVAILABLE as exc:
             self._went_away(exc)
-            return
-        if self._down:
-            self._came_back()
 
     # snapshot and counters ---------------------------------------------------------------------
 
@@ -683,7 +1074,7 @@ class RedisState(StateBackend):
 
     def snapshot(self, key: str, limits: Limits, now: float) -> KeySnapshot:
         """Read a key's fleet-wide state (this process's own while Redis is away)."""
-        if self._skip_redis():
+        if self._down and not self._usable(now):
             return self._local.snapshot(key, self._scaled(limits), now)
         args = (self._now_arg(now), repr(float(limits.window)))
         try:
@@ -691,13 +1082,11 @@ class RedisState(StateBackend):
         except _UNAVAILABLE as exc:
             self._went_away(exc)
             return self._local.snapshot(key, self._scaled(limits), now)
-        if self._down:
-            self._came_back()
         return self._snapshot_of(reply, now)
 
     async def asnapshot(self, key: str, limits: Limits, now: float) -> KeySnapshot:
         """Async twin of ``snapshot``."""
-        if self._skip_redis():
+        if self._down and not await self._ausable(now):
             return self._local.snapshot(key, self._scaled(limits), now)
         args = (self._now_arg(now), repr(float(limits.window)))
         try:
@@ -705,24 +1094,33 @@ class RedisState(StateBackend):
         except _UNAVAILABLE as exc:
             self._went_away(exc)
             return self._local.snapshot(key, self._scaled(limits), now)
-        if self._down:
-            self._came_back()
         return self._snapshot_of(reply, now)
 
     def count_validation_failure(self, key: str) -> None:
-        """Count an output that failed its validator, fleet-wide."""
-        if self._skip_redis():
+        """Count an output that failed its validator, fleet-wide.
+
+        While Redis is away it is counted locally, and this call never tries Redis again:
+        it has no ``now`` to replay the fallback's starts with.
+        """
+        if self._down:
             self._local.count_validation_failure(key)
             return
-        state_key = self._key_names(key)[3]
         try:
-            self._run(_COUNT_VALIDATION, (state_key,), (str(math.ceil(self.stats_ttl * 1000)),))
+            self._run(_COUNT_VALIDATION, (self._key_names(key)[3],), (self._stats_ttl_ms,))
         except _UNAVAILABLE as exc:
             self._went_away(exc)
             self._local.count_validation_failure(key)
-            return
+
+    async def acount_validation_failure(self, key: str) -> None:
+        """Async twin of ``count_validation_failure``."""
         if self._down:
-            self._came_back()
+            self._local.count_validation_failure(key)
+            return
+        try:
+            await self._arun(_COUNT_VALIDATION, (self._key_names(key)[3],), (self._stats_ttl_ms,))
+        except _UNAVAILABLE as exc:
+            self._went_away(exc)
+            self._local.count_validation_failure(key)
 
     def close(self) -> None:
         """Close this process's sync connections (async ones close with their loops)."""

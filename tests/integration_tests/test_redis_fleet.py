@@ -388,11 +388,12 @@ def test_four_processes_never_exceed_rate_limit_and_use_it_fully(
         )
         assert fleet_stats[key]["total_requests"] == len(log[key])  # fleet-wide totals
         assert fleet_stats[key]["active_requests"] == 0
-    # The Redis keys name hashed keys only.
+    # The Redis keys name hashed keys only, besides the registry of live processes.
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     for name in client.scan_iter("*"):
         assert not any(k in name for k in keys)
-        assert name.startswith("pllm:{")
+        assert name.startswith("pllm:{") or name == "pllm:procs"
+    assert client.zcard("pllm:procs") == 4  # each worker counts itself once
 
 
 def test_four_processes_never_exceed_tpm_and_use_it_fully(

@@ -23,6 +23,7 @@ import redis
 
 from langchain_pllm.balancer.clock import ManualClock, MonotonicClock
 from langchain_pllm.config import BalancerConfig
+from langchain_pllm.state import state_for
 from langchain_pllm.state.base import (
     BreakerPolicy,
     Lease,
@@ -92,6 +93,15 @@ class TestStateBackend:
         lim = limits(tpm=100)
         take(backend, lim, T0, tokens=500)
         assert backend.acquire(KEY, lim, 1, T0 + 1, BREAKER) == T0 + W
+
+    def test_tokens_settled_to_zero_do_not_block_an_oversized_request(
+        self, backend: StateBackend
+    ) -> None:
+        lim = limits(tpm=100)
+        refused = take(backend, lim, T0, tokens=80)
+        backend.release(refused, Outcome.FAILURE, T0 + 1, BREAKER)  # spent nothing: settled to 0
+        take(backend, lim, T0 + 2, tokens=500)  # the window holds an entry but sums to 0
+        assert backend.acquire(KEY, lim, 1, T0 + 3, BREAKER) == T0 + W
 
     def test_settling_returns_unused_tokens(self, backend: StateBackend) -> None:
         lim = limits(tpm=100)
@@ -350,6 +360,7 @@ class TestRedisLayout:
         client = redis.Redis.from_url(redis_url, decode_responses=True)
         names = sorted(client.keys("*"))
         assert names == [
+            "fleet:procs",
             f"fleet:{{{KEY}}}:leases",
             f"fleet:{{{KEY}}}:starts",
             f"fleet:{{{KEY}}}:state",
@@ -359,6 +370,7 @@ class TestRedisLayout:
         assert all(ttl > 0 for ttl in ttls.values()), ttls
         assert ttls[f"fleet:{{{KEY}}}:starts"] <= W + 60
         assert ttls[f"fleet:{{{KEY}}}:state"] <= 86_400
+        assert ttls["fleet:procs"] <= 15
 
     def test_from_config_reads_url_options_and_picks_the_clock(self, redis_url: str) -> None:
         config = BalancerConfig(
@@ -377,7 +389,28 @@ class TestRedisLayout:
         assert real.snapshot(KEY, limits(), 0.0).state == "closed"  # the URL still works
         assert not RedisState.from_config(config, ManualClock()).server_time
         plain = RedisState.from_config(BalancerConfig(state=redis_url), MonotonicClock())
-        assert (plain.lease_ttl, plain.key_prefix, plain.local_share) == (300.0, "pllm", 1.0)
+        assert (plain.lease_ttl, plain.key_prefix, plain.local_share) == (300.0, "pllm", None)
+
+    def test_state_for_keeps_apart_models_with_other_settings(self, redis_url: str) -> None:
+        clock = MonotonicClock()
+
+        def backend(**settings: object) -> StateBackend:
+            return state_for(BalancerConfig(state=redis_url, **settings), clock)  # type: ignore[arg-type]
+
+        base = backend(request_timeout=10.0)
+        assert backend(request_timeout=10.0) is base
+        assert isinstance(base, RedisState)
+        longer = backend(request_timeout=20.0)
+        assert isinstance(longer, RedisState)
+        assert (base.lease_ttl, longer.lease_ttl) == (40.0, 50.0)
+        slower = backend(request_timeout=10.0, redis_timeout=1.0)
+        shared_less = backend(request_timeout=10.0, local_share=0.5)
+        assert len({id(base), id(longer), id(slower), id(shared_less)}) == 4
+        assert isinstance(slower, RedisState)
+        assert slower.timeout == 1.0
+        assert isinstance(shared_less, RedisState)
+        assert shared_less.local_share == 0.5
+        assert state_for(BalancerConfig(state=redis_url), ManualClock()) is not backend()
 
     def test_server_clock_times_come_back_in_the_callers_clock(self, redis_url: str) -> None:
         state = RedisState(redis_url, server_time=True, timeout=5.0)
@@ -484,3 +517,85 @@ class TestRedisAway:
             await state.arelease(back, Outcome.SUCCESS, T0 + 2, BREAKER)
         assert [r.levelno for r in ours(caplog)] == [logging.WARNING, logging.INFO]
         assert (await state.asnapshot(KEY, lim, T0 + 2)).total_requests == 1
+
+    def test_live_processes_share_the_limits_and_replay_their_starts_on_return(
+        self, redis_server: RedisServer, redis_url: str
+    ) -> None:
+        def process(name: str) -> RedisState:
+            # A heartbeat on every acquire, so each sees the other at once.
+            options = {"timeout": 0.3, "retry_interval": 0.2, "heartbeat_interval": 0.0}
+            return shared(redis_url, process_id=name, **options)
+
+        a, b = process("a"), process("b")
+        lim = limits(rate=4, tpm=1000)
+        for state in (a, b, a):
+            take(state, lim, T0, key=OTHER)
+        assert (a.process_count, b.process_count) == (2, 2)
+        redis_server.stop()
+        for state in (a, b):
+            for _ in range(2):  # ceil(4 / 2) each
+                take(state, lim, T0 + 1, tokens=100)
+            assert state.acquire(KEY, lim, 0, T0 + 1, BREAKER) == T0 + 1 + W
+            assert not state.is_redis_available
+        redis_server.start()  # empty: nothing is saved
+        time.sleep(0.25)  # the retry interval, in real time
+        # Back on Redis, the window holds what each process started meanwhile: `a` replays
+        # its 2 starts and gets the 2 left, `b` replays its 2 and gets none (not 4 each).
+        take(a, lim, T0 + 2)
+        take(a, lim, T0 + 2)
+        assert a.acquire(KEY, lim, 0, T0 + 2, BREAKER) == T0 + 1 + W
+        assert b.acquire(KEY, lim, 0, T0 + 2, BREAKER) == T0 + 1 + W
+        assert a.is_redis_available
+        assert b.is_redis_available
+        snap = a.snapshot(KEY, lim, T0 + 2)
+        assert (snap.window_used, snap.tokens_in_window) == (6, 400)
+        assert a.snapshot(KEY, lim, T0 + 1 + W).window_used == 2  # replayed ones age out
+
+    async def test_a_cancelled_acquire_gives_back_what_the_server_granted(
+        self, redis_server: RedisServer, redis_url: str
+    ) -> None:
+        state, other = shared(redis_url, timeout=2.0), shared(redis_url)
+        lim = limits(conc=5)
+        state.release(take(state, lim, T0), Outcome.TRIP, T0, BREAKER)
+        later = T0 + BREAKER.interval  # half-open: the next acquire is the fleet's one probe
+        await state.asnapshot(KEY, lim, later)  # the async connection is open
+        redis_server.pause()
+        try:
+            task = asyncio.create_task(state.aacquire(KEY, lim, 0, later, BREAKER))
+            await asyncio.sleep(0.1)  # the script is sent; the frozen server has not run it
+            task.cancel()
+        finally:
+            redis_server.resume()  # now it runs, and grants the probe to nobody
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        snap = other.snapshot(KEY, lim, later)
+        assert (snap.active_requests, snap.total_requests) == (0, 2)
+        assert take(other, lim, later).probe  # not held until the lease expires
+
+    async def test_async_validation_count_never_blocks_the_loop(
+        self, redis_server: RedisServer, redis_url: str
+    ) -> None:
+        state = shared(redis_url, timeout=0.2, retry_interval=10.0)
+        await state.acount_validation_failure(KEY)
+        state.count_validation_failure(KEY)  # the sync twin blocks briefly, then returns
+        assert (await state.asnapshot(KEY, limits(), T0)).validation_failures == 2
+        ticks = 0
+
+        async def tick() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        redis_server.pause()
+        ticker = asyncio.create_task(tick())
+        try:
+            started = time.monotonic()
+            await state.acount_validation_failure(KEY)  # times out, counted locally
+            assert ticks >= 3  # the loop ran meanwhile
+            state.count_validation_failure(KEY)  # Redis known away: local, no wait
+            assert state.snapshot(KEY, limits(), T0).validation_failures == 2
+            assert time.monotonic() - started < 0.6
+        finally:
+            ticker.cancel()
+            redis_server.resume()
