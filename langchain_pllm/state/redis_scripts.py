@@ -1,0 +1,251 @@
+"""The Lua scripts of the Redis state: one per state operation, each atomic on the server.
+
+They copy ``MemoryState``'s rules (``langchain_pllm/state/memory.py``); ``redis.py`` holds the
+Python side (connections, fallback, leases) and the key layout they work on. Scripts are sent
+by SHA-1 (``EVALSHA``) and loaded on first use.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+__all__ = [
+    "ACQUIRE",
+    "COUNT_VALIDATION",
+    "HEARTBEAT",
+    "RELEASE",
+    "REPLAY",
+    "SNAPSHOT",
+    "Script",
+]
+
+
+class Script:
+    """A Lua script and the SHA-1 Redis knows it by."""
+
+    __slots__ = ("sha", "source")
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()  # Redis names scripts by SHA-1
+
+
+# Shared Lua pieces. Times travel as strings formatted with %.17g: a Lua number handed back to
+# Redis would be cut to an integer, and a default conversion may drop digits.
+PRELUDE = """
+local function fmt(x) return string.format('%.17g', x) end
+local now
+if ARGV[1] == '' then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+else
+  now = tonumber(ARGV[1])
+end
+local clock = fmt(now)
+"""
+
+# Drops token reservations older than the window and returns the sum of those left. The sum is
+# kept in the hash; an empty ZSET (also: one that expired whole) means a sum of 0.
+EXPIRE_TOKENS = """
+local function expire_tokens(tk, st, cutoff)
+  local sum = tonumber(redis.call('HGET', st, 'token_sum')) or 0
+  local gone = redis.call('ZRANGEBYSCORE', tk, '-inf', cutoff)
+  if #gone > 0 then
+    for i = 1, #gone do
+      sum = sum - tonumber(string.match(gone[i], '|(%d+)$'))
+    end
+    redis.call('ZREMRANGEBYSCORE', tk, '-inf', cutoff)
+  end
+  local held = redis.call('ZCARD', tk)
+  if held == 0 then sum = 0 end
+  return sum, held
+end
+"""
+
+# KEYS: starts, tokens, leases, state.
+# ARGV: now ('' = server clock), window, rate_limit, tpm, max_concurrency (-1 = none), tokens,
+#       lease id, lease ttl, window key ttl ms, state ttl ms, lease key ttl ms.
+# Returns {1, start, probe} or {0, wake time or 'inf', now}.
+ACQUIRE = Script(
+    PRELUDE
+    + EXPIRE_TOKENS
+    + """
+local starts, tk, leases, st = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local h = redis.call('HMGET', st, 'breaker', 'open_until', 'probe', 'probe_until', 'rest_until')
+local probe = 0
+if h[1] == 'open' or h[1] == 'half_open' then
+  if h[1] == 'open' then
+    if now < (tonumber(h[2]) or 0) then return {0, h[2], clock} end
+    redis.call('HSET', st, 'breaker', 'half_open')
+    redis.call('HDEL', st, 'probe', 'probe_until')
+    h[3] = false
+  end
+  -- One probe for the whole fleet; a probe whose lease expired (its process died) frees it.
+  if h[3] and (tonumber(h[4]) or 0) > now then return {0, 'inf', clock} end
+  probe = 1
+end
+local rest = tonumber(h[5])
+if rest and now < rest then return {0, h[5], clock} end
+redis.call('ZREMRANGEBYSCORE', leases, '-inf', clock)
+local maxc = tonumber(ARGV[5])
+if maxc >= 0 and redis.call('ZCARD', leases) >= maxc then return {0, 'inf', clock} end
+local window = tonumber(ARGV[2])
+local cutoff = fmt(now - window)
+redis.call('ZREMRANGEBYSCORE', starts, '-inf', cutoff)
+local rate = tonumber(ARGV[3])
+if rate >= 0 and redis.call('ZCARD', starts) >= rate then
+  local first = redis.call('ZRANGE', starts, 0, 0, 'WITHSCORES')
+  if not first[2] then return {0, 'inf', clock} end
+  return {0, fmt(tonumber(first[2]) + window), clock}
+end
+local id = ARGV[7]
+local tpm = tonumber(ARGV[4])
+if tpm >= 0 then
+  local tokens = tonumber(ARGV[6])
+  local sum = expire_tokens(tk, st, cutoff)
+  -- A request larger than the whole budget may still run alone in a window whose tokens sum
+  -- to 0, as in MemoryState: entries settled to 0 (refused requests) do not block it.
+  if sum + tokens > tpm and sum > 0 then
+    redis.call('HSET', st, 'token_sum', fmt(sum))
+    local first = redis.call('ZRANGE', tk, 0, 0, 'WITHSCORES')
+    return {0, fmt(tonumber(first[2]) + window), clock}
+  end
+  redis.call('ZADD', tk, clock, id .. '|' .. ARGV[6])
+  redis.call('PEXPIRE', tk, ARGV[9])
+  redis.call('HSET', st, 'token_sum', fmt(sum + tokens))
+end
+redis.call('ZADD', starts, clock, id)
+redis.call('PEXPIRE', starts, ARGV[9])
+local expiry = fmt(now + tonumber(ARGV[8]))
+redis.call('ZADD', leases, expiry, id)
+redis.call('PEXPIRE', leases, ARGV[11])
+redis.call('HINCRBY', st, 'total_requests', 1)
+if probe == 1 then
+  redis.call('HSET', st, 'probe', id, 'probe_until', expiry)
+end
+redis.call('PEXPIRE', st, ARGV[10])
+return {1, clock, probe}
+"""
+)
+
+# KEYS: tokens, leases, state.
+# ARGV: now, lease id, outcome, probe (0/1), token entry start ('' = none), reserved tokens,
+#       settled tokens, add to total_tokens (0/1), threshold, interval, retry_after, state ttl ms.
+RELEASE = Script(
+    PRELUDE
+    + """
+local tk, leases, st = KEYS[1], KEYS[2], KEYS[3]
+local id = ARGV[2]
+redis.call('ZREM', leases, id)
+if ARGV[5] ~= '' and ARGV[6] ~= ARGV[7] then
+  -- Settle only an entry still in the window: one that aged out was already subtracted.
+  if redis.call('ZREM', tk, id .. '|' .. ARGV[6]) == 1 then
+    redis.call('ZADD', tk, ARGV[5], id .. '|' .. ARGV[7])
+    redis.call('HINCRBY', st, 'token_sum', tonumber(ARGV[7]) - tonumber(ARGV[6]))
+  end
+end
+if ARGV[8] == '1' then redis.call('HINCRBY', st, 'total_tokens', ARGV[7]) end
+local outcome = tonumber(ARGV[3])
+local probe = ARGV[4] == '1'
+if probe and redis.call('HGET', st, 'probe') == id then
+  redis.call('HDEL', st, 'probe', 'probe_until')
+end
+if outcome == 0 then
+  redis.call('HSET', st, 'failures', 0)
+  if probe then redis.call('HSET', st, 'breaker', 'closed') end
+elseif outcome == 1 or outcome == 2 then
+  redis.call('HINCRBY', st, 'error_count', 1)
+  local failures = redis.call('HINCRBY', st, 'failures', 1)
+  if outcome == 2 or probe or failures >= tonumber(ARGV[9]) then
+    redis.call('HSET', st, 'breaker', 'open', 'open_until', fmt(now + tonumber(ARGV[10])))
+  end
+elseif outcome == 3 then
+  redis.call('HINCRBY', st, 'error_count', 1)
+  local rest = now + tonumber(ARGV[11])
+  if rest > (tonumber(redis.call('HGET', st, 'rest_until')) or 0) then
+    redis.call('HSET', st, 'rest_until', fmt(rest))
+  end
+elseif outcome == 4 then
+  redis.call('HINCRBY', st, 'error_count', 1)
+end
+redis.call('PEXPIRE', st, ARGV[12])
+return 1
+"""
+)
+
+# KEYS: starts, tokens, leases, state. ARGV: now, window.
+SNAPSHOT = Script(
+    PRELUDE
+    + EXPIRE_TOKENS
+    + """
+local starts, tk, leases, st = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local cutoff = fmt(now - tonumber(ARGV[2]))
+redis.call('ZREMRANGEBYSCORE', starts, '-inf', cutoff)
+local sum = expire_tokens(tk, st, cutoff)
+if redis.call('EXISTS', st) == 1 then redis.call('HSET', st, 'token_sum', fmt(sum)) end
+redis.call('ZREMRANGEBYSCORE', leases, '-inf', clock)
+local h = redis.call('HMGET', st, 'breaker', 'open_until', 'total_requests', 'total_tokens',
+  'error_count', 'validation_failures', 'rest_until')
+local state = h[1] or 'closed'
+if state == 'open' and now >= (tonumber(h[2]) or 0) then state = 'half_open' end
+return {state, redis.call('ZCARD', leases), redis.call('ZCARD', starts), fmt(sum),
+  h[3] or '0', h[4] or '0', h[5] or '0', h[6] or '0', h[7] or '0', clock}
+"""
+)
+
+# KEYS: state. ARGV: state ttl ms.
+COUNT_VALIDATION = Script(
+    """
+redis.call('HINCRBY', KEYS[1], 'validation_failures', 1)
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+return 1
+"""
+)
+
+# Liveness is real time, whatever clock the caller keeps: always the server's clock.
+# KEYS: procs. ARGV: process id, seconds it stays live, key ttl ms. Returns the live count.
+HEARTBEAT = Script(
+    """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', string.format('%.17g', now))
+redis.call('ZADD', KEYS[1], string.format('%.17g', now + tonumber(ARGV[2])), ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return redis.call('ZCARD', KEYS[1])
+"""
+)
+
+# Writes requests started on the local fallback into the Redis windows. Ages, not times, travel:
+# the fallback's times are in the caller's clock, the scripts may run on the server's.
+# KEYS: starts, tokens, state. ARGV: now, window, window key ttl ms, state ttl ms, then per
+# start: member, age, tokens ('' when the key has no tpm).
+REPLAY = Script(
+    PRELUDE
+    + EXPIRE_TOKENS
+    + """
+local starts, tk, st = KEYS[1], KEYS[2], KEYS[3]
+local cutoff = fmt(now - tonumber(ARGV[2]))
+redis.call('ZREMRANGEBYSCORE', starts, '-inf', cutoff)
+local sum = expire_tokens(tk, st, cutoff)
+local has_tokens = false
+for i = 5, #ARGV, 3 do
+  local at = fmt(now - tonumber(ARGV[i + 1]))
+  redis.call('ZADD', starts, at, ARGV[i])
+  if ARGV[i + 2] ~= '' then
+    has_tokens = true
+    -- Only a new member adds to the sum: a replay sent twice counts once.
+    if redis.call('ZADD', tk, at, ARGV[i] .. '|' .. ARGV[i + 2]) == 1 then
+      sum = sum + tonumber(ARGV[i + 2])
+    end
+  end
+end
+redis.call('PEXPIRE', starts, ARGV[3])
+if has_tokens then redis.call('PEXPIRE', tk, ARGV[3]) end
+if has_tokens or redis.call('EXISTS', st) == 1 then
+  redis.call('HSET', st, 'token_sum', fmt(sum))
+  -- Never shorten a longer life (a long breaker interval or Retry-After set it).
+  if redis.call('PTTL', st) < tonumber(ARGV[4]) then redis.call('PEXPIRE', st, ARGV[4]) end
+end
+return 1
+"""
+)
