@@ -3,7 +3,8 @@
 Each operation of ``StateBackend`` is one Lua script, so it is one round trip and atomic on the
 server: ``acquire`` checks breaker, rest, concurrency, the request window and the token window
 and reserves all of them in one step, across processes (the scripts are in ``redis_scripts.py``).
-The scripts copy ``MemoryState``'s rules exactly; the shared test class in ``tests/unit_tests/test_state_backends.py`` runs against both.
+The scripts copy ``MemoryState``'s rules exactly; the shared test class in
+``tests/unit_tests/test_state_backends.py`` runs against both.
 
 Why our own scripts and not the ``limits`` library: its Redis moving window keeps one list per
 limit and checks one limit per call (``acquire_entry``), pushing ``amount`` copies of the
