@@ -347,6 +347,7 @@ class BalancedChatModel(BaseChatModel):
     ) -> Iterator[ChatGenerationChunk]:
         request, tokens, avoid, balancer = self._request(messages, stop, kwargs)
         served: tuple[Member, int] | None = None
+        model = request.params.get("model")
         for chunk, member, attempts in balancer.stream(
             lambda p: p.stream(request), tokens=tokens, tokens_of=_total_tokens, avoid=avoid
         ):
@@ -356,7 +357,7 @@ class BalancedChatModel(BaseChatModel):
                 run_manager.on_llm_new_token(gen.text, chunk=gen)
             yield gen
         if served is not None:
-            yield ChatGenerationChunk(message=_last_chunk(*served))
+            yield ChatGenerationChunk(message=_last_chunk(*served, model))
 
     async def _astream(
         self,
@@ -367,6 +368,7 @@ class BalancedChatModel(BaseChatModel):
     ) -> AsyncIterator[ChatGenerationChunk]:
         request, tokens, avoid, balancer = self._request(messages, stop, kwargs)
         served: tuple[Member, int] | None = None
+        model = request.params.get("model")
         async for chunk, member, attempts in balancer.astream(
             lambda p: p.astream(request), tokens=tokens, tokens_of=_total_tokens, avoid=avoid
         ):
@@ -376,7 +378,7 @@ class BalancedChatModel(BaseChatModel):
                 await run_manager.on_llm_new_token(gen.text, chunk=gen)
             yield gen
         if served is not None:
-            yield ChatGenerationChunk(message=_last_chunk(*served))
+            yield ChatGenerationChunk(message=_last_chunk(*served, model))
 
     # Tools and structured output ---------------------------------------------------------------
 
@@ -437,11 +439,18 @@ class BalancedChatModel(BaseChatModel):
         if schema is None and method != "json_mode":
             raise ValueError(f"schema is required for method={method!r}; pass a pydantic model")
         is_model = isinstance(schema, type) and is_basemodel_subclass(schema)
+        # Tells callbacks and LangSmith which schema the call is for (BaseChatModel pops it).
+        traced: dict[str, Any] = {
+            "ls_structured_output_format": {
+                "kwargs": {"method": method, "strict": strict},
+                "schema": schema,
+            }
+        }
         parser: Runnable[Any, Any]
         if method == "function_calling":
             tool = convert_to_openai_tool(schema, strict=strict)  # type: ignore[arg-type]
             name = tool["function"]["name"]
-            llm = self.bind_tools([tool], tool_choice=name, strict=strict)
+            llm = self.bind_tools([tool], tool_choice=name, strict=strict, **traced)
             if is_model:
                 parser = PydanticToolsParser(tools=[schema], first_tool_only=True)  # type: ignore[list-item]
             else:
@@ -452,14 +461,18 @@ class BalancedChatModel(BaseChatModel):
             json_schema: dict[str, Any] = {"name": fn["name"], "schema": fn["parameters"]}
             if strict is not None:
                 json_schema["strict"] = strict
-            llm = self.bind(response_format={"type": "json_schema", "json_schema": json_schema})
+            llm = self.bind(
+                response_format={"type": "json_schema", "json_schema": json_schema}, **traced
+            )
             parser = (
                 PydanticOutputParser(pydantic_object=schema)  # type: ignore[arg-type]
                 if is_model
                 else JsonOutputParser()
             )
         elif method == "json_mode":
-            llm = self.bind(response_format={"type": "json_object"})
+            if schema is None:
+                traced = {}
+            llm = self.bind(response_format={"type": "json_object"}, **traced)
             parser = (
                 PydanticOutputParser(pydantic_object=schema)  # type: ignore[arg-type]
                 if is_model
@@ -560,14 +573,14 @@ def _result(message: AIMessage, member: Member, attempts: int) -> ChatResult:
     return ChatResult(generations=[ChatGeneration(message=message)])
 
 
-def _last_chunk(member: Member, attempts: int) -> AIMessageChunk:
+def _last_chunk(member: Member, attempts: int, model: str | None) -> AIMessageChunk:
     return AIMessageChunk(
         content="",
         response_metadata={
             "model_provider": member.provider.model_provider,
             "provider": member.config.id,
             "vendor": member.config.vendor,
-            "model_name": member.config.model,
+            "model_name": model or member.config.model,  # a call's model= override is served
             "attempts": attempts,
         },
         chunk_position="last",
