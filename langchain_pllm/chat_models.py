@@ -347,17 +347,19 @@ class BalancedChatModel(BaseChatModel):
     ) -> Iterator[ChatGenerationChunk]:
         request, tokens, avoid, balancer = self._request(messages, stop, kwargs)
         served: tuple[Member, int] | None = None
+        blocks = False
         model = request.params.get("model")
         for chunk, member, attempts in balancer.stream(
             lambda p: p.stream(request), tokens=tokens, tokens_of=_total_tokens, avoid=avoid
         ):
             served = (member, attempts)
+            blocks = isinstance(chunk.content, list)
             gen = ChatGenerationChunk(message=chunk)
             if run_manager is not None:
                 run_manager.on_llm_new_token(gen.text, chunk=gen)
             yield gen
         if served is not None:
-            yield ChatGenerationChunk(message=_last_chunk(*served, model))
+            yield ChatGenerationChunk(message=_last_chunk(*served, model, blocks))
 
     async def _astream(
         self,
@@ -368,17 +370,19 @@ class BalancedChatModel(BaseChatModel):
     ) -> AsyncIterator[ChatGenerationChunk]:
         request, tokens, avoid, balancer = self._request(messages, stop, kwargs)
         served: tuple[Member, int] | None = None
+        blocks = False
         model = request.params.get("model")
         async for chunk, member, attempts in balancer.astream(
             lambda p: p.astream(request), tokens=tokens, tokens_of=_total_tokens, avoid=avoid
         ):
             served = (member, attempts)
+            blocks = isinstance(chunk.content, list)
             gen = ChatGenerationChunk(message=chunk)
             if run_manager is not None:
                 await run_manager.on_llm_new_token(gen.text, chunk=gen)
             yield gen
         if served is not None:
-            yield ChatGenerationChunk(message=_last_chunk(*served, model))
+            yield ChatGenerationChunk(message=_last_chunk(*served, model, blocks))
 
     # Tools and structured output ---------------------------------------------------------------
 
@@ -573,9 +577,11 @@ def _result(message: AIMessage, member: Member, attempts: int) -> ChatResult:
     return ChatResult(generations=[ChatGeneration(message=message)])
 
 
-def _last_chunk(member: Member, attempts: int, model: str | None) -> AIMessageChunk:
+def _last_chunk(member: Member, attempts: int, model: str | None, blocks: bool) -> AIMessageChunk:
+    # Empty content of the stream's own kind: "" after a list of blocks would become a stray
+    # empty text block under output_version="v1" (langchain_core's own rule in stream()).
     return AIMessageChunk(
-        content="",
+        content=[] if blocks else "",
         response_metadata={
             "model_provider": member.provider.model_provider,
             "provider": member.config.id,

@@ -7,8 +7,14 @@ installed SDK's ``messages.create`` does not take (anthropic 2.14 has no ``tempe
 ``top_p`` or ``top_k``) are dropped with one warning per provider. Anthropic has no portable
 JSON mode (its ``output_config.format`` exists only for recent models), so a JSON
 ``response_format`` becomes a forced call of a tool whose input schema is the wanted schema, and
-that call's arguments come back as the reply's JSON text. Streams report usage once, at the
-end: ``message_start`` and ``message_delta`` both carry counts and adding them double-counts.
+that call's arguments come back as the reply's JSON text. Replies are shaped as LangChain's
+``ChatAnthropic`` shapes them, because ``model_provider="anthropic"`` makes langchain_core read
+them with its Anthropic block translator: a plain string when the reply is only text, otherwise
+a list of Anthropic's own blocks (``text``, ``thinking``, ``tool_use``) beside ``tool_calls``.
+A stream that may carry more than text (tools offered, or thinking on) is list content from its
+first chunk, each block tagged with its ``index`` so chunks merge block by block. Streams report
+usage once, at the end: ``message_start`` and ``message_delta`` both carry counts and adding
+them double-counts.
 """
 
 from __future__ import annotations
@@ -201,11 +207,8 @@ def _content_blocks(content: str | Sequence[Any]) -> list[dict[str, Any]]:
 
 def _assistant_blocks(message: AIMessage) -> list[dict[str, Any]]:
     blocks: list[dict[str, Any]] = []
-    # Thinking blocks must be sent back unchanged (with their signatures) before tool use.
-    for thinking in message.additional_kwargs.get("anthropic_thinking_blocks") or ():
-        if isinstance(thinking, Mapping):
-            blocks.append({k: v for k, v in thinking.items() if k != "index"})
     content = message.content
+    own_reply = message.response_metadata.get("model_provider") == "anthropic"
     if isinstance(content, str):
         if content:
             blocks.append({"type": "text", "text": content})
@@ -214,8 +217,36 @@ def _assistant_blocks(message: AIMessage) -> list[dict[str, Any]]:
             if isinstance(block, str):
                 if block:
                     blocks.append({"type": "text", "text": block})
-            elif isinstance(block, Mapping) and block.get("type") == "text" and block.get("text"):
+                continue
+            if not isinstance(block, Mapping):
+                continue
+            kind = block.get("type")
+            if kind == "text" and block.get("text"):
                 blocks.append({"type": "text", "text": block["text"]})
+            elif kind == "thinking" and block.get("signature"):
+                # Sent back unchanged (the signature vouches for it) before the tool use.
+                blocks.append(
+                    {
+                        "type": "thinking",
+                        "thinking": block.get("thinking", ""),
+                        "signature": block["signature"],
+                    }
+                )
+            elif kind == "redacted_thinking" and block.get("data"):
+                blocks.append({"type": "redacted_thinking", "data": block["data"]})
+            elif kind == "reasoning" and own_reply:
+                # The v1 spelling of a thinking block keeps the signature in its extras.
+                signature = (block.get("extras") or {}).get("signature")
+                if signature:
+                    blocks.append(
+                        {
+                            "type": "thinking",
+                            "thinking": block.get("reasoning", ""),
+                            "signature": signature,
+                        }
+                    )
+            # tool_use (and v1 tool_call) blocks are skipped: tool_calls is the one source of
+            # the calls, so a call is never sent twice.
     for tc in message.tool_calls:
         blocks.append(
             {"type": "tool_use", "id": tc["id"] or "", "name": tc["name"], "input": tc["args"]}
@@ -288,16 +319,29 @@ def _tool(tool: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _may_answer_in_blocks(payload: Mapping[str, Any], json_format: JsonFormat | None) -> bool:
+    """Whether a reply to ``payload`` may hold more than text (a tool call or thinking).
+
+    A stream must choose its content's shape at its first chunk: a string and a list of blocks
+    do not merge cleanly, so it is blocks from the start whenever anything but text may come.
+    """
+    json_tool = json_format.name if json_format is not None else None
+    if any(tool.get("name") != json_tool for tool in payload.get("tools") or ()):
+        return True
+    thinking = payload.get("thinking")
+    return isinstance(thinking, Mapping) and thinking.get("type") not in (None, "disabled")
+
+
 @dataclass(slots=True)
 class _Stream:
-    """What a stream has said so far that only its end may report."""
+    """What a stream has said so far that only its end may report, and its content's shape."""
 
+    blocks: bool = False
     usage_in: Any = None
     usage_out: Any = None
     stop_reason: str | None = None
     stop_sequence: str | None = None
     json_blocks: set[int] = field(default_factory=set)
-    thinking: dict[int, dict[str, Any]] = field(default_factory=dict)
     has_tool_calls: bool = False
 
 
@@ -425,26 +469,34 @@ class AnthropicProvider(Provider):
         return err
 
     def _message(self, resp: Any, json_format: JsonFormat | None) -> AIMessage:
-        texts: list[str] = []
-        reasoning: list[str] = []
-        thinking_blocks: list[dict[str, Any]] = []
+        blocks: list[dict[str, Any]] = []
         tool_calls = []
+        only_text = True
         for block in resp.content:
             kind = block.type
             if kind == "text":
-                texts.append(block.text)
+                out: dict[str, Any] = {"type": "text", "text": block.text}
+                if getattr(block, "citations", None):
+                    out["citations"] = [c.model_dump(mode="json") for c in block.citations]
+                    only_text = False
+                blocks.append(out)
             elif kind == "tool_use":
                 if json_format is not None and block.name == json_format.name:
-                    texts.append(json.dumps(block.input))
-                else:
-                    tool_calls.append(tool_call(name=block.name, args=block.input, id=block.id))
+                    blocks.append({"type": "text", "text": json.dumps(block.input)})
+                    continue
+                only_text = False
+                blocks.append(
+                    {"type": "tool_use", "id": block.id, "name": block.name, "input": block.input}
+                )
+                tool_calls.append(tool_call(name=block.name, args=block.input, id=block.id))
             elif kind == "thinking":
-                reasoning.append(block.thinking)
-                thinking_blocks.append(
+                only_text = False
+                blocks.append(
                     {"type": "thinking", "thinking": block.thinking, "signature": block.signature}
                 )
             elif kind == "redacted_thinking":
-                thinking_blocks.append({"type": "redacted_thinking", "data": block.data})
+                only_text = False
+                blocks.append({"type": "redacted_thinking", "data": block.data})
         metadata: dict[str, Any] = {
             "finish_reason": self._finish(resp.stop_reason, json_format, bool(tool_calls)),
             "stop_reason": resp.stop_reason,
@@ -454,22 +506,30 @@ class AnthropicProvider(Provider):
         }
         if resp.stop_sequence:
             metadata["stop_sequence"] = resp.stop_sequence
-        kwargs: dict[str, Any] = {}
-        if reasoning:
-            kwargs["reasoning_content"] = "".join(reasoning)
-        if thinking_blocks:
-            kwargs["anthropic_thinking_blocks"] = thinking_blocks
+        texts = [b["text"] for b in blocks if b["type"] == "text"]
         message = AIMessage(
-            content="".join(texts),
+            content="".join(texts) if only_text else list(blocks),
             tool_calls=tool_calls,
             usage_metadata=self._usage(resp.usage),
             response_metadata=metadata,
-            additional_kwargs=kwargs,
             id=resp.id,
         )
         if json_format is not None and resp.stop_reason == "refusal" and not texts:
             raise self._refusal(message)
         return message
+
+    def _content_chunk(
+        self, block: dict[str, Any], index: int, state: _Stream, **kwargs: Any
+    ) -> AIMessageChunk:
+        """A chunk carrying one piece of a content block (text as a string, if it may)."""
+        if state.blocks:
+            block["index"] = index
+            content: str | list[str | dict[str, Any]] = [block]
+        else:
+            content = block.get("text", "") if block["type"] == "text" else ""
+        return AIMessageChunk(
+            content=content, response_metadata={"model_provider": self.model_provider}, **kwargs
+        )
 
     def _chunk(
         self, event: Any, state: _Stream, json_format: JsonFormat | None
@@ -479,56 +539,53 @@ class AnthropicProvider(Provider):
             delta = event.delta
             index = event.index
             if delta.type == "text_delta":
-                return AIMessageChunk(content=delta.text)
+                return self._content_chunk({"type": "text", "text": delta.text}, index, state)
             if delta.type == "input_json_delta":
                 if index in state.json_blocks:
-                    return AIMessageChunk(content=delta.partial_json)
-                return AIMessageChunk(
-                    content="",
+                    piece = {"type": "text", "text": delta.partial_json}
+                    return self._content_chunk(piece, index, state)
+                return self._content_chunk(
+                    {"type": "input_json_delta", "partial_json": delta.partial_json},
+                    index,
+                    state,
                     tool_call_chunks=[
                         tool_call_chunk(args=delta.partial_json, index=index, id=None, name=None)
                     ],
                 )
             if delta.type == "thinking_delta":
-                state.thinking[index]["thinking"] += delta.thinking
-                return AIMessageChunk(
-                    content="", additional_kwargs={"reasoning_content": delta.thinking}
-                )
+                piece = {"type": "thinking", "thinking": delta.thinking}
+                return self._content_chunk(piece, index, state)
             if delta.type == "signature_delta":
-                state.thinking[index]["signature"] += delta.signature
+                piece = {"type": "thinking", "signature": delta.signature}
+                return self._content_chunk(piece, index, state)
             return None
         if kind == "content_block_start":
             block = event.content_block
             index = event.index
             if block.type == "text":
-                return AIMessageChunk(content=block.text) if block.text else None
+                if not block.text:
+                    return None
+                return self._content_chunk({"type": "text", "text": block.text}, index, state)
             if block.type == "tool_use":
                 if json_format is not None and block.name == json_format.name:
                     state.json_blocks.add(index)
                     return None
                 state.has_tool_calls = True
-                return AIMessageChunk(
-                    content="",
+                return self._content_chunk(
+                    {"type": "tool_use", "id": block.id, "name": block.name, "input": {}},
+                    index,
+                    state,
                     tool_call_chunks=[
                         tool_call_chunk(name=block.name, args="", id=block.id, index=index)
                     ],
                 )
             if block.type == "thinking":
-                state.thinking[index] = {
-                    "type": "thinking",
-                    "thinking": block.thinking or "",
-                    "signature": block.signature or "",
-                }
-            elif block.type == "redacted_thinking":
-                state.thinking[index] = {"type": "redacted_thinking", "data": block.data}
-            return None
-        if kind == "content_block_stop":
-            finished = state.thinking.pop(event.index, None)
-            if finished is not None:
-                # Emitted whole, once, so merged chunks carry a block that can be sent back.
-                return AIMessageChunk(
-                    content="", additional_kwargs={"anthropic_thinking_blocks": [finished]}
-                )
+                # The start holds the block's opening text, empty in practice; deltas follow.
+                piece = {"type": "thinking", "thinking": block.thinking or ""}
+                return self._content_chunk(piece, index, state)
+            if block.type == "redacted_thinking":
+                piece = {"type": "redacted_thinking", "data": block.data}
+                return self._content_chunk(piece, index, state)
             return None
         if kind == "message_start":
             state.usage_in = event.message.usage
@@ -543,7 +600,7 @@ class AnthropicProvider(Provider):
 
     def _last_chunk(self, state: _Stream, json_format: JsonFormat | None) -> AIMessageChunk:
         # One chunk carries the finish reason and the usage, each exactly once.
-        metadata: dict[str, Any] = {}
+        metadata: dict[str, Any] = {"model_provider": self.model_provider}
         finish = self._finish(state.stop_reason, json_format, state.has_tool_calls)
         if finish is not None:
             metadata["finish_reason"] = finish
@@ -551,7 +608,7 @@ class AnthropicProvider(Provider):
         if state.stop_sequence:
             metadata["stop_sequence"] = state.stop_sequence
         chunk = AIMessageChunk(
-            content="",
+            content=[] if state.blocks else "",
             usage_metadata=self._usage(state.usage_in, state.usage_out),
             response_metadata=metadata,
         )
@@ -584,7 +641,7 @@ class AnthropicProvider(Provider):
     def stream(self, request: ChatRequest) -> Iterator[AIMessageChunk]:
         """Stream a Messages API call."""
         payload, json_format = self._payload(request)
-        state = _Stream()
+        state = _Stream(blocks=_may_answer_in_blocks(payload, json_format))
         message_id: str | None = None
         try:
             with self.sync_client.messages.create(**payload, stream=True) as events:
@@ -606,7 +663,7 @@ class AnthropicProvider(Provider):
     async def astream(self, request: ChatRequest) -> AsyncIterator[AIMessageChunk]:
         """Stream a Messages API call, async."""
         payload, json_format = self._payload(request)
-        state = _Stream()
+        state = _Stream(blocks=_may_answer_in_blocks(payload, json_format))
         message_id: str | None = None
         try:
             events = await self.async_client.messages.create(**payload, stream=True)

@@ -60,7 +60,6 @@ from langchain_pllm.providers.convert import (
     text_of,
     tool_choice_of,
     tool_names_by_id,
-    tool_result_text,
 )
 from langchain_pllm.providers.errors import (
     class_for_status,
@@ -231,9 +230,25 @@ def _model_parts(message: AIMessage) -> list[dict[str, Any]]:
     return parts
 
 
-def _function_response(message: LCToolMessage, names: Mapping[str, str]) -> dict[str, Any]:
+def _tool_result_parts(message: LCToolMessage, names: Mapping[str, str]) -> list[dict[str, Any]]:
+    """A tool result as a ``function_response`` part, then its images and files as parts.
+
+    Media go beside the function response, in the same user turn, as ``inline_data`` or
+    ``file_data`` parts (as LangChain's ``ChatGoogleGenerativeAI`` sends them): the model sees
+    them, where base64 inside the JSON response would only be text to it.
+    """
     name = message.name or names.get(message.tool_call_id) or "tool"
-    text = tool_result_text(message)
+    content = message.content
+    media: list[Any] = []
+    if isinstance(content, str):
+        text = content
+    else:
+        rest: list[Any] = []
+        for block in content:
+            (media if media_of(block) is not None else rest).append(block)
+        text = text_of(rest)
+        if not text and rest:
+            text = json.dumps(rest, default=str)  # blocks of no known kind: sent as JSON
     result: Any = text
     try:
         parsed = json.loads(text)
@@ -243,7 +258,7 @@ def _function_response(message: LCToolMessage, names: Mapping[str, str]) -> dict
         result = parsed
     key = "error" if message.status == "error" else "result"
     response = result if isinstance(result, dict) else {key: result}
-    return {"function_response": {"name": name, "response": response}}
+    return [{"function_response": {"name": name, "response": response}}, *_parts(media)]
 
 
 def to_gemini_contents(
@@ -262,7 +277,7 @@ def to_gemini_contents(
         if isinstance(m, AIMessage):
             role, parts = "model", _model_parts(m)
         elif isinstance(m, LCToolMessage):
-            role, parts = "user", [_function_response(m, names)]
+            role, parts = "user", _tool_result_parts(m, names)
         else:
             role, parts = "user", _parts(m.content)
         if not parts:

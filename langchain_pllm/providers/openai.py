@@ -87,25 +87,33 @@ _SDK_ERRORS = (openai.OpenAIError, json.JSONDecodeError)
 
 
 def _text(content: Any) -> str:
+    """The text of message content: the string, or its text parts joined (others dropped)."""
     if isinstance(content, str):
         return content
     return "".join(
         b if isinstance(b, str) else str(b.get("text", ""))
         for b in content
-        if isinstance(b, (str, dict))
+        if isinstance(b, str) or (isinstance(b, dict) and b.get("type", "text") == "text")
     )
 
 
 def to_openai_messages(messages: Sequence[BaseMessage]) -> list[dict[str, Any]]:
-    """LangChain messages to Chat Completions dicts, with a fast path for plain text."""
+    """LangChain messages to Chat Completions dicts, with a fast path for plain text.
+
+    An assistant message is sent as its text and its tool calls only: a history may hold
+    another vendor's reply (Anthropic ``thinking`` and ``tool_use`` blocks, Gemini parts), and
+    the Chat Completions API refuses assistant content parts other than text.
+    """
     out: list[dict[str, Any]] = []
     for m in messages:
-        if m.name is not None:
-            out.extend(convert_to_openai_messages([m]))
-        elif isinstance(m.content, str) and type(m) in _SIMPLE_ROLES:
+        if isinstance(m, AIMessage):
+            if isinstance(m.content, str) and not m.tool_calls and m.name is None:
+                out.append({"role": "assistant", "content": m.content})
+            else:
+                text_only = m.model_copy(update={"content": _text(m.content)})
+                out.extend(convert_to_openai_messages([text_only]))
+        elif m.name is None and isinstance(m.content, str) and type(m) in _SIMPLE_ROLES:
             out.append({"role": _SIMPLE_ROLES[type(m)], "content": m.content})
-        elif isinstance(m, AIMessage) and isinstance(m.content, str) and not m.tool_calls:
-            out.append({"role": "assistant", "content": m.content})
         else:
             out.extend(convert_to_openai_messages([m]))
     return out

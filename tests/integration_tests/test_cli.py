@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -23,8 +24,12 @@ def test_demo_answers_every_prompt_and_shows_each_key() -> None:
     assert "30/30 answered correctly, in order" in done.stdout
     for name in ("gpt", "deepseek", "claude", "gemini", "glm"):
         assert f"\n{name}: served" in done.stdout
-    assert "claude: served 0 of its" in done.stdout  # the overloaded key never served
-    assert "breaker open" in done.stdout
+    # The overloaded key never served; once it failed breaker_threshold (3) times, its breaker
+    # is open (how many calls reach it first depends on thread timing).
+    line = re.search(r"claude: served 0 of its (\d+) requests, breaker (\w+)", done.stdout)
+    assert line is not None, done.stdout
+    if int(line.group(1)) >= 3:
+        assert line.group(2) == "open"
     assert "sk-demo" not in done.stdout  # keys never printed
 
 

@@ -206,15 +206,16 @@ def _react_agent(model: BalancedChatModel) -> Any:
         return create_react_agent(model, [add, multiply])
 
 
-@pytest.mark.parametrize("mode", ["sync", "async"])
+@pytest.mark.parametrize("mode", ["sync", "async", "streaming"])
 async def test_agent_turns_cross_vendors(servers: dict[str, FakeVendorServer], mode: str) -> None:
     vendors = ["anthropic", "google", "zhipu"]
     for v in vendors:
         servers[v].set_responder(_agent_responder(v, servers[v]))
-    model = pool(servers, vendors, balancer={"max_retries": 4})
+    # streaming: every turn is a merged stream, Anthropic's as a list of its own blocks.
+    model = pool(servers, vendors, balancer={"max_retries": 4}, streaming=mode == "streaming")
     agent = _react_agent(model)
     question = {"messages": [HumanMessage("What is (2 + 3) * 4?")]}
-    state = agent.invoke(question) if mode == "sync" else await agent.ainvoke(question)
+    state = agent.invoke(question) if mode != "async" else await agent.ainvoke(question)
     messages = state["messages"]
     ai = [m for m in messages if isinstance(m, AIMessage)]
     tools = [m for m in messages if isinstance(m, ToolMessage)]
@@ -238,3 +239,50 @@ def test_pllm_avoid_steers_a_turn_to_another_vendor(
         served.append(msg.response_metadata["vendor"])
         avoid.append(msg.response_metadata["provider"])
     assert sorted(served) == ["anthropic", "google", "zhipu"]
+
+
+# An Anthropic reply in the history, read by every vendor ---------------------------------------
+
+ANTHROPIC_REPLY = AIMessage(
+    content=[
+        {"type": "thinking", "thinking": "Add them.", "signature": "sig=="},
+        {"type": "text", "text": "Sure."},
+        {"type": "tool_use", "id": "toolu_9", "name": "add", "input": {"a": 2, "b": 3}},
+    ],
+    tool_calls=[{"name": "add", "args": {"a": 2, "b": 3}, "id": "toolu_9", "type": "tool_call"}],
+    response_metadata={"model_provider": "anthropic"},
+)
+
+
+def _assistant_turn(vendor: str, body: dict[str, Any]) -> Any:
+    if vendor == "google":
+        (turn,) = [c for c in body["contents"] if c["role"] == "model"]
+        return turn["parts"]
+    (turn,) = [m for m in body["messages"] if m["role"] == "assistant"]
+    return turn
+
+
+@pytest.mark.parametrize("vendor", ["openai", "deepseek", "zhipu", "google", "anthropic"])
+def test_anthropic_reply_with_thinking_and_tool_use_in_history(
+    servers: dict[str, FakeVendorServer], vendor: str
+) -> None:
+    history = [
+        HumanMessage("2 + 3?"),
+        ANTHROPIC_REPLY,
+        ToolMessage("5", tool_call_id="toolu_9"),
+    ]
+    pool(servers, [vendor], max_retries=0).bind_tools([add]).invoke(history)
+    sent = _assistant_turn(vendor, servers[vendor].requests[-1].body)
+    if vendor == "anthropic":
+        # Thinking goes back with its signature; the call goes once, from tool_calls.
+        assert sent["content"] == ANTHROPIC_REPLY.content
+    elif vendor == "google":
+        assert sent[0] == {"text": "Sure."}
+        assert sent[1]["functionCall"] == {"name": "add", "args": {"a": 2, "b": 3}}
+        assert len(sent) == 2
+    else:
+        # Chat Completions takes text and tool calls only: no thinking or tool_use parts.
+        assert sent["content"] == "Sure."
+        assert [tc["id"] for tc in sent["tool_calls"]] == ["toolu_9"]
+        assert json.loads(sent["tool_calls"][0]["function"]["arguments"]) == {"a": 2, "b": 3}
+        assert set(sent) <= {"role", "content", "tool_calls"}

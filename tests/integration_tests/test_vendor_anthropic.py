@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -211,13 +214,66 @@ def test_stream_tool_call_chunks(fake_anthropic_server: FakeAnthropicServer) -> 
     srv.set_responder(lambda body: Reply(text="let me add", tool_calls=[("add", {"a": 2, "b": 3})]))
     chunks = list(model_for(srv).bind_tools([add]).stream("2 + 3"))
     full = joined(chunks)
-    assert full.content == "let me add"
-    assert full.tool_calls == [
-        {"name": "add", "args": {"a": 2, "b": 3}, "id": "toolu_1_0", "type": "tool_call"}
-    ]
+    call = {"name": "add", "args": {"a": 2, "b": 3}, "id": "toolu_1_0", "type": "tool_call"}
+    assert full.tool_calls == [call]
+    # Tools offered: list content from the first chunk, every block tagged with its index, as
+    # ChatAnthropic streams; the merged blocks are one text block and one tool_use block.
+    assert all(isinstance(c.content, list) for c in chunks[:-1])
+    assert all("index" in b for c in chunks for b in c.content if isinstance(b, dict))
+    assert full.text == "let me add"
+    assert [b["type"] for b in full.content if isinstance(b, dict)] == ["text", "tool_use"]
     assert all(tc["index"] is not None for c in chunks for tc in c.tool_call_chunks)
+    assert full.content_blocks == [
+        {"type": "text", "text": "let me add", "index": 0},
+        {**call, "index": 1},
+    ]
     assert full.response_metadata["finish_reason"] == "tool_calls"
     assert full.usage_metadata == expected_usage(srv)
+    # Sent back, the merged message's call goes out once, from tool_calls.
+    result = ToolMessage("5", tool_call_id="toolu_1_0")
+    model_for(srv).bind_tools([add]).invoke([HumanMessage("2 + 3"), full, result])
+    assert srv.requests[-1].body["messages"][1]["content"] == [
+        {"type": "text", "text": "let me add"},
+        {"type": "tool_use", "id": "toolu_1_0", "name": "add", "input": {"a": 2, "b": 3}},
+    ]
+
+
+def _tool_call_block(message: BaseMessage) -> dict[str, Any]:
+    (block,) = [b for b in message.content_blocks if b["type"] == "tool_call"]
+    return dict(block)
+
+
+@pytest.mark.parametrize("output_version", ["v0", "v1"])
+async def test_tool_calls_appear_in_content_blocks(
+    fake_anthropic_server: FakeAnthropicServer, output_version: str
+) -> None:
+    srv = fake_anthropic_server
+    srv.set_responder(lambda body: Reply(text="adding", tool_calls=[("add", {"a": 2, "b": 3})]))
+    bound = model_for(srv, output_version=output_version).bind_tools([add])
+    replies: list[BaseMessage] = [
+        bound.invoke("2 + 3"),
+        joined(list(bound.stream("2 + 3"))),
+        await bound.ainvoke("2 + 3"),
+        joined([c async for c in bound.astream("2 + 3")]),
+    ]
+    for reply in replies:
+        assert isinstance(reply, AIMessage)
+        (call,) = reply.tool_calls
+        assert call["name"] == "add"
+        assert call["args"] == {"a": 2, "b": 3}
+        block = _tool_call_block(reply)
+        assert (block["name"], block["args"], block["id"]) == ("add", call["args"], call["id"])
+        assert reply.text == "adding"
+
+
+def test_text_reply_with_tools_offered_is_a_string_when_invoked(
+    fake_anthropic_server: FakeAnthropicServer,
+) -> None:
+    srv = fake_anthropic_server
+    srv.set_responder(lambda body: Reply(text="no tool needed"))
+    msg = model_for(srv).bind_tools([add]).invoke("hi")
+    assert msg.content == "no tool needed"
+    assert msg.content_blocks == [{"type": "text", "text": "no tool needed"}]
 
 
 @pytest.mark.parametrize(
@@ -378,3 +434,151 @@ def test_usage_counts_cached_input_and_thinking() -> None:
         "input_token_details": {"cache_read": 100, "cache_creation": 20},
         "output_token_details": {"reasoning": 3},
     }
+
+
+# Thinking: FakeAnthropicServer does not think, so a canned Messages API reply stands in -----
+
+_THINKING_BLOCKS: list[dict[str, Any]] = [
+    {"type": "thinking", "thinking": "Add them.", "signature": "sig=="},
+    {"type": "text", "text": "Sure."},
+    {"type": "tool_use", "id": "toolu_9", "name": "add", "input": {"a": 2, "b": 3}},
+]
+
+
+def _thinking_events() -> list[dict[str, Any]]:
+    """The stream of the reply above, in the Messages API's event order."""
+    events: list[dict[str, Any]] = [
+        {
+            "type": "message_start",
+            "message": {
+                "id": "msg_9",
+                "type": "message",
+                "role": "assistant",
+                "model": "claude-x",
+                "content": [],
+                "stop_reason": None,
+                "stop_sequence": None,
+                "usage": {"input_tokens": 10, "output_tokens": 1},
+            },
+        }
+    ]
+    deltas: list[list[dict[str, Any]]] = [
+        [
+            {"type": "thinking_delta", "thinking": "Add "},
+            {"type": "thinking_delta", "thinking": "them."},
+            {"type": "signature_delta", "signature": "sig=="},
+        ],
+        [{"type": "text_delta", "text": "Sure."}],
+        [
+            {"type": "input_json_delta", "partial_json": '{"a": 2,'},
+            {"type": "input_json_delta", "partial_json": ' "b": 3}'},
+        ],
+    ]
+    starts: list[dict[str, Any]] = [
+        {"type": "thinking", "thinking": "", "signature": ""},
+        {"type": "text", "text": ""},
+        {"type": "tool_use", "id": "toolu_9", "name": "add", "input": {}},
+    ]
+    for index, (start, pieces) in enumerate(zip(starts, deltas, strict=True)):
+        events.append({"type": "content_block_start", "index": index, "content_block": start})
+        events.extend({"type": "content_block_delta", "index": index, "delta": d} for d in pieces)
+        events.append({"type": "content_block_stop", "index": index})
+    events.append(
+        {
+            "type": "message_delta",
+            "delta": {"stop_reason": "tool_use", "stop_sequence": None},
+            "usage": {"output_tokens": 20},
+        }
+    )
+    events.append({"type": "message_stop"})
+    return events
+
+
+@pytest.fixture
+def thinking_server() -> Iterator[tuple[str, list[dict[str, Any]]]]:
+    """A Messages API endpoint that always replies with thinking, text and a tool call."""
+    bodies: list[dict[str, Any]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            bodies.append(body)
+            if body.get("stream"):
+                payload = "".join(
+                    f"event: {e['type']}\ndata: {json.dumps(e)}\n\n" for e in _thinking_events()
+                ).encode()
+                kind = "text/event-stream"
+            else:
+                reply = {
+                    "id": "msg_9",
+                    "type": "message",
+                    "role": "assistant",
+                    "model": "claude-x",
+                    "content": _THINKING_BLOCKS,
+                    "stop_reason": "tool_use",
+                    "stop_sequence": None,
+                    "usage": {"input_tokens": 10, "output_tokens": 21},
+                }
+                payload, kind = json.dumps(reply).encode(), "application/json"
+            self.send_response(200)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", bodies
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_thinking_text_and_tool_use_are_anthropic_blocks(
+    thinking_server: tuple[str, list[dict[str, Any]]],
+) -> None:
+    base_url, bodies = thinking_server
+    provider = {"vendor": "anthropic", "api_key": KEY, "model": "claude-x", "api_base": base_url}
+    model = BalancedChatModel(providers=[provider], max_retries=0).bind_tools(
+        [add], thinking={"type": "enabled", "budget_tokens": 1024}
+    )
+    invoked = model.invoke("2 + 3")
+    assert invoked.content == _THINKING_BLOCKS
+    chunks = list(model.stream("2 + 3"))
+    streamed = joined(chunks)
+    assert all(isinstance(c.content, list) for c in chunks[:-1])  # the last is the face's
+    assert [b["type"] for b in streamed.content if isinstance(b, dict)] == [
+        "thinking",
+        "text",
+        "tool_use",
+    ]
+    expected_call = {"name": "add", "args": {"a": 2, "b": 3}, "id": "toolu_9", "type": "tool_call"}
+    for reply in (invoked, streamed):
+        assert reply.tool_calls == [expected_call]
+        blocks = reply.content_blocks
+        assert [b["type"] for b in blocks] == ["reasoning", "text", "tool_call"]
+        reasoning = dict(blocks[0])
+        assert reasoning["reasoning"] == "Add them."
+        assert reasoning["extras"] == {"signature": "sig=="}
+        assert reply.text == "Sure."
+        # The next turn sends the thinking back, signature kept, and the call once.
+        model.invoke([HumanMessage("2 + 3"), reply, ToolMessage("5", tool_call_id="toolu_9")])
+        assert bodies[-1]["messages"][1] == {
+            "role": "assistant",
+            "content": _THINKING_BLOCKS,
+        }
+
+
+def test_v1_stream_of_blocks_ends_without_a_stray_empty_text_block(
+    fake_anthropic_server: FakeAnthropicServer,
+) -> None:
+    model = model_for(fake_anthropic_server, output_version="v1")
+    merged = joined(list(model.bind_tools([add]).stream("add 2 and 3")))
+    assert isinstance(merged.content, list)
+    assert [b["type"] for b in merged.content] == ["tool_call"]  # type: ignore[index]
+    assert merged.tool_calls[0]["name"] == "add"

@@ -373,3 +373,35 @@ def test_usage_counts_thoughts_and_cache() -> None:
         "input_token_details": {"cache_read": 4},
         "output_token_details": {"reasoning": 3},
     }
+
+
+def test_tool_result_media_are_parts_beside_the_function_response(
+    fake_gemini_server: FakeGeminiServer,
+) -> None:
+    srv = fake_gemini_server
+    call = {"name": "add", "args": {"a": 2, "b": 3}, "id": "call_1", "type": "tool_call"}
+    result = ToolMessage(
+        content=[
+            {"type": "text", "text": "the chart"},
+            {"type": "image", "base64": PNG, "mime_type": "image/png"},
+            {"type": "file", "url": "https://example.com/a.pdf", "mime_type": "application/pdf"},
+        ],
+        tool_call_id="call_1",
+    )
+    history = [HumanMessage("chart it"), AIMessage("", tool_calls=[call]), result]
+    model_for(srv).bind_tools([add]).invoke(history)
+    turn = srv.requests[-1].body["contents"][2]
+    assert turn["role"] == "user"
+    function_response, image, document = turn["parts"]
+    # The text is the result; the media are parts the model sees, not base64 inside JSON.
+    assert function_response == {
+        "functionResponse": {"name": "add", "response": {"result": "the chart"}}
+    }
+    inline = field(image, "inlineData")
+    assert field(inline, "mimeType") == "image/png"
+    data = inline["data"]  # unpadded url-safe base64, as google-genai sends bytes
+    assert base64.urlsafe_b64decode(data + "=" * (-len(data) % 4)) == base64.b64decode(PNG)
+    file_data = field(document, "fileData")
+    assert field(file_data, "fileUri") == "https://example.com/a.pdf"
+    assert field(file_data, "mimeType") == "application/pdf"
+    assert PNG not in str(function_response)
