@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -52,3 +53,46 @@ def test_check_reports_a_bad_config_with_the_field(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert "llm.openai[0].rate_limit" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def test_the_example_config_is_valid() -> None:
+    keys = {
+        name: f"sk-example-{name.lower()}"
+        for name in (
+            "OPENAI_API_KEY",
+            "OPENAI_API_KEY_2",
+            "DEEPSEEK_API_KEY",
+            "ANTHROPIC_API_KEY",
+            "GOOGLE_API_KEY",
+            "ZHIPU_API_KEY",
+        )
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "langchain_pllm", "check", str(EXAMPLES / "pllm.yaml")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**os.environ, **keys},
+    )
+    assert done.returncode == 0, done.stderr
+    for provider in ("openai-main", "openai-backup", "deepseek-0", "anthropic-0", "zhipu-0"):
+        assert provider in done.stdout
+    assert not any(key in done.stdout for key in keys.values())
+
+
+def test_the_example_agent_runs_offline() -> None:
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLES / "agent.py")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.strip().splitlines()
+    assert "'name': 'add'" in lines[0]  # the first turn calls the tool
+    assert lines[-1].split(":", 1)[1].strip().startswith("result:")  # the last answers with it
