@@ -80,7 +80,16 @@ _PICKER_FAILED = {
 class _Attempts:
     """One request's retry bookkeeping: attempts made, keys that failed it, the last error."""
 
-    __slots__ = ("clock", "count", "deadline", "last_error", "limit", "tried")
+    __slots__ = (
+        "clock",
+        "count",
+        "deadline",
+        "last_error",
+        "limit",
+        "tried",
+        "wait_start",
+        "wait_until",
+    )
 
     def __init__(self, balancer: Balancer, avoid: set[int] | None) -> None:
         self.clock = balancer.clock
@@ -90,6 +99,8 @@ class _Attempts:
         self.tried: set[int] | None = set(avoid) if avoid else None
         self.count = 0
         self.last_error: BaseException | None = None
+        self.wait_start = 0.0
+        self.wait_until: float | None = None  # set while one acquire waits for capacity
 
     def set_budget(self) -> contextvars.Token[float | None] | None:
         """Tell the provider how long this attempt may take, if the request has a deadline."""
@@ -174,16 +185,32 @@ class Balancer:
             return last_error
         return self._no_provider(waited)
 
+    def _wait_target(self, req: _Attempts, wake: float, now: float) -> float:
+        """Nothing has capacity until ``wake``: the time to wait until, or raise."""
+        if req.wait_until is None:
+            req.wait_start = now
+            req.wait_until = self._wait_until(req, now)
+        if now >= req.wait_until or (req.last_error is not None and wake > req.wait_until):
+            raise self._gave_up(now - req.wait_start, req.last_error)
+        return min(wake, req.wait_until)
+
+    def _refused(self, m: Member, wake: float, now: float) -> None:
+        with self._lock:
+            self.picker.reject(m, wake, now)
+
+    def _abandoned(self, m: Member) -> None:
+        # Cancelled (or failed) between the pick and the state's answer: undo the pick. A
+        # lease a remote state granted meanwhile is that state's to give back.
+        with self._lock:
+            self.picker.undo(m)
+
     def _acquire(self, req: _Attempts, tokens: int) -> tuple[Member, Lease]:
         clock = self.clock
-        tried = req.tried
-        wait_until = None
-        wait_start = 0.0
+        req.wait_until = None
         while True:
             now = clock.now()
-            event = None
             with self._lock:
-                c = self.picker.candidate(tried or (), now)
+                c = self.picker.candidate(req.tried or (), now)
                 if not isinstance(c, Member):
                     event = threading.Event()
                     self._waiters.append(event.set)
@@ -192,32 +219,21 @@ class Balancer:
                     c.provider.prepare(False)
                     r = self.state.acquire(c.key, c.limits, tokens, now, self.breaker)
                 except BaseException:
-                    with self._lock:
-                        self.picker.undo(c)
+                    self._abandoned(c)
                     raise
                 if isinstance(r, Lease):
                     return c, r
-                with self._lock:
-                    self.picker.reject(c, r, now)
+                self._refused(c, r, now)
                 continue
-            if wait_until is None:
-                wait_start = now
-                wait_until = self._wait_until(req, now)
-            if now >= wait_until or (req.last_error is not None and c > wait_until):
-                raise self._gave_up(now - wait_start, req.last_error)
-            assert event is not None
-            clock.wait(event, min(c, wait_until))
+            clock.wait(event, self._wait_target(req, c, now))
 
     async def _aacquire(self, req: _Attempts, tokens: int) -> tuple[Member, Lease]:
         clock = self.clock
-        tried = req.tried
-        wait_until = None
-        wait_start = 0.0
+        req.wait_until = None
         while True:
             now = clock.now()
-            event = None
             with self._lock:
-                c = self.picker.candidate(tried or (), now)
+                c = self.picker.candidate(req.tried or (), now)
                 if not isinstance(c, Member):
                     event = asyncio.Event()
                     self._waiters.append(_async_setter(event))
@@ -229,23 +245,13 @@ class Balancer:
                     else:
                         r = await self.state.aacquire(c.key, c.limits, tokens, now, self.breaker)
                 except BaseException:
-                    # Cancelled (or failed) between the pick and the state's answer: undo the
-                    # pick. A lease the remote state granted meanwhile is its own to give back.
-                    with self._lock:
-                        self.picker.undo(c)
+                    self._abandoned(c)
                     raise
                 if isinstance(r, Lease):
                     return c, r
-                with self._lock:
-                    self.picker.reject(c, r, now)
+                self._refused(c, r, now)
                 continue
-            if wait_until is None:
-                wait_start = now
-                wait_until = self._wait_until(req, now)
-            if now >= wait_until or (req.last_error is not None and c > wait_until):
-                raise self._gave_up(now - wait_start, req.last_error)
-            assert event is not None
-            await clock.await_event(event, min(c, wait_until))
+            await clock.await_event(event, self._wait_target(req, c, now))
 
     def _retry_after(self, outcome: Outcome, exc: BaseException | None) -> float | None:
         if outcome is not Outcome.RATE_LIMITED:
