@@ -19,7 +19,6 @@ import os
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, Literal
-from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 from pydantic import (
@@ -36,6 +35,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from langchain_pllm.exceptions import PllmConfigError
+from langchain_pllm.urls import redact_url
 
 __all__ = [
     "DEFAULT_API_BASE",
@@ -472,16 +472,6 @@ class BalancerConfig(_ConfigModel):
                 f"state must be memory or a redis://, rediss:// or unix:// URL{shown}; {hint}"
             )
         return url
-
-
-def redact_url(url: str) -> str:
-    """A URL with its password (if any) replaced by ``***``."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = f"{parts.username}:" if parts.username else ":"
-    return urlunsplit(parts._replace(netloc=f"{user}***@{netloc}"))
 
 
 class PllmConfig(_ConfigModel):

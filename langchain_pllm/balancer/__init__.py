@@ -12,8 +12,8 @@ import weakref
 from typing import TYPE_CHECKING
 
 from langchain_pllm.balancer.balancer import Balancer, outcome_of
-from langchain_pllm.balancer.clock import DEFAULT_CLOCK, Clock, ManualClock, MonotonicClock
 from langchain_pllm.balancer.picker import Member, Picker
+from langchain_pllm.clock import DEFAULT_CLOCK, Clock, ManualClock, MonotonicClock
 from langchain_pllm.state import state_for
 
 if TYPE_CHECKING:

@@ -32,8 +32,8 @@ from langchain_core.exceptions import (
     ModelTimeoutError,
 )
 
-from langchain_pllm.balancer.clock import Clock
 from langchain_pllm.balancer.picker import Member, Picker
+from langchain_pllm.clock import Clock
 from langchain_pllm.exceptions import NoProviderAvailableError
 from langchain_pllm.providers import build_provider
 from langchain_pllm.providers.base import ATTEMPT_BUDGET, Provider

@@ -20,7 +20,7 @@ from langchain_pllm.state.base import (
 from langchain_pllm.state.memory import MemoryState, memory_state_for
 
 if TYPE_CHECKING:
-    from langchain_pllm.balancer.clock import Clock
+    from langchain_pllm.clock import Clock
     from langchain_pllm.config import BalancerConfig
 
 __all__ = [

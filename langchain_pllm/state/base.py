@@ -15,7 +15,15 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-__all__ = ["BreakerPolicy", "KeySnapshot", "Lease", "Limits", "Outcome", "StateBackend"]
+__all__ = [
+    "BreakerPolicy",
+    "KeySnapshot",
+    "Lease",
+    "Limits",
+    "Outcome",
+    "StateBackend",
+    "settled_tokens",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +68,25 @@ class Lease:
         self.tokens = tokens
         self.probe = probe
         self.extra = extra  # backend-specific handle (a token-window entry, a lease id)
+
+
+def settled_tokens(lease: Lease, outcome: Outcome, tokens_used: int | None) -> tuple[int, bool]:
+    """How a released lease's token reservation settles: every backend keeps this one rule.
+
+    Args:
+        lease: The lease being released (``tokens`` is what ``acquire`` reserved).
+        outcome: How the attempt ended.
+        tokens_used: The real usage when the reply reported it.
+
+    Returns:
+        The tokens the request leaves in its token window, and whether they count as spent
+        (added to the key's ``total_tokens``).
+    """
+    if outcome is Outcome.SUCCESS or tokens_used is not None:
+        return (tokens_used if tokens_used is not None else lease.tokens), True
+    if outcome is not Outcome.CANCELLED:
+        return 0, False  # a refused request spent no tokens
+    return lease.tokens, False  # a cancelled one may have: keep the estimate
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,6 +19,7 @@ from langchain_pllm.state.base import (
     Limits,
     Outcome,
     StateBackend,
+    settled_tokens,
 )
 
 __all__ = ["MemoryState", "memory_state_for"]
@@ -143,13 +144,9 @@ class MemoryState(StateBackend):
             s = self._get(lease.key)
             s.active -= 1
             entry = lease.extra
-            if outcome is Outcome.SUCCESS or tokens_used is not None:
-                used = tokens_used if tokens_used is not None else lease.tokens
+            used, spent = settled_tokens(lease, outcome, tokens_used)
+            if spent:
                 s.total_tokens += used
-            elif outcome is not Outcome.CANCELLED:
-                used = 0  # a refused request spent no tokens
-            else:
-                used = lease.tokens  # a cancelled one may have: keep the estimate
             if isinstance(entry, list) and entry[2]:
                 s.token_sum += used - int(entry[1])
                 entry[1] = used

@@ -1,8 +1,9 @@
 """The Lua scripts of the Redis state: one per state operation, each atomic on the server.
 
-They copy ``MemoryState``'s rules (``langchain_pllm/state/memory.py``); ``redis.py`` holds the
-Python side (connections, fallback, leases) and the key layout they work on. Scripts are sent
-by SHA-1 (``EVALSHA``) and loaded on first use.
+They copy ``MemoryState``'s rules (``langchain_pllm/state/memory.py``); ``redis_layout.py``
+holds the key layout they work on and builds their arguments, ``redis.py`` runs them
+(connections, fallback, leases). Scripts are sent by SHA-1 (``EVALSHA``) and loaded on first
+use.
 """
 
 from __future__ import annotations

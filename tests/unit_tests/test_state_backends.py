@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import pytest
 import redis
 
-from langchain_pllm.balancer.clock import ManualClock, MonotonicClock
+from langchain_pllm.clock import ManualClock, MonotonicClock
 from langchain_pllm.config import BalancerConfig
 from langchain_pllm.state import state_for
 from langchain_pllm.state.base import (
@@ -475,7 +475,7 @@ class TestRedisAway:
         messages = [(r.levelno, r.getMessage()) for r in ours(caplog)]
         assert [level for level, _ in messages] == [logging.WARNING, logging.INFO], messages
         # The fallback lease went back to the fallback, the Redis lease to Redis.
-        assert state._local.snapshot(KEY, lim, T0 + 3).active_requests == 0
+        assert state._fallback.local.snapshot(KEY, lim, T0 + 3).active_requests == 0
         snap = state.snapshot(KEY, lim, T0 + 3)
         assert (snap.active_requests, snap.total_requests) == (0, 1)  # a fresh server
 

@@ -5,6 +5,9 @@ and waits through the clock. ``MonotonicClock`` is the real thing; ``ManualClock
 clock whose waits move time forward instead of sleeping (tenacity's injectable sleep and
 aiolimiter's mock loop time are the models), so a test that waits for a window to roll over
 finishes at once and still sees exact timestamps.
+
+The module sits below both ``balancer/`` and ``state/``: the balancer waits through a clock, and
+the Redis state asks one whether it reads real time; neither imports the other for it.
 """
 
 from __future__ import annotations
@@ -13,12 +16,17 @@ import asyncio
 import contextlib
 import threading
 import time
+from typing import ClassVar
 
-__all__ = ["Clock", "ManualClock", "MonotonicClock"]
+__all__ = ["DEFAULT_CLOCK", "Clock", "ManualClock", "MonotonicClock"]
 
 
 class Clock:
     """Interface: a monotonic ``now()`` in seconds and waits that an event can cut short."""
+
+    real: ClassVar[bool] = False
+    """Whether ``now()`` reads real time, so its readings agree with other processes' real
+    clocks on this machine (a shared state may then use a server's clock in their place)."""
 
     def now(self) -> float:
         """Return the current time in seconds (monotonic; the origin is arbitrary)."""
@@ -35,6 +43,8 @@ class Clock:
 
 class MonotonicClock(Clock):
     """The real clock: ``time.monotonic`` and real waits."""
+
+    real: ClassVar[bool] = True
 
     now = staticmethod(time.monotonic)
 

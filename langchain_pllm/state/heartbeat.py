@@ -1,0 +1,86 @@
+"""The fleet heartbeat: which processes share a Redis, so each knows its share while Redis is away.
+
+Each process refreshes its member of the ZSET ``<prefix>:procs`` (scored by expiry, three
+heartbeats or at least 15 s ahead) at most every ``interval`` seconds (5 s by default): one
+extra script folded into an ``acquire`` then, or into the round trip that rejoins Redis after
+an outage. The script drops expired members and answers the count of live ones, which the
+state remembers; the local fallback divides each limit by it. Before the first count a process
+knows of no other, and takes the whole limit.
+
+This module builds the call and keeps the count; the ``RedisState`` runs the call.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import secrets
+import socket
+import threading
+import time
+from typing import Any
+
+__all__ = ["DEFAULT_INTERVAL", "Heartbeat"]
+
+DEFAULT_INTERVAL = 5.0
+_MIN_PROCESS_TTL = 15.0  # seconds a process counts as live after its last heartbeat, at least
+
+_PROCESS: tuple[int, str] | None = None
+
+
+def _process_id() -> str:
+    """This OS process's name in ``<prefix>:procs``; a forked child gets a name of its own."""
+    global _PROCESS
+    pid = os.getpid()
+    current = _PROCESS
+    if current is None or current[0] != pid:
+        current = _PROCESS = (pid, f"{socket.gethostname()}:{pid}:{secrets.token_hex(4)}")
+    return current[1]
+
+
+class Heartbeat:
+    """When this process's liveness is due, the call that refreshes it, and the count read back.
+
+    Args:
+        key_prefix: First part of the ZSET's name (``<prefix>:procs``).
+        interval: Seconds between refreshes.
+        process_id: This process's name; by default one per OS process (host, pid and a
+            random part), shared by every state in it.
+    """
+
+    def __init__(
+        self, key_prefix: str, interval: float = DEFAULT_INTERVAL, process_id: str | None = None
+    ) -> None:
+        self.interval = interval
+        self.count: int | None = None
+        """Live processes sharing this Redis, as last seen (``None`` before the first look)."""
+        self._process_id = process_id
+        self._key = f"{key_prefix}:procs"
+        ttl = max(3 * interval, _MIN_PROCESS_TTL)
+        self._ttl_args = (repr(float(ttl)), str(math.ceil(ttl * 1000)))
+        self._due_at = 0.0
+        self._lock = threading.Lock()
+
+    def due(self) -> bool:
+        """Whether this call should refresh the heartbeat: one call per interval does."""
+        # Real time, whatever the caller's clock: liveness is judged by the server's clock.
+        t = time.monotonic()
+        if t < self._due_at:
+            return False
+        with self._lock:
+            if t < self._due_at:
+                return False
+            self._due_at = t + self.interval
+        return True
+
+    def call(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """The keys and arguments of the ``HEARTBEAT`` script."""
+        return (self._key,), (self._process_id or _process_id(), *self._ttl_args)
+
+    def seen(self, reply: Any) -> bool:
+        """Remember the count a ``HEARTBEAT`` answered; True when it changed."""
+        n = max(1, int(reply))
+        if n == self.count:
+            return False
+        self.count = n
+        return True

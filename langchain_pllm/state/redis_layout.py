@@ -1,0 +1,250 @@
+"""Where the Redis state keeps a key, and what each script is sent: the plan, apart from the I/O.
+
+``RedisState`` runs every operation twice over, sync and async; what a call sends (key names,
+arguments in the order its script reads them, TTLs) and how a reply reads back are built here
+once, by plain methods that touch no connection.
+
+Layout, per key fingerprint ``K`` (a digest of vendor, endpoint, model and key; never the key
+itself) under a prefix (``pllm`` by default), all in one Redis Cluster hash slot:
+
+- ``pllm:{K}:starts``: ZSET of request starts (member: lease id, score: start time);
+- ``pllm:{K}:tokens``: ZSET of token reservations (member: ``<lease id>|<tokens>``, score:
+  start); settling a reply's real usage renames the member;
+- ``pllm:{K}:leases``: ZSET of requests in flight (member: lease id, score: expiry), swept on
+  every acquire, so a killed process leaks nothing once its leases expire;
+- ``pllm:{K}:state``: HASH of breaker (state, failures, open-until, the one probe's lease id and
+  expiry), rest-until, the token sum of the window and the fleet-wide counters.
+
+Window keys expire a minute after their last entry could matter; the hash a day after its last
+use (longer if a breaker interval or ``Retry-After`` needs it).
+
+Time: with ``server_time`` the scripts read the Redis server's clock (``TIME``) and ignore the
+``now`` passed in (sent as ``''``); times handed back (wake times, rest-until) are translated
+into the caller's clock. Without it, the passed ``now`` is used as is, so tests drive time.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from langchain_pllm.state.base import (
+    BreakerPolicy,
+    KeySnapshot,
+    Lease,
+    Limits,
+    Outcome,
+    settled_tokens,
+)
+
+__all__ = ["Call", "RedisLayout", "RedisLease"]
+
+_WINDOW_SLACK = 60.0  # seconds a window key outlives its newest entry
+_LEASE_SLACK = 60.0
+
+Call = tuple[tuple[str, ...], tuple[str, ...]]
+"""One script's keys and arguments."""
+
+
+class RedisLease:
+    """What a Redis lease needs at release: its id and where its token entry sits."""
+
+    __slots__ = ("id", "token_start")
+
+    def __init__(self, lease_id: str, token_start: str) -> None:
+        self.id = lease_id
+        self.token_start = token_start  # the entry's score; '' when the key has no tpm
+
+
+class RedisLayout:
+    """Key names, TTLs and script arguments for one prefix and one set of lease settings.
+
+    Args:
+        key_prefix: First part of every Redis key.
+        lease_ttl: Seconds a lease counts as in flight unless released.
+        stats_ttl: Seconds a key's breaker and counters live after their last use.
+        server_time: Whether the scripts read the server's clock instead of the passed ``now``.
+    """
+
+    def __init__(
+        self, key_prefix: str, lease_ttl: float, stats_ttl: float, server_time: bool
+    ) -> None:
+        self.key_prefix = key_prefix
+        self.stats_ttl = stats_ttl
+        self.server_time = server_time
+        self.stats_ttl_ms = str(math.ceil(stats_ttl * 1000))
+        self._lease_args = (
+            repr(float(lease_ttl)),
+            str(math.ceil((lease_ttl + _LEASE_SLACK) * 1000)),
+        )
+        self._keys: dict[str, tuple[str, str, str, str]] = {}
+        self._window_ttls: dict[float, str] = {}
+
+    # Names, TTLs and times ---------------------------------------------------------------------
+
+    def key_names(self, key: str) -> tuple[str, str, str, str]:
+        """The starts, tokens, leases and state keys of ``key``."""
+        names = self._keys.get(key)
+        if names is None:
+            base = f"{self.key_prefix}:{{{key}}}:"
+            names = self._keys[key] = (
+                base + "starts",
+                base + "tokens",
+                base + "leases",
+                base + "state",
+            )
+        return names
+
+    def window_ttl(self, window: float) -> str:
+        """Milliseconds a window key lives after its newest entry."""
+        ttl = self._window_ttls.get(window)
+        if ttl is None:
+            ttl = self._window_ttls[window] = str(math.ceil((window + _WINDOW_SLACK) * 1000))
+        return ttl
+
+    def _state_ttl(self, breaker: BreakerPolicy, retry_after: float | None) -> str:
+        seconds = max(self.stats_ttl, 2 * breaker.interval, 2 * (retry_after or 0.0))
+        return str(math.ceil(seconds * 1000))
+
+    def now_arg(self, now: float) -> str:
+        """``now`` as a script reads it: empty for the server's clock."""
+        return "" if self.server_time else repr(now)
+
+    def to_local(self, value: str, server_now: str, now: float) -> float:
+        """A time from a script, in the caller's clock."""
+        if value == "inf":
+            return math.inf
+        if not self.server_time:
+            return float(value)
+        return now + (float(value) - float(server_now))
+
+    # acquire -----------------------------------------------------------------------------------
+
+    def acquire(self, key: str, limits: Limits, tokens: int, now: float, lease_id: str) -> Call:
+        """The ``ACQUIRE`` call reserving ``tokens`` on ``key`` as ``lease_id``."""
+        lease_ttl, lease_key_ttl = self._lease_args
+        return self.key_names(key), (
+            self.now_arg(now),
+            repr(float(limits.window)),
+            str(-1 if limits.rate_limit is None else limits.rate_limit),
+            str(-1 if limits.tpm is None else limits.tpm),
+            str(-1 if limits.max_concurrency is None else limits.max_concurrency),
+            str(int(tokens)),
+            lease_id,
+            lease_ttl,
+            self.window_ttl(limits.window),
+            self.stats_ttl_ms,
+            lease_key_ttl,
+        )
+
+    def acquired(
+        self, key: str, limits: Limits, tokens: int, now: float, lease_id: str, reply: Any
+    ) -> Lease | float:
+        """``ACQUIRE``'s reply: the lease, or the time to try again in the caller's clock."""
+        if reply[0] == 1:
+            token_start = reply[1] if limits.tpm is not None else ""
+            return Lease(key, now, int(tokens), reply[2] == 1, RedisLease(lease_id, token_start))
+        return self.to_local(reply[1], reply[2], now)
+
+    # release -----------------------------------------------------------------------------------
+
+    def release(
+        self,
+        lease: Lease,
+        extra: RedisLease,
+        outcome: Outcome,
+        now: float,
+        breaker: BreakerPolicy,
+        tokens_used: int | None,
+        retry_after: float | None,
+    ) -> Call:
+        """The ``RELEASE`` call settling a Redis lease (the settlement of ``settled_tokens``)."""
+        used, spent = settled_tokens(lease, outcome, tokens_used)
+        return self._release(
+            lease.key, now, extra.id, outcome, probe=lease.probe, token_start=extra.token_start,
+            reserved=lease.tokens, used=used, spent=spent, breaker=breaker,
+            retry_after=retry_after,
+        )  # fmt: skip
+
+    def disown(self, key: str, lease_id: str, now: float, breaker: BreakerPolicy) -> Call:
+        """A ``CANCELLED`` release of a lease known only by its id.
+
+        It frees the in-flight slot and, if this lease held it, the probe; its start and token
+        reservation stay, as a cancelled request's do. For an id that was never granted it
+        changes nothing.
+        """
+        return self._release(
+            key, now, lease_id, Outcome.CANCELLED, probe=True, token_start="", reserved=0,
+            used=0, spent=False, breaker=breaker, retry_after=None,
+        )  # fmt: skip
+
+    def _release(
+        self,
+        key: str,
+        now: float,
+        lease_id: str,
+        outcome: Outcome,
+        *,
+        probe: bool,
+        token_start: str,
+        reserved: int,
+        used: int,
+        spent: bool,
+        breaker: BreakerPolicy,
+        retry_after: float | None,
+    ) -> Call:
+        _, tokens_key, leases_key, state_key = self.key_names(key)
+        return (tokens_key, leases_key, state_key), (
+            self.now_arg(now),
+            lease_id,
+            str(int(outcome)),
+            "1" if probe else "0",
+            token_start,
+            str(reserved),
+            str(int(used)),
+            "1" if spent else "0",
+            str(breaker.threshold),
+            repr(float(breaker.interval)),
+            repr(float(retry_after or 0.0)),
+            self._state_ttl(breaker, retry_after),
+        )
+
+    # snapshot, counters, replay ----------------------------------------------------------------
+
+    def snapshot(self, key: str, limits: Limits, now: float) -> Call:
+        """The ``SNAPSHOT`` call reading ``key``."""
+        return self.key_names(key), (self.now_arg(now), repr(float(limits.window)))
+
+    def snapshot_of(self, reply: Any, now: float) -> KeySnapshot:
+        """``SNAPSHOT``'s reply, times in the caller's clock."""
+        rest = reply[8]
+        return KeySnapshot(
+            state=reply[0],
+            active_requests=int(reply[1]),
+            window_used=int(reply[2]),
+            tokens_in_window=int(float(reply[3])),
+            total_requests=int(reply[4]),
+            total_tokens=int(reply[5]),
+            error_count=int(reply[6]),
+            validation_failures=int(reply[7]),
+            rest_until=0.0 if rest == "0" else self.to_local(rest, reply[9], now),
+        )
+
+    def count_validation(self, key: str) -> Call:
+        """The ``COUNT_VALIDATION`` call counting one failed output on ``key``."""
+        return (self.key_names(key)[3],), (self.stats_ttl_ms,)
+
+    def replay(
+        self,
+        key: str,
+        window: float,
+        entries: list[tuple[str, float, int | None]],
+        now: float,
+    ) -> Call:
+        """The ``REPLAY`` call writing starts made elsewhere (member, age, tokens) into ``key``."""
+        args: list[str] = []
+        for member, age, tokens in entries:
+            args += (member, repr(age), "" if tokens is None else str(int(tokens)))
+        starts_key, tokens_key, _, state_key = self.key_names(key)
+        head = (self.now_arg(now), repr(float(window)), self.window_ttl(window), self.stats_ttl_ms)
+        return (starts_key, tokens_key, state_key), (*head, *args)
