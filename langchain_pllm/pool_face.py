@@ -10,7 +10,7 @@ face's own LangChain base class (``BaseChatModel``, ``Embeddings``) still follow
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, ClassVar, Literal, Self
+from typing import Any, ClassVar, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr
 
@@ -33,6 +33,9 @@ __all__ = ["AVOID_KWARG", "PoolFace"]
 AVOID_KWARG = "pllm_avoid"
 
 Capability = Literal["chat", "embeddings"]
+
+# typing.Self is 3.11+; the package still installs on 3.10.
+_Face = TypeVar("_Face", bound="PoolFace")
 
 # capability -> (section of the config file, how an error names the pool)
 _SECTIONS: dict[str, tuple[str, str]] = {
@@ -72,7 +75,7 @@ class PoolFace(BaseModel):
         self._has_tpm = any(p.tpm for p in pool.providers)
 
     @classmethod
-    def from_config(cls, source: Any, **kwargs: Any) -> Self:
+    def from_config(cls: type[_Face], source: Any, **kwargs: Any) -> _Face:
         """Build from a YAML path, YAML text or dict: the face's pool section and ``balancer:``.
 
         The chat model reads the ``llm:`` section, the embeddings the ``embedding:`` section.
