@@ -3,8 +3,10 @@
 Both faces take the same pool keywords (``providers``, ``balancer``, ``api_key``, ``clock``,
 and the ``retry_policy``/``max_retries`` shortcuts), validate them the same way, build from the
 same config file (each from its own section) and reach the same process-wide balancer of their
-pool. That lives here once, as a pydantic mixin each face puts first among its bases, so the
-face's own LangChain base class (``BaseChatModel``, ``Embeddings``) still follows it.
+pool. That lives here once, as a pydantic mixin listed first among each face's bases (before
+``BaseChatModel`` or ``Embeddings``), so its ``__init__`` turns the pool keywords into config
+objects before the LangChain base validates the fields. Face-specific state stays in the face
+(the chat model's name and trace id, the embeddings' vector space).
 """
 
 from __future__ import annotations
