@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from operator import itemgetter
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel, LangSmithParams, LanguageModelInput
@@ -25,28 +25,19 @@ from langchain_core.runnables import Runnable, RunnableMap, RunnablePassthrough
 from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from langchain_core.utils.pydantic import is_basemodel_subclass
-from pydantic import ConfigDict, Field, PrivateAttr, SecretStr
+from pydantic import ConfigDict, Field, PrivateAttr
 
-from langchain_pllm.balancer import Balancer, Clock, shared_balancer
+from langchain_pllm.balancer import Balancer
 from langchain_pllm.balancer.picker import Member
-from langchain_pllm.config import (
-    BalancerConfig,
-    PoolConfig,
-    ProviderConfig,
-    balancer_from_mapping,
-    load_config,
-    pool_from_providers,
-)
-from langchain_pllm.exceptions import PllmConfigError
+from langchain_pllm.config import PoolConfig
+from langchain_pllm.pool_face import AVOID_KWARG, Capability, PoolFace
 from langchain_pllm.providers.base import ChatRequest, estimate_tokens
+from langchain_pllm.validation import ValidatingRunnable
 
 __all__ = ["BalancedChatModel"]
 
-# Private call keyword: provider ids to avoid for this call if any other can serve.
-AVOID_KWARG = "pllm_avoid"
 
-
-class BalancedChatModel(BaseChatModel):
+class BalancedChatModel(PoolFace, BaseChatModel):
     """A pool of LLM API keys, across vendors, behind one LangChain chat model.
 
     Every call goes to the provider (one key and model) with the fewest requests in flight
@@ -165,12 +156,10 @@ class BalancedChatModel(BaseChatModel):
 
     model_config = ConfigDict(populate_by_name=True, arbitrary_types_allowed=True)
 
-    providers: list[ProviderConfig] = Field(default_factory=list)
-    """The pool: one entry per key and model."""
-    balancer: BalancerConfig = Field(default_factory=BalancerConfig)
-    """Retry, breaker, wait and state settings."""
-    api_key: SecretStr | None = None
-    """Key used by provider entries that give none."""
+    capability: ClassVar[Capability] = "chat"
+
+    # The pool fields (providers, balancer, api_key, clock), from_config, balancer_instance and
+    # get_stats come from PoolFace.
     temperature: float | None = None
     """Sampling temperature."""
     max_tokens: int | None = None
@@ -185,36 +174,16 @@ class BalancedChatModel(BaseChatModel):
     """Whether ``invoke`` streams under the hood."""
     model_kwargs: dict[str, Any] = Field(default_factory=dict)
     """Further parameters passed to the vendor."""
-    clock: Clock | None = Field(default=None, exclude=True, repr=False)
-    """Time source; tests pass a ``ManualClock``."""
 
-    _pool: PoolConfig = PrivateAttr()
-    _has_tpm: bool = PrivateAttr(default=False)
-    _balancer: Balancer | None = PrivateAttr(default=None)
     _model_name: str = PrivateAttr(default="")
     _pool_id: str = PrivateAttr(default="")
 
     def __init__(self, **data: Any) -> None:
         """Validate the pool and the balancer settings; raise ``PllmConfigError`` if wrong."""
-        pool, balancer = _pool_and_balancer(data, capability="chat")
-        data["providers"] = list(pool.providers)
-        data["balancer"] = balancer
         super().__init__(**data)
-        self._pool = pool
-        self._has_tpm = any(p.tpm for p in pool.providers)
+        pool = self._pool
         self._model_name = "|".join(dict.fromkeys(p.model for p in pool.providers))
         self._pool_id = _pool_id(pool)
-
-    @classmethod
-    def from_config(cls, source: Any, **kwargs: Any) -> BalancedChatModel:
-        """Build from a YAML path, YAML text or dict (its ``llm:`` pool and ``balancer:``)."""
-        config = load_config(source)
-        if config.llm is None:
-            raise PllmConfigError(
-                "the config has no chat pool; add an `llm:` section with at least one provider",
-                field="llm",
-            )
-        return cls(providers=list(config.llm.providers), balancer=config.balancer, **kwargs)
 
     # LangChain identity ------------------------------------------------------------------------
 
@@ -263,21 +232,6 @@ class BalancedChatModel(BaseChatModel):
         if stop:
             params["ls_stop"] = stop
         return params
-
-    # The balancer ------------------------------------------------------------------------------
-
-    @property
-    def balancer_instance(self) -> Balancer:
-        """The shared balancer of this pool (one per pool, settings and clock in the process)."""
-        balancer = self._balancer
-        if balancer is None:
-            # Held here so the process-wide registry (weak values) keeps it while we live.
-            balancer = self._balancer = shared_balancer(self._pool, self.balancer, self.clock)
-        return balancer
-
-    def get_stats(self) -> dict[str, dict[str, Any]]:
-        """Per-provider stats: requests, tokens, errors, active, breaker state, window use."""
-        return self.balancer_instance.get_stats()
 
     # Generation --------------------------------------------------------------------------------
 
@@ -509,50 +463,10 @@ class BalancedChatModel(BaseChatModel):
         Returns:
             A runnable over the same inputs as the model.
         """
-        from langchain_pllm.validation import ValidatingRunnable
-
         return ValidatingRunnable(model=self, validator=validator, max_retries=max_retries)
 
 
 # Helpers ---------------------------------------------------------------------------------------
-
-
-def _pool_and_balancer(data: dict[str, Any], capability: str) -> tuple[PoolConfig, BalancerConfig]:
-    """Validate the pool and balancer keyword arguments of a face into config objects."""
-    api_key = data.get("api_key")
-    if isinstance(api_key, SecretStr):
-        api_key = api_key.get_secret_value()
-    pool = pool_from_providers(data.get("providers") or [], default_api_key=api_key)
-    raw = data.get("balancer")
-    if isinstance(raw, BalancerConfig):
-        # Field by field, not model_dump(): the dump redacts the state URL's password.
-        settings: dict[str, Any] = {
-            name: getattr(raw, name) for name in BalancerConfig.model_fields
-        }
-    elif isinstance(raw, Mapping):
-        settings = dict(raw)
-    elif raw is None:
-        settings = {}
-    else:
-        raise PllmConfigError(
-            f"must be a mapping of balancer settings, got {type(raw).__name__}", field="balancer"
-        )
-    for shortcut in ("retry_policy", "max_retries"):
-        if data.get(shortcut) is not None:
-            settings[shortcut] = data.pop(shortcut)
-        else:
-            data.pop(shortcut, None)
-    balancer = balancer_from_mapping(settings)
-    from langchain_pllm.providers import provider_class
-
-    for i, p in enumerate(pool.providers):
-        cls = provider_class(p.vendor)
-        if capability == "embeddings" and not cls.supports_embeddings:
-            raise PllmConfigError(
-                f"vendor {p.vendor!r} has no embeddings API; remove it from the embeddings pool",
-                field=f"providers[{i}].vendor",
-            )
-    return pool, balancer
 
 
 def _pool_id(pool: PoolConfig) -> str:

@@ -10,23 +10,53 @@ from __future__ import annotations
 
 import asyncio
 import math
+import threading
+import weakref
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
-from typing import Any
+from typing import ClassVar
 
 from langchain_core.embeddings import Embeddings
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr
+from pydantic import ConfigDict, PrivateAttr
 
-from langchain_pllm.balancer import Balancer, Clock, shared_balancer
+from langchain_pllm.balancer import Balancer
 from langchain_pllm.balancer.picker import Member
-from langchain_pllm.chat_models import _pool_and_balancer
-from langchain_pllm.config import BalancerConfig, PoolConfig, ProviderConfig, load_config
 from langchain_pllm.exceptions import PllmConfigError
+from langchain_pllm.pool_face import Capability, PoolFace
 from langchain_pllm.providers.base import EmbeddingResult
 
 __all__ = ["BalancedEmbeddings"]
 
 
-class BalancedEmbeddings(BaseModel, Embeddings):
+class _VectorSpace:
+    """What every embeddings face of one pool agrees on: batch size and each key's vector size.
+
+    Kept per balancer (so shared exactly as the balancer is: by pool, settings and clock), not
+    in it: the balancer is blind to what a face does with a provider.
+    """
+
+    __slots__ = ("batch_limit", "dims")
+
+    def __init__(self, balancer: Balancer) -> None:
+        self.batch_limit = min(m.provider.batch_limit for m in balancer.members)
+        """Most texts per embeddings request that every provider of the pool takes."""
+        self.dims: dict[str, int] = {}
+        """Vector size each provider returned; one pool must use one size."""
+
+
+_SPACES: weakref.WeakKeyDictionary[Balancer, _VectorSpace] = weakref.WeakKeyDictionary()
+_SPACES_LOCK = threading.Lock()
+
+
+def _vector_space_of(balancer: Balancer) -> _VectorSpace:
+    """The ``_VectorSpace`` of the pool behind ``balancer`` (built on first use)."""
+    with _SPACES_LOCK:
+        space = _SPACES.get(balancer)
+        if space is None:
+            space = _SPACES[balancer] = _VectorSpace(balancer)
+        return space
+
+
+class BalancedEmbeddings(PoolFace, Embeddings):
     """A pool of embedding keys across vendors behind one LangChain ``Embeddings``.
 
     Setup:
@@ -66,54 +96,21 @@ class BalancedEmbeddings(BaseModel, Embeddings):
 
     model_config = ConfigDict(arbitrary_types_allowed=True, populate_by_name=True)
 
-    providers: list[ProviderConfig] = Field(default_factory=list)
-    """The pool: one entry per key and model."""
-    balancer: BalancerConfig = Field(default_factory=BalancerConfig)
-    """Retry, breaker, wait and state settings."""
-    api_key: SecretStr | None = None
-    """Key used by provider entries that give none."""
+    capability: ClassVar[Capability] = "embeddings"
+
+    # The pool fields (providers, balancer, api_key, clock), from_config, balancer_instance and
+    # get_stats come from PoolFace.
     max_concurrency: int = 16
     """Most batches in flight at once for one ``embed_documents`` call."""
-    clock: Clock | None = Field(default=None, exclude=True, repr=False)
-    """Time source; tests pass a ``ManualClock``."""
 
-    _pool: PoolConfig = PrivateAttr()
-    _has_tpm: bool = PrivateAttr(default=False)
-    _balancer: Balancer | None = PrivateAttr(default=None)
-
-    def __init__(self, **data: Any) -> None:
-        """Validate the pool and balancer settings; raise ``PllmConfigError`` if wrong."""
-        pool, balancer = _pool_and_balancer(data, capability="embeddings")
-        data["providers"] = list(pool.providers)
-        data["balancer"] = balancer
-        super().__init__(**data)
-        self._pool = pool
-        self._has_tpm = any(p.tpm for p in pool.providers)
-
-    @classmethod
-    def from_config(cls, source: Any, **kwargs: Any) -> BalancedEmbeddings:
-        """Build from a YAML path, YAML text or dict (its ``embedding:`` pool and ``balancer:``)."""
-        config = load_config(source)
-        if config.embedding is None:
-            raise PllmConfigError(
-                "the config has no embeddings pool; add an `embedding:` section with at least "
-                "one provider",
-                field="embedding",
-            )
-        return cls(providers=list(config.embedding.providers), balancer=config.balancer, **kwargs)
+    _space: _VectorSpace | None = PrivateAttr(default=None)
 
     @property
-    def balancer_instance(self) -> Balancer:
-        """The shared balancer of this pool."""
-        balancer = self._balancer
-        if balancer is None:
-            # Held here so the process-wide registry (weak values) keeps it while we live.
-            balancer = self._balancer = shared_balancer(self._pool, self.balancer, self.clock)
-        return balancer
-
-    def get_stats(self) -> dict[str, dict[str, Any]]:
-        """Per-provider stats, as ``BalancedChatModel.get_stats``."""
-        return self.balancer_instance.get_stats()
+    def _vector_space(self) -> _VectorSpace:
+        space = self._space
+        if space is None:
+            space = self._space = _vector_space_of(self.balancer_instance)
+        return space
 
     # Planning ----------------------------------------------------------------------------------
 
@@ -121,18 +118,28 @@ class BalancedEmbeddings(BaseModel, Embeddings):
         # An even share per key (keys that are open or resting just leave their share queued
         # for the others), cut to the smallest batch limit in the pool. Reading each key's live
         # state here would cost a round trip per key with the Redis state.
-        limit = balancer.embed_batch_limit
+        limit = self._vector_space.batch_limit
         size = max(1, min(limit, math.ceil(len(texts) / len(balancer.members))))
         return [(start, texts[start : start + size]) for start in range(0, len(texts), size)]
 
     def _tokens(self, batch: list[str]) -> int:
         return sum(len(t) for t in batch) // 4 + len(batch) if self._has_tpm else 0
 
-    def _check_dimension(self, balancer: Balancer, member: Member, result: EmbeddingResult) -> None:
-        if not result.vectors:
-            return
-        dims = balancer.embedding_dims
-        dim = len(result.vectors[0])
+    def _vectors(self, member: Member, result: EmbeddingResult, texts: int) -> list[list[float]]:
+        """The vectors of one batch, checked: one per text, of the pool's one size."""
+        if result.vectors:
+            self._check_dimension(member, result.vectors)
+        if len(result.vectors) != texts:
+            raise PllmConfigError(
+                f"provider {member.config.id!r} returned {len(result.vectors)} vectors for "
+                f"{texts} texts",
+                field="embedding",
+            )
+        return result.vectors
+
+    def _check_dimension(self, member: Member, vectors: list[list[float]]) -> None:
+        dims = self._vector_space.dims
+        dim = len(vectors[0])
         for pid, other in list(dims.items()):
             if other != dim:
                 raise PllmConfigError(
@@ -142,7 +149,7 @@ class BalancedEmbeddings(BaseModel, Embeddings):
                     field="embedding",
                 )
         dims[member.config.id] = dim
-        if any(len(v) != dim for v in result.vectors):
+        if any(len(v) != dim for v in vectors):
             raise PllmConfigError(
                 f"provider {member.config.id!r} returned vectors of mixed sizes", field="embedding"
             )
@@ -153,14 +160,7 @@ class BalancedEmbeddings(BaseModel, Embeddings):
         result, member, _ = balancer.call(
             lambda p: p.embed(batch), tokens=self._tokens(batch), tokens_of=_tokens_of
         )
-        self._check_dimension(balancer, member, result)
-        if len(result.vectors) != len(batch):
-            raise PllmConfigError(
-                f"provider {member.config.id!r} returned {len(result.vectors)} vectors for "
-                f"{len(batch)} texts",
-                field="embedding",
-            )
-        return result.vectors
+        return self._vectors(member, result, len(batch))
 
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
         """Embed texts; batches spread over the pool concurrently, order kept."""
@@ -202,14 +202,7 @@ class BalancedEmbeddings(BaseModel, Embeddings):
             result, member, _ = await balancer.acall(
                 lambda p: p.aembed(batch), tokens=self._tokens(batch), tokens_of=_tokens_of
             )
-        self._check_dimension(balancer, member, result)
-        if len(result.vectors) != len(batch):
-            raise PllmConfigError(
-                f"provider {member.config.id!r} returned {len(result.vectors)} vectors for "
-                f"{len(batch)} texts",
-                field="embedding",
-            )
-        return result.vectors
+        return self._vectors(member, result, len(batch))
 
     async def aembed_documents(self, texts: list[str]) -> list[list[float]]:
         """Async twin of ``embed_documents``."""

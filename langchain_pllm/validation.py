@@ -9,18 +9,19 @@ own; order is kept by ``Runnable.batch``.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
-from langchain_core.language_models import LanguageModelInput
+from langchain_core.language_models import BaseChatModel, LanguageModelInput
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from langchain_core.runnables import RunnableConfig, RunnableSerializable
 from langchain_core.runnables.config import ensure_config
 from pydantic import ConfigDict
 
+from langchain_pllm.balancer import Balancer
 from langchain_pllm.balancer.picker import Member
-from langchain_pllm.chat_models import AVOID_KWARG, BalancedChatModel
 from langchain_pllm.exceptions import ValidationFailedError
 from langchain_pllm.output_parsers import OutputValidator, ValidationResult
+from langchain_pllm.pool_face import AVOID_KWARG, PoolFace
 
 __all__ = ["ValidatingRunnable"]
 
@@ -30,12 +31,19 @@ class ValidatingRunnable(RunnableSerializable[LanguageModelInput, Any]):
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
-    model: BalancedChatModel
+    model: BaseChatModel
+    """The chat face it wraps: a ``PoolFace`` (its balancer is charged with failed checks) that
+    reads the ``pllm_avoid`` call keyword. Typed by its bases, not its class, so this module
+    does not import ``chat_models`` (which imports this one)."""
     validator: Any  # an OutputValidator; checked in __init__ (pydantic would copy it)
     max_retries: int = 2
 
     def __init__(self, **data: Any) -> None:
         """Check the arguments."""
+        if not isinstance(data.get("model"), PoolFace):
+            raise TypeError(
+                f"model must be a BalancedChatModel, got {type(data.get('model')).__name__}"
+            )
         retries = data.get("max_retries", 2)
         if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
             raise ValueError(f"max_retries must be a whole number >= 0, got {retries!r}")
@@ -45,6 +53,10 @@ class ValidatingRunnable(RunnableSerializable[LanguageModelInput, Any]):
                 f"{type(data.get('validator')).__name__}"
             )
         super().__init__(**data)
+
+    @property
+    def _balancer(self) -> Balancer:
+        return cast(PoolFace, self.model).balancer_instance
 
     def _start(self, input: LanguageModelInput) -> list[BaseMessage]:
         return list(self.model._convert_input(input).to_messages())
@@ -75,7 +87,7 @@ class ValidatingRunnable(RunnableSerializable[LanguageModelInput, Any]):
         )
         member = None
         if provider:
-            member = self.model.balancer_instance.by_id.get(provider)
+            member = self._balancer.by_id.get(provider)
             if provider not in avoid:
                 avoid.append(provider)
         messages.append(message)
@@ -104,7 +116,7 @@ class ValidatingRunnable(RunnableSerializable[LanguageModelInput, Any]):
             if result.is_valid:
                 return result.value
             if failed is not None:
-                self.model.balancer_instance.count_validation_failure(failed)
+                self._balancer.count_validation_failure(failed)
         raise self._give_up(attempts)
 
     async def ainvoke(
@@ -122,5 +134,5 @@ class ValidatingRunnable(RunnableSerializable[LanguageModelInput, Any]):
             if result.is_valid:
                 return result.value
             if failed is not None:
-                await self.model.balancer_instance.acount_validation_failure(failed)
+                await self._balancer.acount_validation_failure(failed)
         raise self._give_up(attempts)

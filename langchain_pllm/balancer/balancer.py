@@ -86,6 +86,7 @@ class _Attempts:
         "deadline",
         "last_error",
         "limit",
+        "retry",
         "tried",
         "wait_start",
         "wait_until",
@@ -98,6 +99,7 @@ class _Attempts:
         self.limit = balancer.max_attempts
         self.tried: set[int] | None = set(avoid) if avoid else None
         self.count = 0
+        self.retry = False
         self.last_error: BaseException | None = None
         self.wait_start = 0.0
         self.wait_until: float | None = None  # set while one acquire waits for capacity
@@ -108,15 +110,29 @@ class _Attempts:
             return None
         return ATTEMPT_BUDGET.set(self.deadline - self.clock.now())
 
-    def again(self, m: Member, exc: BaseException, retry: bool) -> bool:
-        """After a failed attempt on ``m``: whether the policy allows another, elsewhere."""
-        if not retry or self.count >= self.limit or self.clock.now() >= self.deadline:
-            return False
-        if self.tried is None:
-            self.tried = set()
-        self.tried.add(m.index)
-        self.last_error = exc
-        return True
+    def failed(self, m: Member, exc: BaseException, started: bool = False) -> Outcome:
+        """The failure rule of every call path, written once: classify a failed attempt on ``m``.
+
+        Returns how the failure counts for the key (what the twin then releases it with), and
+        notes whether the policy allows another attempt elsewhere. ``started``: a stream has
+        yielded; the caller has seen text, so it is never retried.
+        """
+        outcome, retry = outcome_of(exc)
+        self.retry = retry = retry and not started and self.count < self.limit
+        if retry:
+            if self.tried is None:
+                self.tried = set()
+            self.tried.add(m.index)
+            self.last_error = exc
+        return outcome
+
+    def again(self) -> bool:
+        """After the release of a failed attempt: whether to try another key now.
+
+        The deadline is read here, after the twin's release rather than in ``failed``: a
+        release to a remote state takes time of its own.
+        """
+        return self.retry and self.clock.now() < self.deadline
 
 
 class Balancer:
@@ -151,10 +167,6 @@ class Balancer:
         self._lock = threading.Lock()
         self._waiters: list[Callable[[], None]] = []
         self._local = state.is_local
-        self.embed_batch_limit = min(m.provider.batch_limit for m in self.members)
-        """Most texts per embeddings request that every provider of the pool takes."""
-        self.embedding_dims: dict[str, int] = {}
-        """Vector size each provider returned; one pool must use one size."""
 
     # Acquire / release -------------------------------------------------------------------------
 
@@ -347,9 +359,8 @@ class Balancer:
             try:
                 result = fn(m.provider)
             except BaseException as e:
-                outcome, retry = outcome_of(e)
-                self._release(m, lease, outcome, None, e)
-                if req.again(m, e, retry):
+                self._release(m, lease, req.failed(m, e), None, e)
+                if req.again():
                     continue
                 raise
             finally:
@@ -376,9 +387,8 @@ class Balancer:
             try:
                 result = await fn(m.provider)
             except BaseException as e:
-                outcome, retry = outcome_of(e)
-                await self._arelease(m, lease, outcome, None, e)
-                if req.again(m, e, retry):
+                await self._arelease(m, lease, req.failed(m, e), None, e)
+                if req.again():
                     continue
                 raise
             finally:
@@ -411,15 +421,12 @@ class Balancer:
                     started = True
                     yield chunk, m, req.count
             except BaseException as e:
-                outcome, retry = outcome_of(e)
-                if isinstance(e, GeneratorExit):
-                    outcome, retry = Outcome.CANCELLED, False
+                outcome = req.failed(m, e, started)
                 close = getattr(it, "close", None)
                 if close is not None:
                     close()
                 self._release(m, lease, outcome, used or None, e)
-                # After the first chunk the caller has seen text: never retry then.
-                if not started and req.again(m, e, retry):
+                if req.again():
                     continue
                 raise
             self._release(m, lease, Outcome.SUCCESS, used or None)
@@ -448,17 +455,14 @@ class Balancer:
                     started = True
                     yield chunk, m, req.count
             except BaseException as e:
-                outcome, retry = outcome_of(e)
-                if isinstance(e, GeneratorExit):
-                    outcome, retry = Outcome.CANCELLED, False
+                outcome = req.failed(m, e, started)
                 aclose = getattr(it, "aclose", None)
                 if aclose is not None:
                     # The stream is already broken; its own error is the one to keep.
                     with contextlib.suppress(Exception):
                         await aclose()
                 await self._arelease(m, lease, outcome, used or None, e)
-                # After the first chunk the caller has seen text: never retry then.
-                if not started and req.again(m, e, retry):
+                if req.again():
                     continue
                 raise
             await self._arelease(m, lease, Outcome.SUCCESS, used or None)

@@ -1,0 +1,145 @@
+"""``PoolFace``: what the chat and embeddings faces share, a pool of keys and its balancer.
+
+Both faces take the same pool keywords (``providers``, ``balancer``, ``api_key``, ``clock``,
+and the ``retry_policy``/``max_retries`` shortcuts), validate them the same way, build from the
+same config file (each from its own section) and reach the same process-wide balancer of their
+pool. That lives here once, as a pydantic mixin listed first among each face's bases (before
+``BaseChatModel`` or ``Embeddings``), so its ``__init__`` turns the pool keywords into config
+objects before the LangChain base validates the fields. Face-specific state stays in the face
+(the chat model's name and trace id, the embeddings' vector space).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, ClassVar, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr
+
+from langchain_pllm.balancer import Balancer, Clock, shared_balancer
+from langchain_pllm.config import (
+    BalancerConfig,
+    PoolConfig,
+    ProviderConfig,
+    balancer_from_mapping,
+    load_config,
+    pool_from_providers,
+)
+from langchain_pllm.exceptions import PllmConfigError
+from langchain_pllm.providers import provider_class
+
+__all__ = ["AVOID_KWARG", "PoolFace"]
+
+# Private call keyword of the chat face: provider ids to avoid for this call if any other can
+# serve. ``with_validation`` sends it after a failed check; the chat model reads it.
+AVOID_KWARG = "pllm_avoid"
+
+Capability = Literal["chat", "embeddings"]
+
+# typing.Self is 3.11+; the package still installs on 3.10.
+_Face = TypeVar("_Face", bound="PoolFace")
+
+# capability -> (section of the config file, how an error names the pool)
+_SECTIONS: dict[str, tuple[str, str]] = {
+    "chat": ("llm", "chat pool"),
+    "embeddings": ("embedding", "embeddings pool"),
+}
+
+
+class PoolFace(BaseModel):
+    """The pool fields, their validation, ``from_config``, the shared balancer and its stats."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, populate_by_name=True)
+
+    capability: ClassVar[Capability]
+    """What the face asks of every provider of its pool (``chat`` or ``embeddings``)."""
+
+    providers: list[ProviderConfig] = Field(default_factory=list)
+    """The pool: one entry per key and model."""
+    balancer: BalancerConfig = Field(default_factory=BalancerConfig)
+    """Retry, breaker, wait and state settings."""
+    api_key: SecretStr | None = None
+    """Key used by provider entries that give none."""
+    clock: Clock | None = Field(default=None, exclude=True, repr=False)
+    """Time source; tests pass a ``ManualClock``."""
+
+    _pool: PoolConfig = PrivateAttr()
+    _has_tpm: bool = PrivateAttr(default=False)
+    _balancer: Balancer | None = PrivateAttr(default=None)
+
+    def __init__(self, **data: Any) -> None:
+        """Validate the pool and the balancer settings; raise ``PllmConfigError`` if wrong."""
+        pool, balancer = _pool_and_balancer(data, self.capability)
+        data["providers"] = list(pool.providers)
+        data["balancer"] = balancer
+        super().__init__(**data)
+        self._pool = pool
+        self._has_tpm = any(p.tpm for p in pool.providers)
+
+    @classmethod
+    def from_config(cls: type[_Face], source: Any, **kwargs: Any) -> _Face:
+        """Build from a YAML path, YAML text or dict: the face's pool section and ``balancer:``.
+
+        The chat model reads the ``llm:`` section, the embeddings the ``embedding:`` section.
+        """
+        section, what = _SECTIONS[cls.capability]
+        config = load_config(source)
+        pool: PoolConfig | None = getattr(config, section)
+        if pool is None:
+            raise PllmConfigError(
+                f"the config has no {what}; add an `{section}:` section with at least one provider",
+                field=section,
+            )
+        return cls(providers=list(pool.providers), balancer=config.balancer, **kwargs)
+
+    @property
+    def balancer_instance(self) -> Balancer:
+        """The shared balancer of this pool (one per pool, settings and clock in the process)."""
+        balancer = self._balancer
+        if balancer is None:
+            # Held here so the process-wide registry (weak values) keeps it while we live.
+            balancer = self._balancer = shared_balancer(self._pool, self.balancer, self.clock)
+        return balancer
+
+    def get_stats(self) -> dict[str, dict[str, Any]]:
+        """Per-provider stats: requests, tokens, errors, active, breaker state, window use."""
+        return self.balancer_instance.get_stats()
+
+
+def _pool_and_balancer(data: dict[str, Any], capability: str) -> tuple[PoolConfig, BalancerConfig]:
+    """Validate a face's pool and balancer keyword arguments into config objects.
+
+    Pops the ``retry_policy``/``max_retries`` shortcuts from ``data``: they are not fields.
+    """
+    api_key = data.get("api_key")
+    if isinstance(api_key, SecretStr):
+        api_key = api_key.get_secret_value()
+    pool = pool_from_providers(data.get("providers") or [], default_api_key=api_key)
+    raw = data.get("balancer")
+    if isinstance(raw, BalancerConfig):
+        # Field by field, not model_dump(): the dump redacts the state URL's password.
+        settings: dict[str, Any] = {
+            name: getattr(raw, name) for name in BalancerConfig.model_fields
+        }
+    elif isinstance(raw, Mapping):
+        settings = dict(raw)
+    elif raw is None:
+        settings = {}
+    else:
+        raise PllmConfigError(
+            f"must be a mapping of balancer settings, got {type(raw).__name__}", field="balancer"
+        )
+    for shortcut in ("retry_policy", "max_retries"):
+        if data.get(shortcut) is not None:
+            settings[shortcut] = data.pop(shortcut)
+        else:
+            data.pop(shortcut, None)
+    balancer = balancer_from_mapping(settings)
+    for i, p in enumerate(pool.providers):
+        cls = provider_class(p.vendor)
+        if capability == "embeddings" and not cls.supports_embeddings:
+            raise PllmConfigError(
+                f"vendor {p.vendor!r} has no embeddings API; remove it from the embeddings pool",
+                field=f"providers[{i}].vendor",
+            )
+    return pool, balancer
