@@ -55,9 +55,6 @@ LAYERS: dict[str, tuple[int, str]] = {
     "langchain_pllm.output_parsers": (1, "output_parsers"),
     # The ground every layer stands on.
     "langchain_pllm.clock": (0, "base"),
-    # TEMPORARY, issue 8: the clock still lives in balancer/ on this branch. Once it has moved
-    # to langchain_pllm/clock.py the coordinator deletes this line.
-    "langchain_pllm.balancer.clock": (0, "base"),
     "langchain_pllm.exceptions": (0, "base"),
     "langchain_pllm.urls": (0, "base"),
     "langchain_pllm._version": (0, "base"),
