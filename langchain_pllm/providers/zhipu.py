@@ -53,6 +53,7 @@ from langchain_pllm.providers.convert import (
     make_usage,
     openai_function_of,
     stop_sequences,
+    to_openai_messages,
     tool_choice_of,
 )
 from langchain_pllm.providers.errors import (
@@ -61,7 +62,7 @@ from langchain_pllm.providers.errors import (
     parsing_reply,
     retry_after_of,
 )
-from langchain_pllm.providers.openai import classify_openai_error, to_openai_messages
+from langchain_pllm.providers.openai import classify_openai_error
 
 __all__ = ["ZhipuProvider", "classify_zhipu_error"]
 
