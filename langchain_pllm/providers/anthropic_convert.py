@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import inspect
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import anthropic
@@ -42,6 +42,7 @@ from langchain_pllm.providers.convert import (
     LENGTH,
     STOP,
     TOOL_CALLS,
+    TRANSLATED_PARAMS,
     JsonFormat,
     json_format_of,
     make_usage,
@@ -71,19 +72,6 @@ _CREATE_PARAMS = frozenset(inspect.signature(anthropic.resources.Messages.create
     "messages",
     "stream",
 }
-# Handled below under another name, or by the provider itself.
-_MAPPED = frozenset(
-    {
-        "model",
-        "max_tokens",
-        "max_completion_tokens",
-        "stop",
-        "tools",
-        "tool_choice",
-        "parallel_tool_calls",
-        "response_format",
-    }
-)
 
 _FINISH_REASONS = {
     "end_turn": STOP,
@@ -101,18 +89,20 @@ _JSON_TOOL_DESCRIPTION = "Give the answer as this tool's input; it must match th
 # Messages --------------------------------------------------------------------------------------
 
 
-def _content_blocks(content: str | Sequence[Any]) -> list[dict[str, Any]]:
-    """LangChain content as Anthropic content blocks (text, image, document)."""
-    if isinstance(content, str):
-        return [{"type": "text", "text": content}] if content else []
-    blocks: list[dict[str, Any]] = []
-    for block in content:
+def _blocks_in(content: str | Sequence[Any]) -> Iterator[Mapping[str, Any]]:
+    """The blocks of LangChain content; a string, whole or in the list, is a text block."""
+    for block in [content] if isinstance(content, str) else content:
         if isinstance(block, str):
             if block:
-                blocks.append({"type": "text", "text": block})
-            continue
-        if not isinstance(block, Mapping):
-            continue
+                yield {"type": "text", "text": block}
+        elif isinstance(block, Mapping):
+            yield block
+
+
+def _content_blocks(content: str | Sequence[Any]) -> list[dict[str, Any]]:
+    """LangChain content as Anthropic content blocks (text, image, document)."""
+    blocks: list[dict[str, Any]] = []
+    for block in _blocks_in(content):
         kind = block.get("type")
         if kind == "text":
             if block.get("text"):
@@ -141,46 +131,35 @@ def _content_blocks(content: str | Sequence[Any]) -> list[dict[str, Any]]:
 
 def _assistant_blocks(message: AIMessage) -> list[dict[str, Any]]:
     blocks: list[dict[str, Any]] = []
-    content = message.content
     own_reply = message.response_metadata.get("model_provider") == "anthropic"
-    if isinstance(content, str):
-        if content:
-            blocks.append({"type": "text", "text": content})
-    else:
-        for block in content:
-            if isinstance(block, str):
-                if block:
-                    blocks.append({"type": "text", "text": block})
-                continue
-            if not isinstance(block, Mapping):
-                continue
-            kind = block.get("type")
-            if kind == "text" and block.get("text"):
-                blocks.append({"type": "text", "text": block["text"]})
-            elif kind == "thinking" and block.get("signature"):
-                # Sent back unchanged (the signature vouches for it) before the tool use.
+    for block in _blocks_in(message.content):
+        kind = block.get("type")
+        if kind == "text" and block.get("text"):
+            blocks.append({"type": "text", "text": block["text"]})
+        elif kind == "thinking" and block.get("signature"):
+            # Sent back unchanged (the signature vouches for it) before the tool use.
+            blocks.append(
+                {
+                    "type": "thinking",
+                    "thinking": block.get("thinking", ""),
+                    "signature": block["signature"],
+                }
+            )
+        elif kind == "redacted_thinking" and block.get("data"):
+            blocks.append({"type": "redacted_thinking", "data": block["data"]})
+        elif kind == "reasoning" and own_reply:
+            # The v1 spelling of a thinking block keeps the signature in its extras.
+            signature = (block.get("extras") or {}).get("signature")
+            if signature:
                 blocks.append(
                     {
                         "type": "thinking",
-                        "thinking": block.get("thinking", ""),
-                        "signature": block["signature"],
+                        "thinking": block.get("reasoning", ""),
+                        "signature": signature,
                     }
                 )
-            elif kind == "redacted_thinking" and block.get("data"):
-                blocks.append({"type": "redacted_thinking", "data": block["data"]})
-            elif kind == "reasoning" and own_reply:
-                # The v1 spelling of a thinking block keeps the signature in its extras.
-                signature = (block.get("extras") or {}).get("signature")
-                if signature:
-                    blocks.append(
-                        {
-                            "type": "thinking",
-                            "thinking": block.get("reasoning", ""),
-                            "signature": signature,
-                        }
-                    )
-            # tool_use (and v1 tool_call) blocks are skipped: tool_calls is the one source of
-            # the calls, so a call is never sent twice.
+        # tool_use (and v1 tool_call) blocks are skipped: tool_calls is the one source of
+        # the calls, so a call is never sent twice.
     for tc in message.tool_calls:
         blocks.append(
             {"type": "tool_use", "id": tc["id"] or "", "name": tc["name"], "input": tc["args"]}
@@ -277,7 +256,7 @@ def request_payload(
     if system:
         payload["system"] = system
     for key, value in params.items():
-        if value is None or key in _MAPPED:
+        if value is None or key in TRANSLATED_PARAMS:
             continue
         if key in _CREATE_PARAMS:
             payload[key] = value

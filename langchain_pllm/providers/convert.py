@@ -33,6 +33,7 @@ __all__ = [
     "LENGTH",
     "STOP",
     "TOOL_CALLS",
+    "TRANSLATED_PARAMS",
     "JsonFormat",
     "Media",
     "ToolChoice",
@@ -56,6 +57,20 @@ STOP = "stop"
 LENGTH = "length"
 TOOL_CALLS = "tool_calls"
 CONTENT_FILTER = "content_filter"
+
+TRANSLATED_PARAMS = frozenset(
+    {
+        "model",
+        "max_tokens",
+        "max_completion_tokens",
+        "stop",
+        "tools",
+        "tool_choice",
+        "parallel_tool_calls",
+        "response_format",
+    }
+)
+"""Call parameters a provider writes in its vendor's own terms instead of passing them on."""
 
 _TOOL_CALL_NAMESPACE = uuid.UUID("5f0c7a4e-8d2b-4a57-9a51-3c1f6a0e2b7d")
 
