@@ -307,12 +307,12 @@ def make_usage(
         output_tokens=output_tokens,
         total_tokens=total_tokens if total_tokens is not None else input_tokens + output_tokens,
     )
-    inputs = InputTokenDetails()
-    if cache_read:
-        inputs["cache_read"] = cache_read
-    if cache_creation:
-        inputs["cache_creation"] = cache_creation
-    if inputs:
+    if cache_read or cache_creation:  # tested first: most replies report neither
+        inputs = InputTokenDetails()
+        if cache_read:
+            inputs["cache_read"] = cache_read
+        if cache_creation:
+            inputs["cache_creation"] = cache_creation
         usage["input_token_details"] = inputs
     if reasoning:
         usage["output_token_details"] = OutputTokenDetails(reasoning=reasoning)
