@@ -8,7 +8,9 @@ model that says what was wrong and restates the expected format, which
 ``BalancedChatModel.with_validation`` sends back, preferably to another provider.
 ``JsonValidator`` finds JSON in prose or code fences, checks it against a JSON Schema or a
 pydantic model and streams partial objects; ``RegexValidator`` checks a pattern;
-``TextValidator`` runs a custom check and length bounds.
+``TextValidator`` runs a custom check and length bounds. Finding the JSON is
+``langchain_pllm.json_search``'s work and checking it against a schema is
+``langchain_pllm.schema_check``'s; this module decides and words the verdicts.
 """
 
 from __future__ import annotations
@@ -17,18 +19,24 @@ import inspect
 import json
 import re
 from abc import abstractmethod
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, NoReturn, TypeVar, cast
+from typing import Any, TypeVar, cast
 
 from langchain_core.exceptions import ModelRefusalError, OutputParserException
 from langchain_core.messages import BaseMessage, BaseMessageChunk
 from langchain_core.output_parsers import BaseOutputParser
 from langchain_core.output_parsers.transform import BaseCumulativeTransformOutputParser
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, Generation, GenerationChunk
-from langchain_core.utils.json import parse_partial_json
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
-from pydantic import ValidationError as PydanticValidationError
+
+from langchain_pllm.json_search import NoJsonFound, find_json, kind_name, partial_json
+from langchain_pllm.schema_check import (
+    check_json_schema,
+    check_model,
+    is_pydantic_model,
+    json_schema_checker,
+)
 
 __all__ = [
     "JsonValidator",
@@ -191,13 +199,13 @@ class JsonValidator(OutputValidator[Any], BaseCumulativeTransformOutputParser[An
         strict: bool = False,
         **kwargs: Any,
     ) -> None:
-        if schema is not None and not isinstance(schema, dict) and not _is_pydantic_model(schema):
+        if schema is not None and not isinstance(schema, dict) and not is_pydantic_model(schema):
             msg = (
                 f"schema: expected a JSON Schema dict or a pydantic BaseModel subclass, got "
                 f"{schema!r}. Pass e.g. {{'type': 'object'}} or a pydantic.BaseModel subclass."
             )
             raise ValueError(msg)
-        checker = _build_schema_checker(schema) if isinstance(schema, dict) else None
+        checker = json_schema_checker(schema) if isinstance(schema, dict) else None
         super().__init__(schema=schema, strict=strict, **kwargs)
         self._schema_checker = checker
 
@@ -280,68 +288,25 @@ class JsonValidator(OutputValidator[Any], BaseCumulativeTransformOutputParser[An
             yield self._diff(previous, final) if self.diff else final
 
     def _check(self, text: str) -> Any:
-        stripped = text.strip()
-        if not stripped:
-            raise _Rejected(f"the answer is empty; expected {self._kind_name()}")
-        search = _JsonSearch(self)
-        value = search.try_candidate(stripped, "the answer", whole=True)
-        if value is not _NOT_FOUND or self.strict:
-            return value if value is not _NOT_FOUND else search.reject_strict(stripped)
-        for fence in _FENCE_RE.finditer(text):
-            if fence.group(1).lower() in ("", "json", "json5", "jsonc"):
-                value = search.try_candidate(fence.group(2).strip(), "the ```json block")
-                if value is not _NOT_FOUND:
-                    return value
-        # An object wins over an earlier array: prose cites "[1]" far more often than it
-        # wraps the answer in a bare array. Spans inside an accepted array are its elements.
-        first_array: Any = _NOT_FOUND
-        covered_until = 0
-        for start, end in _bracket_spans(text, self._containers):
-            if start < covered_until:
-                continue
-            where = f"the JSON starting at character {start}"
-            value = search.try_candidate(text[start:end], where)
-            if value is _NOT_FOUND:
-                continue
-            if text[start] == "{" or "{" not in self._containers:
-                return value
-            if first_array is _NOT_FOUND:
-                first_array = value
-            covered_until = end
-        return first_array if first_array is not _NOT_FOUND else search.reject()
+        try:
+            return find_json(
+                text, openers=self._containers, strict=self.strict, check=self._validate_json
+            )
+        except NoJsonFound as not_found:
+            raise _Rejected(str(not_found)) from None
 
     def _validate_json(self, value: Any) -> Any:
-        """Return the value for parsed JSON, or raise ``_Rejected`` with its schema errors."""
+        """Return the value for parsed JSON, or raise ``SchemaMismatch`` with its problems."""
         if isinstance(self.schema_, dict):
-            checker = self._schema_checker or _build_schema_checker(self.schema_)
+            checker = self._schema_checker or json_schema_checker(self.schema_)
             self._schema_checker = checker
-            errors = sorted(checker.iter_errors(value), key=_jsonschema_relevance())
-            if errors:
-                raise _Rejected(_summarise([_describe_jsonschema_error(e) for e in errors]))
-            return value
+            return check_json_schema(checker, value)
         if self.schema_ is not None:
-            try:
-                return self.schema_.model_validate(value)
-            except PydanticValidationError as exc:
-                raise _Rejected(
-                    _summarise([_describe_pydantic_error(e) for e in exc.errors()])
-                ) from exc
+            return check_model(self.schema_, value)
         return value
 
     def _parse_partial(self, text: str) -> Any:
-        start = _partial_json_start(text, self._containers, strict=self.strict)
-        if start is None:
-            return None
-        body = text[start:]
-        end, _ = _bracket_end(body, 0)
-        if end is not None:
-            body = body[:end]
-        elif "```" in body:
-            body = body[: body.index("```")]
-        try:
-            return parse_partial_json(body)
-        except ValueError:
-            return None
+        return partial_json(text, openers=self._containers, strict=self.strict)
 
     @property
     def _containers(self) -> str:
@@ -355,9 +320,7 @@ class JsonValidator(OutputValidator[Any], BaseCumulativeTransformOutputParser[An
         return "{["
 
     def _kind_name(self) -> str:
-        return {"{": "a JSON object", "[": "a JSON array"}.get(
-            self._containers, "a JSON object or array"
-        )
+        return kind_name(self._containers)
 
     def _schema_dict(self) -> dict[str, Any] | None:
         if self.schema_ is None or isinstance(self.schema_, dict):
@@ -573,247 +536,6 @@ class TextValidator(OutputValidator[str]):
             raise _Rejected(str(reason))
         wanted = f": expected {self.description}" if self.description else ""
         raise _Rejected(f"the answer failed the check{wanted}")
-
-
-# --- JSON search -------------------------------------------------------------------------------
-
-_FENCE_RE = re.compile(r"```([A-Za-z0-9_+-]*)[ \t]*\n?(.*?)```", re.DOTALL)
-_JSON_TOKEN_RE = re.compile(r'\\.|["{}\[\]]', re.DOTALL)
-_CLOSING = {"{": "}", "[": "]"}
-_MAX_QUOTED_OPENERS = 32  # each costs a scan to the end of the text
-_MAX_PARSE_ATTEMPTS = 256  # each costs a json.loads of its candidate
-_IDENTIFIER_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-
-
-_NOT_FOUND = object()
-
-
-class _JsonSearch:
-    """Tries JSON candidates in order and remembers why the first failures failed."""
-
-    def __init__(self, validator: JsonValidator) -> None:
-        self.validator = validator
-        self.tried: set[str] = set()
-        self.syntax_error: str | None = None
-        self.schema_error: str | None = None
-        self.scalar_error: str | None = None
-        self.attempts = 0
-
-    def try_candidate(self, candidate: str, where: str, *, whole: bool = False) -> Any:
-        """Return the value if ``candidate`` is acceptable JSON, else ``_NOT_FOUND``."""
-        if not candidate or candidate in self.tried or self.attempts >= _MAX_PARSE_ATTEMPTS:
-            return _NOT_FOUND
-        self.tried.add(candidate)
-        self.attempts += 1
-        try:
-            parsed = json.loads(candidate, strict=self.validator.strict)
-        except (ValueError, RecursionError) as exc:
-            # Prose that merely is not JSON says nothing; broken JSON says what to fix.
-            if (candidate[0] in "{[" or not whole) and self.syntax_error is None:
-                self.syntax_error = _syntax_error_text(candidate, where, exc)
-            return _NOT_FOUND
-        if not isinstance(parsed, (dict, list)):
-            if whole:
-                self.scalar_error = (
-                    f"the answer is a JSON {_json_type_name(parsed)}; "
-                    f"expected {self.validator._kind_name()}"
-                )
-            return _NOT_FOUND
-        try:
-            return self.validator._validate_json(parsed)
-        except _Rejected as rejected:
-            if self.schema_error is None:
-                self.schema_error = f"{where} does not match the schema: {rejected}"
-            return _NOT_FOUND
-
-    def reject_strict(self, stripped: str) -> NoReturn:
-        """Reject a strict answer: only the whole answer counted."""
-        error = self.schema_error or self.scalar_error or self.syntax_error
-        if error is None:
-            found = "a code fence" if stripped.startswith("```") else "text"
-            error = (
-                f"the answer must be pure JSON ({self.validator._kind_name()}) with nothing "
-                f"around it, but it starts with {found}"
-            )
-        raise _Rejected(error)
-
-    def reject(self) -> NoReturn:
-        """Raise the most telling reason why no candidate was accepted."""
-        error = self.schema_error or self.syntax_error or self.scalar_error
-        raise _Rejected(error or f"no {self.validator._kind_name()[2:]} was found in the answer")
-
-
-def _bracket_spans(text: str, openers: str) -> Iterator[tuple[int, int]]:
-    """Yield ``(start, end)`` of each balanced ``{...}``/``[...]`` span, in order of start.
-
-    One pass matches every bracket, skipping brackets inside JSON strings, so bracket-laden
-    prose costs linear time. The first bracket left open at the end yields ``(start,
-    len(text))`` too, so that a cut-off answer is reported as such, not as "no JSON found".
-    """
-    spans: list[tuple[int, int]] = []
-    quoted_openers: list[int] = []
-    stack: list[tuple[int, str]] = []
-    in_string = False
-    for token in _JSON_TOKEN_RE.finditer(text):
-        char = token.group()
-        if not stack:
-            # Outside any bracket this is prose: its quotes and closers mean nothing.
-            if char in _CLOSING:
-                stack.append((token.start(), _CLOSING[char]))
-        elif char[0] == "\\":
-            continue
-        elif char == '"':
-            in_string = not in_string
-        elif in_string:
-            if char in openers:
-                quoted_openers.append(token.start())
-        elif char in _CLOSING:
-            stack.append((token.start(), _CLOSING[char]))
-        elif char == stack[-1][1]:
-            start, _ = stack.pop()
-            spans.append((start, token.end()))
-        else:
-            stack.clear()  # a mismatched closer ends every bracket still open
-    cut_off = [start for start, _ in stack if text[start] in openers][:1]
-    spans.extend((start, len(text)) for start in cut_off)
-    # A bracket that sat inside a "string" may be real JSON after a stray quote in prose,
-    # e.g. 'he said "hi [1]... {"a": 1}'; scan a few of those on their own.
-    for start in quoted_openers[:_MAX_QUOTED_OPENERS]:
-        end, _ = _bracket_end(text, start)
-        if end is not None:
-            spans.append((start, end))
-    yield from sorted(span for span in spans if text[span[0]] in openers)
-
-
-def _bracket_end(text: str, start: int) -> tuple[int | None, bool]:
-    """Find the bracket closing ``text[start]``, skipping brackets inside JSON strings.
-
-    Returns:
-        ``(index just past it, False)``; ``(None, True)`` if the text ends first (cut off);
-        ``(None, False)`` on a mismatched closing bracket.
-    """
-    stack: list[str] = []
-    in_string = False
-    for token in _JSON_TOKEN_RE.finditer(text, start):
-        char = token.group()
-        if char[0] == "\\":
-            continue
-        if char == '"':
-            in_string = not in_string
-        elif in_string:
-            continue
-        elif char in _CLOSING:
-            stack.append(_CLOSING[char])
-        elif not stack or stack.pop() != char:
-            return None, False
-        elif not stack:
-            return token.end(), False
-    return None, True
-
-
-def _partial_json_start(text: str, openers: str, *, strict: bool) -> int | None:
-    """Where the JSON begins in a partial answer, or ``None`` if it has not begun yet."""
-    stripped = text.lstrip()
-    offset = len(text) - len(stripped)
-    if strict:
-        return offset if stripped[:1] in openers and stripped else None
-    fence = re.search(r"```[ \t]*(?:json\w*)?[ \t]*\n", text, re.IGNORECASE)
-    search_from = fence.end() if fence else 0
-    positions = [p for p in (text.find(c, search_from) for c in openers) if p >= 0]
-    return min(positions) if positions else None
-
-
-def _syntax_error_text(candidate: str, where: str, exc: BaseException) -> str:
-    if candidate[0] in _CLOSING and _bracket_end(candidate, 0)[1]:
-        return f"{where} is cut off: its opening '{candidate[0]}' is never closed"
-    if isinstance(exc, json.JSONDecodeError):
-        return f"{where} is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})"
-    if isinstance(exc, RecursionError):
-        return f"{where} is not valid JSON (nested too deeply)"
-    return f"{where} is not valid JSON ({exc})"
-
-
-def _json_type_name(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, (int, float)):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    return "object" if isinstance(value, dict) else "array"
-
-
-# --- schema checks -----------------------------------------------------------------------------
-
-
-def _is_pydantic_model(schema: object) -> bool:
-    return isinstance(schema, type) and issubclass(schema, BaseModel)
-
-
-def _build_schema_checker(schema: dict[str, Any]) -> Any:
-    """A ``jsonschema`` validator for ``schema``; a bad schema is a ``ValueError`` now."""
-    try:
-        import jsonschema
-        from jsonschema.exceptions import SchemaError
-    except ImportError as exc:  # pragma: no cover - jsonschema is installed with the test deps
-        msg = (
-            "schema: checking a JSON Schema dict needs the 'jsonschema' package "
-            "(pip install jsonschema); or pass a pydantic model as the schema instead."
-        )
-        raise ImportError(msg) from exc
-    checker_class = jsonschema.validators.validator_for(schema)
-    try:
-        checker_class.check_schema(schema)
-    except SchemaError as exc:
-        path = _json_path(exc.absolute_path)
-        msg = f"schema: not a valid JSON Schema at {path}: {exc.message}. Fix the schema."
-        raise ValueError(msg) from exc
-    return checker_class(schema)
-
-
-def _jsonschema_relevance() -> Callable[[Any], Any]:
-    from jsonschema.exceptions import relevance
-
-    return cast("Callable[[Any], Any]", relevance)
-
-
-def _describe_jsonschema_error(error: Any) -> str:
-    path = list(error.absolute_path)
-    if error.validator == "required" and isinstance(error.instance, dict):
-        missing = [key for key in error.validator_value if key not in error.instance]
-        if missing:
-            return f"{_json_path([*path, missing[0]])}: required property is missing"
-    return f"{_json_path(path)}: {error.message}"
-
-
-def _describe_pydantic_error(error: Any) -> str:
-    path = _json_path(part for part in error["loc"] if isinstance(part, (str, int)))
-    if error["type"] == "missing":
-        return f"{path}: required property is missing"
-    got = repr(error.get("input"))
-    got = got if len(got) <= 60 else got[:57] + "..."
-    return f"{path}: {error['msg']} (got {got})"
-
-
-def _summarise(problems: list[str], limit: int = 5) -> str:
-    shown = "; ".join(problems[:limit])
-    more = len(problems) - limit
-    return shown + (f"; and {more} more problem(s)" if more > 0 else "")
-
-
-def _json_path(parts: Iterable[str | int]) -> str:
-    """Render a location as a JSONPath such as ``$.items[2].price``."""
-    path = "$"
-    for part in parts:
-        if isinstance(part, int):
-            path += f"[{part}]"
-        elif _IDENTIFIER_RE.fullmatch(part):
-            path += f".{part}"
-        else:
-            path += f"[{json.dumps(part)}]"
-    return path
 
 
 # --- helpers -----------------------------------------------------------------------------------

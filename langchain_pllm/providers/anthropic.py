@@ -1,28 +1,14 @@
-"""Anthropic's Messages API through the ``anthropic`` SDK (chat only).
+"""Anthropic's Messages API through the ``anthropic`` SDK (chat only): the calls and their errors.
 
-LangChain messages become Messages-API turns: system prompts go to ``system=``, tool results
-become ``tool_result`` blocks in a user turn, tool calls ``tool_use`` blocks, and consecutive
-turns of one role are merged (the API wants user and assistant to alternate). Parameters the
-installed SDK's ``messages.create`` does not take (anthropic 2.14 has no ``temperature``,
-``top_p`` or ``top_k``) are dropped with one warning per provider. Anthropic has no portable
-JSON mode (its ``output_config.format`` exists only for recent models), so a JSON
-``response_format`` becomes a forced call of a tool whose input schema is the wanted schema, and
-that call's arguments come back as the reply's JSON text. Replies are shaped as LangChain's
-``ChatAnthropic`` shapes them, because ``model_provider="anthropic"`` makes langchain_core read
-them with its Anthropic block translator: a plain string when the reply is only text, otherwise
-a list of Anthropic's own blocks (``text``, ``thinking``, ``tool_use``) beside ``tool_calls``.
-A stream that may carry more than text (tools offered, or thinking on) is list content from its
-first chunk, each block tagged with its ``index`` so chunks merge block by block. Streams report
-usage once, at the end: ``message_start`` and ``message_delta`` both carry counts and adding
-them double-counts.
+The wire format (messages, tools, the forced JSON tool, replies and stream events) is
+``providers.anthropic_convert``'s; this module builds the clients, makes the calls and
+classifies what the SDK raises. An error inside a stream arrives as an event of an HTTP 200
+response: its ``type`` stands for the status it would have had.
 """
 
 from __future__ import annotations
 
-import inspect
-import json
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import anthropic
@@ -31,36 +17,18 @@ from langchain_core.exceptions import (
     ModelAPIError,
     ModelConnectionError,
     ModelPermissionDeniedError,
-    ModelRefusalError,
     ModelTimeoutError,
 )
-from langchain_core.messages import (
-    AIMessage,
-    AIMessageChunk,
-    BaseMessage,
-    SystemMessage,
-    ToolMessage,
-)
-from langchain_core.messages.ai import UsageMetadata
-from langchain_core.messages.tool import tool_call, tool_call_chunk
+from langchain_core.messages import AIMessage, AIMessageChunk
 
 from langchain_pllm.exceptions import model_error
-from langchain_pllm.providers.base import ChatRequest, Provider, pooled_sdk_client
-from langchain_pllm.providers.convert import (
-    CONTENT_FILTER,
-    LENGTH,
-    STOP,
-    TOOL_CALLS,
-    JsonFormat,
-    error_object,
-    json_format_of,
-    make_usage,
-    media_of,
-    openai_function_of,
-    stop_sequences,
-    tool_choice_of,
-    tool_result_text,
+from langchain_pllm.providers.anthropic_convert import (
+    AnthropicStreamReader,
+    message_of,
+    request_payload,
 )
+from langchain_pllm.providers.base import ChatRequest, Provider, pooled_sdk_client
+from langchain_pllm.providers.convert import JsonFormat, error_object
 from langchain_pllm.providers.errors import (
     class_for_status,
     overflow_or,
@@ -68,40 +36,7 @@ from langchain_pllm.providers.errors import (
     retry_after_of,
 )
 
-__all__ = ["AnthropicProvider", "classify_anthropic_error", "to_anthropic_messages"]
-
-DEFAULT_MAX_TOKENS = 1024
-"""Anthropic requires ``max_tokens``; this is sent when the caller gives none."""
-
-# What the installed SDK's messages.create takes; anything else is dropped with a warning.
-_CREATE_PARAMS = frozenset(inspect.signature(anthropic.resources.Messages.create).parameters) - {
-    "self",
-    "messages",
-    "stream",
-}
-# Handled below under another name, or by the provider itself.
-_MAPPED = frozenset(
-    {
-        "model",
-        "max_tokens",
-        "max_completion_tokens",
-        "stop",
-        "tools",
-        "tool_choice",
-        "parallel_tool_calls",
-        "response_format",
-    }
-)
-
-_FINISH_REASONS = {
-    "end_turn": STOP,
-    "stop_sequence": STOP,
-    "pause_turn": STOP,
-    "max_tokens": LENGTH,
-    "model_context_window_exceeded": LENGTH,
-    "tool_use": TOOL_CALLS,
-    "refusal": CONTENT_FILTER,
-}
+__all__ = ["AnthropicProvider", "classify_anthropic_error"]
 
 # Error types of an error sent inside a stream (HTTP status 200) to the status they stand for.
 _ERROR_TYPE_STATUS = {
@@ -116,8 +51,6 @@ _ERROR_TYPE_STATUS = {
     "timeout_error": 504,
     "overloaded_error": 529,
 }
-
-_JSON_TOOL_DESCRIPTION = "Give the answer as this tool's input; it must match the input schema."
 
 
 def classify_anthropic_error(exc: BaseException, provider_id: str) -> BaseException:
@@ -164,187 +97,6 @@ def classify_anthropic_error(exc: BaseException, provider_id: str) -> BaseExcept
 _SDK_ERRORS = (anthropic.AnthropicError, httpx2.HTTPError, ValueError)
 
 
-# Messages --------------------------------------------------------------------------------------
-
-
-def _content_blocks(content: str | Sequence[Any]) -> list[dict[str, Any]]:
-    """LangChain content as Anthropic content blocks (text, image, document)."""
-    if isinstance(content, str):
-        return [{"type": "text", "text": content}] if content else []
-    blocks: list[dict[str, Any]] = []
-    for block in content:
-        if isinstance(block, str):
-            if block:
-                blocks.append({"type": "text", "text": block})
-            continue
-        if not isinstance(block, Mapping):
-            continue
-        kind = block.get("type")
-        if kind == "text":
-            if block.get("text"):
-                out: dict[str, Any] = {"type": "text", "text": block["text"]}
-                if block.get("cache_control"):
-                    out["cache_control"] = block["cache_control"]
-                blocks.append(out)
-            continue
-        if kind in ("image", "document") and isinstance(block.get("source"), Mapping):
-            blocks.append(dict(block))  # already in Anthropic's own form
-            continue
-        media = media_of(block)
-        if media is not None:
-            target = "image" if media.kind == "image" else "document"
-            if media.data is not None:
-                source: dict[str, Any] = {
-                    "type": "base64",
-                    "media_type": media.mime_type or ("image/png" if target == "image" else ""),
-                    "data": media.data,
-                }
-            else:
-                source = {"type": "url", "url": media.url}
-            blocks.append({"type": target, "source": source})
-    return blocks
-
-
-def _assistant_blocks(message: AIMessage) -> list[dict[str, Any]]:
-    blocks: list[dict[str, Any]] = []
-    content = message.content
-    own_reply = message.response_metadata.get("model_provider") == "anthropic"
-    if isinstance(content, str):
-        if content:
-            blocks.append({"type": "text", "text": content})
-    else:
-        for block in content:
-            if isinstance(block, str):
-                if block:
-                    blocks.append({"type": "text", "text": block})
-                continue
-            if not isinstance(block, Mapping):
-                continue
-            kind = block.get("type")
-            if kind == "text" and block.get("text"):
-                blocks.append({"type": "text", "text": block["text"]})
-            elif kind == "thinking" and block.get("signature"):
-                # Sent back unchanged (the signature vouches for it) before the tool use.
-                blocks.append(
-                    {
-                        "type": "thinking",
-                        "thinking": block.get("thinking", ""),
-                        "signature": block["signature"],
-                    }
-                )
-            elif kind == "redacted_thinking" and block.get("data"):
-                blocks.append({"type": "redacted_thinking", "data": block["data"]})
-            elif kind == "reasoning" and own_reply:
-                # The v1 spelling of a thinking block keeps the signature in its extras.
-                signature = (block.get("extras") or {}).get("signature")
-                if signature:
-                    blocks.append(
-                        {
-                            "type": "thinking",
-                            "thinking": block.get("reasoning", ""),
-                            "signature": signature,
-                        }
-                    )
-            # tool_use (and v1 tool_call) blocks are skipped: tool_calls is the one source of
-            # the calls, so a call is never sent twice.
-    for tc in message.tool_calls:
-        blocks.append(
-            {"type": "tool_use", "id": tc["id"] or "", "name": tc["name"], "input": tc["args"]}
-        )
-    return blocks
-
-
-def _tool_result_block(message: ToolMessage) -> dict[str, Any]:
-    content = message.content
-    result: Any
-    if isinstance(content, str):
-        result = content
-    else:
-        result = _content_blocks(content) or tool_result_text(message)
-    block: dict[str, Any] = {
-        "type": "tool_result",
-        "tool_use_id": message.tool_call_id,
-        "content": result,
-    }
-    if message.status == "error":
-        block["is_error"] = True
-    return block
-
-
-def to_anthropic_messages(
-    messages: Sequence[BaseMessage],
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """LangChain messages to ``(system blocks, messages)`` for the Messages API.
-
-    Every system message, wherever it stands, joins the top-level system prompt; turns of the
-    same role are merged into one, tool results first.
-    """
-    system: list[dict[str, Any]] = []
-    turns: list[dict[str, Any]] = []
-    for m in messages:
-        if isinstance(m, SystemMessage):
-            system.extend(_content_blocks(m.content))
-            continue
-        if isinstance(m, AIMessage):
-            role, blocks = "assistant", _assistant_blocks(m)
-        elif isinstance(m, ToolMessage):
-            role, blocks = "user", [_tool_result_block(m)]
-        else:
-            role, blocks = "user", _content_blocks(m.content)
-        if not blocks:
-            continue  # the API refuses empty turns
-        if turns and turns[-1]["role"] == role:
-            turns[-1]["content"].extend(blocks)
-        else:
-            turns.append({"role": role, "content": blocks})
-    for turn in turns:
-        # Tool results must open a user turn.
-        if turn["role"] == "user" and len(turn["content"]) > 1:
-            turn["content"].sort(key=lambda b: b.get("type") != "tool_result")
-    return system, turns
-
-
-def _tool(tool: Mapping[str, Any]) -> dict[str, Any]:
-    fn = openai_function_of(tool)
-    if fn is None:
-        return dict(tool)  # already Anthropic's form, or a server tool
-    out: dict[str, Any] = {
-        "name": fn["name"],
-        "input_schema": fn.get("parameters") or {"type": "object", "properties": {}},
-    }
-    if fn.get("description"):
-        out["description"] = fn["description"]
-    if fn.get("strict") is not None:
-        out["strict"] = fn["strict"]
-    return out
-
-
-def _may_answer_in_blocks(payload: Mapping[str, Any], json_format: JsonFormat | None) -> bool:
-    """Whether a reply to ``payload`` may hold more than text (a tool call or thinking).
-
-    A stream must choose its content's shape at its first chunk: a string and a list of blocks
-    do not merge cleanly, so it is blocks from the start whenever anything but text may come.
-    """
-    json_tool = json_format.name if json_format is not None else None
-    if any(tool.get("name") != json_tool for tool in payload.get("tools") or ()):
-        return True
-    thinking = payload.get("thinking")
-    return isinstance(thinking, Mapping) and thinking.get("type") not in (None, "disabled")
-
-
-@dataclass(slots=True)
-class _Stream:
-    """What a stream has said so far that only its end may report, and its content's shape."""
-
-    blocks: bool = False
-    usage_in: Any = None
-    usage_out: Any = None
-    stop_reason: str | None = None
-    stop_sequence: str | None = None
-    json_blocks: set[int] = field(default_factory=set)
-    has_tool_calls: bool = False
-
-
 class AnthropicProvider(Provider):
     """A key of Anthropic's Messages API."""
 
@@ -358,263 +110,32 @@ class AnthropicProvider(Provider):
     def _build_async_client(self) -> Any:
         return pooled_sdk_client(anthropic.AsyncAnthropic, self.config)
 
-    # Request -----------------------------------------------------------------------------------
-
     def _payload(self, request: ChatRequest) -> tuple[dict[str, Any], JsonFormat | None]:
         """The ``messages.create`` arguments, and the JSON format a forced tool stands for."""
-        params = request.params
-        system, messages = to_anthropic_messages(request.messages)
-        payload: dict[str, Any] = {
-            "model": params.get("model") or self.model,
-            "messages": messages,
-            "max_tokens": params.get("max_tokens")
-            or params.get("max_completion_tokens")
-            or DEFAULT_MAX_TOKENS,
-        }
-        if system:
-            payload["system"] = system
-        for key, value in params.items():
-            if value is None or key in _MAPPED:
-                continue
-            if key in _CREATE_PARAMS:
-                payload[key] = value
-            else:
-                self.warn_once(
-                    key,
-                    f"{self.id}: the Anthropic SDK's messages.create takes no {key!r}; "
-                    "it is not sent",
-                )
-        stop = stop_sequences(params.get("stop"))
-        if stop:
-            payload["stop_sequences"] = stop
-        tools = [_tool(t) for t in params.get("tools") or ()]
-        choice = tool_choice_of(params.get("tool_choice"))
-        json_format = json_format_of(params.get("response_format"))
-        if json_format is not None:
-            schema = json_format.schema or {"type": "object", "additionalProperties": True}
-            tools.append(
-                {
-                    "name": json_format.name,
-                    "description": _JSON_TOOL_DESCRIPTION,
-                    "input_schema": schema,
-                }
-            )
-            payload["tool_choice"] = {"type": "tool", "name": json_format.name}
-        elif tools and choice is not None:
-            if choice.mode == "tool":
-                payload["tool_choice"] = {"type": "tool", "name": choice.name}
-            elif choice.mode == "required":
-                payload["tool_choice"] = {"type": "any"}
-            else:
-                payload["tool_choice"] = {"type": choice.mode}
-        if tools:
-            payload["tools"] = tools
-            if params.get("parallel_tool_calls") is False:
-                payload.setdefault("tool_choice", {"type": "auto"})
-                if payload["tool_choice"]["type"] != "none":
-                    payload["tool_choice"] = {
-                        **payload["tool_choice"],
-                        "disable_parallel_tool_use": True,
-                    }
+        payload, json_format = request_payload(
+            request.params,
+            request.messages,
+            model=self.model,
+            provider_id=self.id,
+            warn_once=self.warn_once,
+        )
         timeout = self.attempt_timeout(request)
         if timeout is not None:
             payload["timeout"] = timeout
         return payload, json_format
 
-    # Reply -------------------------------------------------------------------------------------
-
-    def _usage(self, start: Any, end: Any = None) -> UsageMetadata | None:
-        """Usage from a message's counts, or from a stream's first and last counts."""
-        if start is None and end is None:
-            return None
-        last = end if end is not None else start
-
-        def pick(name: str) -> int:
-            value = getattr(last, name, None)
-            if value is None and start is not None:
-                value = getattr(start, name, None)
-            return int(value or 0)
-
-        cache_read = pick("cache_read_input_tokens")
-        cache_creation = pick("cache_creation_input_tokens")
-        # Anthropic's input_tokens leaves out cached tokens; LangChain counts them as input.
-        input_tokens = pick("input_tokens") + cache_read + cache_creation
-        output_tokens = int(getattr(last, "output_tokens", 0) or 0)
-        details = getattr(last, "output_tokens_details", None)
-        return make_usage(
-            input_tokens,
-            output_tokens,
-            cache_read=cache_read,
-            cache_creation=cache_creation,
-            reasoning=getattr(details, "thinking_tokens", None) if details else None,
-        )
-
-    def _finish(
-        self, stop_reason: str | None, json_format: JsonFormat | None, has_tool_calls: bool
-    ) -> str | None:
-        if stop_reason is None:
-            return None
-        finish = _FINISH_REASONS.get(stop_reason, stop_reason)
-        if finish == TOOL_CALLS and not has_tool_calls and json_format is not None:
-            return STOP  # the forced JSON tool became text
-        return finish
-
-    def _refusal(self, message: AIMessage) -> ModelRefusalError:
-        err = model_error(
-            ModelRefusalError,
-            f"{self.id}: the model refused to produce the structured output",
-            provider=self.id,
-        )
-        err.raw_message = message
-        return err
-
     def _message(self, resp: Any, json_format: JsonFormat | None) -> AIMessage:
-        blocks: list[dict[str, Any]] = []
-        tool_calls = []
-        only_text = True
-        for block in resp.content:
-            kind = block.type
-            if kind == "text":
-                out: dict[str, Any] = {"type": "text", "text": block.text}
-                if getattr(block, "citations", None):
-                    out["citations"] = [c.model_dump(mode="json") for c in block.citations]
-                    only_text = False
-                blocks.append(out)
-            elif kind == "tool_use":
-                if json_format is not None and block.name == json_format.name:
-                    blocks.append({"type": "text", "text": json.dumps(block.input)})
-                    continue
-                only_text = False
-                blocks.append(
-                    {"type": "tool_use", "id": block.id, "name": block.name, "input": block.input}
-                )
-                tool_calls.append(tool_call(name=block.name, args=block.input, id=block.id))
-            elif kind == "thinking":
-                only_text = False
-                blocks.append(
-                    {"type": "thinking", "thinking": block.thinking, "signature": block.signature}
-                )
-            elif kind == "redacted_thinking":
-                only_text = False
-                blocks.append({"type": "redacted_thinking", "data": block.data})
-        metadata: dict[str, Any] = {
-            "finish_reason": self._finish(resp.stop_reason, json_format, bool(tool_calls)),
-            "stop_reason": resp.stop_reason,
-            "model_name": resp.model,
-            "model_provider": self.model_provider,
-            "id": resp.id,
-        }
-        if resp.stop_sequence:
-            metadata["stop_sequence"] = resp.stop_sequence
-        texts = [b["text"] for b in blocks if b["type"] == "text"]
-        message = AIMessage(
-            content="".join(texts) if only_text else list(blocks),
-            tool_calls=tool_calls,
-            usage_metadata=self._usage(resp.usage),
-            response_metadata=metadata,
-            id=resp.id,
-        )
-        if json_format is not None and resp.stop_reason == "refusal" and not texts:
-            raise self._refusal(message)
-        return message
+        with parsing_reply(self.id):
+            return message_of(
+                resp, json_format, model_provider=self.model_provider, provider_id=self.id
+            )
 
-    def _content_chunk(
-        self, block: dict[str, Any], index: int, state: _Stream, **kwargs: Any
-    ) -> AIMessageChunk:
-        """A chunk carrying one piece of a content block (text as a string, if it may)."""
-        if state.blocks:
-            block["index"] = index
-            content: str | list[str | dict[str, Any]] = [block]
-        else:
-            content = block.get("text", "") if block["type"] == "text" else ""
-        return AIMessageChunk(
-            content=content, response_metadata={"model_provider": self.model_provider}, **kwargs
+    def _stream_reader(
+        self, payload: dict[str, Any], json_format: JsonFormat | None
+    ) -> AnthropicStreamReader:
+        return AnthropicStreamReader(
+            payload, json_format, model_provider=self.model_provider, provider_id=self.id
         )
-
-    def _chunk(
-        self, event: Any, state: _Stream, json_format: JsonFormat | None
-    ) -> AIMessageChunk | None:
-        kind = event.type
-        if kind == "content_block_delta":
-            delta = event.delta
-            index = event.index
-            if delta.type == "text_delta":
-                return self._content_chunk({"type": "text", "text": delta.text}, index, state)
-            if delta.type == "input_json_delta":
-                if index in state.json_blocks:
-                    piece = {"type": "text", "text": delta.partial_json}
-                    return self._content_chunk(piece, index, state)
-                return self._content_chunk(
-                    {"type": "input_json_delta", "partial_json": delta.partial_json},
-                    index,
-                    state,
-                    tool_call_chunks=[
-                        tool_call_chunk(args=delta.partial_json, index=index, id=None, name=None)
-                    ],
-                )
-            if delta.type == "thinking_delta":
-                piece = {"type": "thinking", "thinking": delta.thinking}
-                return self._content_chunk(piece, index, state)
-            if delta.type == "signature_delta":
-                piece = {"type": "thinking", "signature": delta.signature}
-                return self._content_chunk(piece, index, state)
-            return None
-        if kind == "content_block_start":
-            block = event.content_block
-            index = event.index
-            if block.type == "text":
-                if not block.text:
-                    return None
-                return self._content_chunk({"type": "text", "text": block.text}, index, state)
-            if block.type == "tool_use":
-                if json_format is not None and block.name == json_format.name:
-                    state.json_blocks.add(index)
-                    return None
-                state.has_tool_calls = True
-                return self._content_chunk(
-                    {"type": "tool_use", "id": block.id, "name": block.name, "input": {}},
-                    index,
-                    state,
-                    tool_call_chunks=[
-                        tool_call_chunk(name=block.name, args="", id=block.id, index=index)
-                    ],
-                )
-            if block.type == "thinking":
-                # The start holds the block's opening text, empty in practice; deltas follow.
-                piece = {"type": "thinking", "thinking": block.thinking or ""}
-                return self._content_chunk(piece, index, state)
-            if block.type == "redacted_thinking":
-                piece = {"type": "redacted_thinking", "data": block.data}
-                return self._content_chunk(piece, index, state)
-            return None
-        if kind == "message_start":
-            state.usage_in = event.message.usage
-            return None
-        if kind == "message_delta":
-            state.stop_reason = event.delta.stop_reason or state.stop_reason
-            state.stop_sequence = event.delta.stop_sequence or state.stop_sequence
-            if event.usage is not None:
-                state.usage_out = event.usage
-            return None
-        return None
-
-    def _last_chunk(self, state: _Stream, json_format: JsonFormat | None) -> AIMessageChunk:
-        # One chunk carries the finish reason and the usage, each exactly once.
-        metadata: dict[str, Any] = {"model_provider": self.model_provider}
-        finish = self._finish(state.stop_reason, json_format, state.has_tool_calls)
-        if finish is not None:
-            metadata["finish_reason"] = finish
-            metadata["stop_reason"] = state.stop_reason
-        if state.stop_sequence:
-            metadata["stop_sequence"] = state.stop_sequence
-        chunk = AIMessageChunk(
-            content=[] if state.blocks else "",
-            usage_metadata=self._usage(state.usage_in, state.usage_out),
-            response_metadata=metadata,
-        )
-        if json_format is not None and state.stop_reason == "refusal" and not state.json_blocks:
-            raise self._refusal(AIMessage(content="", response_metadata=metadata))
-        return chunk
 
     # Chat --------------------------------------------------------------------------------------
 
@@ -625,8 +146,7 @@ class AnthropicProvider(Provider):
             resp = self.sync_client.messages.create(**payload)
         except _SDK_ERRORS as e:
             raise classify_anthropic_error(e, self.id) from e
-        with parsing_reply(self.id):
-            return self._message(resp, json_format)
+        return self._message(resp, json_format)
 
     async def achat(self, request: ChatRequest) -> AIMessage:
         """One Messages API call, async."""
@@ -635,50 +155,39 @@ class AnthropicProvider(Provider):
             resp = await self.async_client.messages.create(**payload)
         except _SDK_ERRORS as e:
             raise classify_anthropic_error(e, self.id) from e
-        with parsing_reply(self.id):
-            return self._message(resp, json_format)
+        return self._message(resp, json_format)
 
     def stream(self, request: ChatRequest) -> Iterator[AIMessageChunk]:
         """Stream a Messages API call."""
         payload, json_format = self._payload(request)
-        state = _Stream(blocks=_may_answer_in_blocks(payload, json_format))
-        message_id: str | None = None
+        reader = self._stream_reader(payload, json_format)
         try:
             with self.sync_client.messages.create(**payload, stream=True) as events:
                 for event in events:
-                    if event.type == "message_start":
-                        message_id = event.message.id
                     with parsing_reply(self.id):
-                        chunk = self._chunk(event, state, json_format)
+                        chunk = reader.chunk(event)
                     if chunk is not None:
-                        chunk.id = message_id
                         yield chunk
         except _SDK_ERRORS as e:
             raise classify_anthropic_error(e, self.id) from e
         with parsing_reply(self.id):
-            last = self._last_chunk(state, json_format)
-        last.id = message_id
+            last = reader.last_chunk()
         yield last
 
     async def astream(self, request: ChatRequest) -> AsyncIterator[AIMessageChunk]:
         """Stream a Messages API call, async."""
         payload, json_format = self._payload(request)
-        state = _Stream(blocks=_may_answer_in_blocks(payload, json_format))
-        message_id: str | None = None
+        reader = self._stream_reader(payload, json_format)
         try:
             events = await self.async_client.messages.create(**payload, stream=True)
             async with events:
                 async for event in events:
-                    if event.type == "message_start":
-                        message_id = event.message.id
                     with parsing_reply(self.id):
-                        chunk = self._chunk(event, state, json_format)
+                        chunk = reader.chunk(event)
                     if chunk is not None:
-                        chunk.id = message_id
                         yield chunk
         except _SDK_ERRORS as e:
             raise classify_anthropic_error(e, self.id) from e
         with parsing_reply(self.id):
-            last = self._last_chunk(state, json_format)
-        last.id = message_id
+            last = reader.last_chunk()
         yield last

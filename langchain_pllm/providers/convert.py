@@ -1,11 +1,13 @@
-"""Vendor-neutral pieces of message and parameter conversion shared by the non-OpenAI providers.
+"""Vendor-neutral pieces of message and parameter conversion shared by the providers.
 
 LangChain hands every provider the same things: messages whose content is a string or a list of
 content blocks (in several historical spellings: OpenAI ``image_url`` parts, v0 ``source_type``
 blocks, v1 ``base64``/``url`` blocks), tools in OpenAI's function format, ``tool_choice`` as the
 face normalises it and ``response_format`` dicts. This module reads those shapes once into small
 plain values (``Media``, ``ToolChoice``, ``JsonFormat``) that each vendor module then writes in
-its own wire format, and builds ``UsageMetadata`` and tool-call ids the same way for all.
+its own wire format, and builds ``UsageMetadata`` and tool-call ids the same way for all. The
+Chat Completions message format is here too (``to_openai_messages``): OpenAI and the vendors
+speaking it (SiliconFlow, DeepSeek) and Zhipu, whose API copies it, all write it.
 """
 
 from __future__ import annotations
@@ -16,14 +18,22 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
+from langchain_core.messages import (
+    AIMessage,
+    BaseMessage,
+    HumanMessage,
+    SystemMessage,
+    ToolMessage,
+)
 from langchain_core.messages.ai import InputTokenDetails, OutputTokenDetails, UsageMetadata
+from langchain_core.messages.utils import convert_to_openai_messages
 
 __all__ = [
     "CONTENT_FILTER",
     "LENGTH",
     "STOP",
     "TOOL_CALLS",
+    "TRANSLATED_PARAMS",
     "JsonFormat",
     "Media",
     "ToolChoice",
@@ -36,6 +46,7 @@ __all__ = [
     "stable_tool_call_id",
     "stop_sequences",
     "text_of",
+    "to_openai_messages",
     "tool_choice_of",
     "tool_names_by_id",
     "tool_result_text",
@@ -46,6 +57,20 @@ STOP = "stop"
 LENGTH = "length"
 TOOL_CALLS = "tool_calls"
 CONTENT_FILTER = "content_filter"
+
+TRANSLATED_PARAMS = frozenset(
+    {
+        "model",
+        "max_tokens",
+        "max_completion_tokens",
+        "stop",
+        "tools",
+        "tool_choice",
+        "parallel_tool_calls",
+        "response_format",
+    }
+)
+"""Call parameters a provider writes in its vendor's own terms instead of passing them on."""
 
 _TOOL_CALL_NAMESPACE = uuid.UUID("5f0c7a4e-8d2b-4a57-9a51-3c1f6a0e2b7d")
 
@@ -64,6 +89,32 @@ def block_text(block: Any) -> str:
     if isinstance(block, Mapping) and block.get("type", "text") == "text":
         return str(block.get("text", ""))
     return ""
+
+
+def to_openai_messages(messages: Sequence[BaseMessage]) -> list[dict[str, Any]]:
+    """LangChain messages to Chat Completions dicts, with a fast path for plain text.
+
+    An assistant message is sent as its text and its tool calls only: a history may hold
+    another vendor's reply (Anthropic ``thinking`` and ``tool_use`` blocks, Gemini parts), and
+    the Chat Completions API refuses assistant content parts other than text.
+    """
+    out: list[dict[str, Any]] = []
+    for m in messages:
+        if isinstance(m, AIMessage):
+            if isinstance(m.content, str) and not m.tool_calls and m.name is None:
+                out.append({"role": "assistant", "content": m.content})
+            else:
+                text_only = m.model_copy(update={"content": text_of(m.content)})
+                out.extend(convert_to_openai_messages([text_only]))
+        elif m.name is None and isinstance(m.content, str) and type(m) in _SIMPLE_ROLES:
+            out.append({"role": _SIMPLE_ROLES[type(m)], "content": m.content})
+        else:
+            out.extend(convert_to_openai_messages([m]))
+    return out
+
+
+# Messages that are only a role and a string, written without LangChain's general converter.
+_SIMPLE_ROLES: dict[type, str] = {HumanMessage: "user", SystemMessage: "system"}
 
 
 def tool_result_text(message: ToolMessage) -> str:
@@ -256,12 +307,12 @@ def make_usage(
         output_tokens=output_tokens,
         total_tokens=total_tokens if total_tokens is not None else input_tokens + output_tokens,
     )
-    inputs = InputTokenDetails()
-    if cache_read:
-        inputs["cache_read"] = cache_read
-    if cache_creation:
-        inputs["cache_creation"] = cache_creation
-    if inputs:
+    if cache_read or cache_creation:  # tested first: most replies report neither
+        inputs = InputTokenDetails()
+        if cache_read:
+            inputs["cache_read"] = cache_read
+        if cache_creation:
+            inputs["cache_creation"] = cache_creation
         usage["input_token_details"] = inputs
     if reasoning:
         usage["output_token_details"] = OutputTokenDetails(reasoning=reasoning)

@@ -12,21 +12,14 @@ import array
 import base64
 import json
 import sys
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import openai
 from langchain_core.exceptions import ModelAPIError, ModelConnectionError, ModelTimeoutError
-from langchain_core.messages import (
-    AIMessage,
-    AIMessageChunk,
-    BaseMessage,
-    HumanMessage,
-    SystemMessage,
-)
+from langchain_core.messages import AIMessage, AIMessageChunk
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.messages.tool import invalid_tool_call, tool_call, tool_call_chunk
-from langchain_core.messages.utils import convert_to_openai_messages
 
 from langchain_pllm.exceptions import model_error
 from langchain_pllm.providers.base import (
@@ -35,6 +28,7 @@ from langchain_pllm.providers.base import (
     Provider,
     pooled_sdk_client,
 )
+from langchain_pllm.providers.convert import make_usage, to_openai_messages
 from langchain_pllm.providers.errors import (
     class_for_status,
     overflow_or,
@@ -86,59 +80,16 @@ def classify_openai_error(exc: BaseException, provider_id: str) -> BaseException
 _SDK_ERRORS = (openai.OpenAIError, json.JSONDecodeError)
 
 
-def _text(content: Any) -> str:
-    """The text of message content: the string, or its text parts joined (others dropped)."""
-    if isinstance(content, str):
-        return content
-    return "".join(
-        b if isinstance(b, str) else str(b.get("text", ""))
-        for b in content
-        if isinstance(b, str) or (isinstance(b, dict) and b.get("type", "text") == "text")
-    )
-
-
-def to_openai_messages(messages: Sequence[BaseMessage]) -> list[dict[str, Any]]:
-    """LangChain messages to Chat Completions dicts, with a fast path for plain text.
-
-    An assistant message is sent as its text and its tool calls only: a history may hold
-    another vendor's reply (Anthropic ``thinking`` and ``tool_use`` blocks, Gemini parts), and
-    the Chat Completions API refuses assistant content parts other than text.
-    """
-    out: list[dict[str, Any]] = []
-    for m in messages:
-        if isinstance(m, AIMessage):
-            if isinstance(m.content, str) and not m.tool_calls and m.name is None:
-                out.append({"role": "assistant", "content": m.content})
-            else:
-                text_only = m.model_copy(update={"content": _text(m.content)})
-                out.extend(convert_to_openai_messages([text_only]))
-        elif m.name is None and isinstance(m.content, str) and type(m) in _SIMPLE_ROLES:
-            out.append({"role": _SIMPLE_ROLES[type(m)], "content": m.content})
-        else:
-            out.extend(convert_to_openai_messages([m]))
-    return out
-
-
-_SIMPLE_ROLES: dict[type, str] = {HumanMessage: "user", SystemMessage: "system"}
-
-
 def _usage(u: dict[str, Any] | None) -> UsageMetadata | None:
     if not u:
         return None
-    prompt = u.get("prompt_tokens") or 0
-    completion = u.get("completion_tokens") or 0
-    usage = UsageMetadata(
-        input_tokens=prompt,
-        output_tokens=completion,
-        total_tokens=u.get("total_tokens") or prompt + completion,
+    return make_usage(
+        u.get("prompt_tokens") or 0,
+        u.get("completion_tokens") or 0,
+        u.get("total_tokens") or None,  # a 0 total beside counts is a server's omission
+        cache_read=(u.get("prompt_tokens_details") or {}).get("cached_tokens"),
+        reasoning=(u.get("completion_tokens_details") or {}).get("reasoning_tokens"),
     )
-    cached = (u.get("prompt_tokens_details") or {}).get("cached_tokens")
-    if cached:
-        usage["input_token_details"] = {"cache_read": cached}
-    reasoning = (u.get("completion_tokens_details") or {}).get("reasoning_tokens")
-    if reasoning:
-        usage["output_token_details"] = {"reasoning": reasoning}
-    return usage
 
 
 class OpenAIProvider(Provider):

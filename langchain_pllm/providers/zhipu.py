@@ -48,11 +48,13 @@ from langchain_pllm.providers.base import (
 )
 from langchain_pllm.providers.convert import (
     CONTENT_FILTER,
+    TRANSLATED_PARAMS,
     error_object,
     json_format_of,
     make_usage,
     openai_function_of,
     stop_sequences,
+    to_openai_messages,
     tool_choice_of,
 )
 from langchain_pllm.providers.errors import (
@@ -61,7 +63,7 @@ from langchain_pllm.providers.errors import (
     parsing_reply,
     retry_after_of,
 )
-from langchain_pllm.providers.openai import classify_openai_error, to_openai_messages
+from langchain_pllm.providers.openai import classify_openai_error
 
 __all__ = ["ZhipuProvider", "classify_zhipu_error"]
 
@@ -80,18 +82,6 @@ _ZHIPU_FIELDS = frozenset(
         "tool_stream",
         "watermark_enabled",
         "extra",
-    }
-)
-_MAPPED = frozenset(
-    {
-        "model",
-        "max_tokens",
-        "max_completion_tokens",
-        "stop",
-        "tools",
-        "tool_choice",
-        "response_format",
-        "parallel_tool_calls",
     }
 )
 # Keyword arguments each client's create() takes; other body fields travel in extra_body.
@@ -239,7 +229,7 @@ class ZhipuProvider(Provider):
         if max_tokens:
             body["max_tokens"] = max_tokens
         for key, value in params.items():
-            if value is None or key in _MAPPED:
+            if value is None or key in TRANSLATED_PARAMS:
                 continue
             if key in _ZHIPU_FIELDS:
                 body[key] = value

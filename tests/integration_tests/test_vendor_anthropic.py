@@ -412,12 +412,8 @@ def test_usage_counts_cached_input_and_thinking() -> None:
     # The fake reports no cache use; the SDK's own Usage type stands in for a real reply.
     import anthropic
 
-    from langchain_pllm.config import ProviderConfig
-    from langchain_pllm.providers.anthropic import AnthropicProvider
+    from langchain_pllm.providers.anthropic_convert import usage_of
 
-    provider = AnthropicProvider(
-        ProviderConfig(vendor="anthropic", api_key="k", model="claude-x", id="anthropic-0")
-    )
     usage = anthropic.types.Usage.model_validate(
         {
             "input_tokens": 10,
@@ -427,7 +423,7 @@ def test_usage_counts_cached_input_and_thinking() -> None:
             "output_tokens_details": {"thinking_tokens": 3},
         }
     )
-    assert provider._usage(usage) == {
+    assert usage_of(usage) == {
         "input_tokens": 130,
         "output_tokens": 5,
         "total_tokens": 135,

@@ -357,7 +357,7 @@ def test_usage_counts_thoughts_and_cache() -> None:
     # The fake reports neither; the SDK's own usage type stands in for a real reply.
     from google.genai import types
 
-    from langchain_pllm.providers.google import _usage
+    from langchain_pllm.providers.google_convert import usage_of
 
     meta = types.GenerateContentResponseUsageMetadata(
         prompt_token_count=10,
@@ -366,7 +366,7 @@ def test_usage_counts_thoughts_and_cache() -> None:
         cached_content_token_count=4,
         total_token_count=18,
     )
-    assert _usage(meta) == {
+    assert usage_of(meta) == {
         "input_tokens": 10,
         "output_tokens": 8,
         "total_tokens": 18,
