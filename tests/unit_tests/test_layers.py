@@ -53,6 +53,8 @@ LAYERS: dict[str, tuple[int, str]] = {
     # Peers: the config schema and its reading; the output validators and their helpers.
     "langchain_pllm.config": (1, "config"),
     "langchain_pllm.output_parsers": (1, "output_parsers"),
+    "langchain_pllm.json_search": (1, "output_parsers"),
+    "langchain_pllm.schema_check": (1, "output_parsers"),
     # The ground every layer stands on.
     "langchain_pllm.clock": (0, "base"),
     "langchain_pllm.exceptions": (0, "base"),
