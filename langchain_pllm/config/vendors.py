@@ -107,7 +107,8 @@ _lock = threading.Lock()
 
 def vendor_names() -> tuple[str, ...]:
     """Every vendor a config may name now: the built-in ones, then the registered ones."""
-    return tuple(_registry)
+    with _lock:  # a registration in another thread must not change the dict mid-copy
+        return tuple(_registry)
 
 
 def vendor_spec(name: str) -> VendorSpec | None:
