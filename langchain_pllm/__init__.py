@@ -15,6 +15,7 @@ from langchain_pllm.output_parsers import (
     TextValidator,
     ValidationResult,
 )
+from langchain_pllm.providers import register_vendor
 
 __all__ = [
     "BalancedChatModel",
@@ -27,4 +28,5 @@ __all__ = [
     "ValidationResult",
     "__version__",
     "load_config",
+    "register_vendor",
 ]

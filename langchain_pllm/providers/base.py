@@ -84,14 +84,64 @@ ATTEMPT_BUDGET: contextvars.ContextVar[float | None] = contextvars.ContextVar(
 
 
 class Provider:
-    """Base class of every vendor provider."""
+    """Base class of every vendor provider, and the extension point for a vendor of your own.
+
+    A provider is one key and model of one vendor (``self.config``, a ``ProviderConfig``); the
+    balancer builds one per pool entry and calls it from many threads and event loops at once.
+    To add a vendor, subclass ``Provider`` and register it; a config can then name it like a
+    built-in vendor (a ``myvendor:`` section, ``use: myvendor``, ``{"vendor": "myvendor"}``):
+
+    .. code-block:: python
+
+        from langchain_pllm import register_vendor
+        from langchain_pllm.providers import Provider
+
+        class MyProvider(Provider):
+            model_provider = "myvendor"
+            ...
+
+        register_vendor("myvendor", MyProvider, api_base="https://api.example.com/v1")
+
+    What a subclass provides:
+
+    - ``model_provider`` (required): the vendor name LangChain reads from
+      ``response_metadata["model_provider"]``; ``register_vendor`` refuses a class without it.
+    - ``chat``/``achat`` (a chat vendor): take a ``ChatRequest`` (``request.params`` holds
+      LangChain's call parameters under their LangChain names: map the ones your vendor takes,
+      drop the others with ``warn_once``) and return an ``AIMessage`` with ``usage_metadata``
+      when the vendor counts tokens (the balancer settles token limits from it) and
+      ``response_metadata`` ``finish_reason`` and ``model_name``. Bound the call with
+      ``attempt_timeout(request)``.
+    - ``stream``/``astream``: yield ``AIMessageChunk``s; usage, if any, rides on exactly one
+      chunk. A failure before the first chunk is retried on another key unseen by the caller.
+    - ``embed``/``aembed`` (an embeddings vendor, with ``supports_embeddings = True``): take at
+      most ``batch_limit`` texts (``embed_batch_limit`` is the vendor's own cap; a config's
+      ``batch_size`` overrides it) and return an ``EmbeddingResult`` with vectors in input order.
+    - **Errors**: raise only ``langchain_core.exceptions`` model errors, built with
+      ``langchain_pllm.exceptions.model_error`` so they carry ``retry_after``, ``status_code``
+      and ``provider`` (``self.id``), with the SDK error as the cause. The balancer reads nothing
+      else: ``ModelRateLimitError`` rests the key for ``retry_after``; ``ModelAPIError``,
+      ``ModelConnectionError`` and ``ModelTimeoutError`` count toward its breaker and retry
+      elsewhere; ``ModelAuthenticationError``, ``ModelPermissionDeniedError`` and
+      ``ModelNotFoundError`` open its breaker at once; ``ModelInvalidRequestError``,
+      ``ContextOverflowError`` and ``ModelRefusalError`` reach the caller at once. Any other
+      exception reaches the caller unretried. ``class_for_status`` and ``retry_after_of`` map an
+      HTTP status and headers for you.
+    - Clients (optional): ``_build_sync_client``/``_build_async_client`` build your SDK's
+      clients; ``sync_client`` builds one per provider and ``async_client`` one per event loop,
+      on first use. A provider that needs no client leaves them alone.
+
+    Sync methods must not run an event loop (``asyncio.run``): notebooks already run one.
+    """
 
     vendor: ClassVar[str]
-    """Config name of the vendor (``openai``, ``anthropic``...)."""
+    """Config name of the built-in vendor (``openai``, ``anthropic``...); a registered provider
+    may leave it out (its config's ``vendor`` names it)."""
     model_provider: ClassVar[str]
     """LangChain's name for the vendor in ``response_metadata["model_provider"]``."""
     supports_chat: ClassVar[bool] = True
     supports_embeddings: ClassVar[bool] = False
+    """Whether the vendor has an embeddings API; an embeddings pool refuses a vendor without."""
     embed_batch_limit: ClassVar[int] = 2048
     """Most texts the vendor takes in one embeddings request."""
 
@@ -148,10 +198,12 @@ class Provider:
         return self._async_clients.get(self._build_async_client)
 
     def _build_sync_client(self) -> Any:
-        raise NotImplementedError
+        """Build the SDK's sync client; ``None`` (the default) for a provider without one."""
+        return None
 
     def _build_async_client(self) -> Any:
-        raise NotImplementedError
+        """Build the SDK's async client for the running loop; ``None`` (default) for none."""
+        return None
 
     @property
     def batch_limit(self) -> int:
@@ -162,29 +214,29 @@ class Provider:
 
     def chat(self, request: ChatRequest) -> AIMessage:
         """Send one chat request; return the reply or raise a classified model error."""
-        raise NotImplementedError(f"{self.vendor} does not serve chat")
+        raise NotImplementedError(f"{self.config.vendor} does not serve chat")
 
     async def achat(self, request: ChatRequest) -> AIMessage:
         """Async twin of ``chat``."""
-        raise NotImplementedError(f"{self.vendor} does not serve chat")
+        raise NotImplementedError(f"{self.config.vendor} does not serve chat")
 
     def stream(self, request: ChatRequest) -> Iterator[AIMessageChunk]:
         """Stream one chat request. Usage, if any, rides on exactly one chunk (not cumulative)."""
-        raise NotImplementedError(f"{self.vendor} does not stream chat")
+        raise NotImplementedError(f"{self.config.vendor} does not stream chat")
 
     def astream(self, request: ChatRequest) -> AsyncIterator[AIMessageChunk]:
         """Async twin of ``stream``."""
-        raise NotImplementedError(f"{self.vendor} does not stream chat")
+        raise NotImplementedError(f"{self.config.vendor} does not stream chat")
 
     # Embeddings --------------------------------------------------------------------------------
 
     def embed(self, texts: list[str]) -> EmbeddingResult:
         """Embed one batch (at most ``batch_limit`` texts)."""
-        raise NotImplementedError(f"{self.vendor} does not serve embeddings")
+        raise NotImplementedError(f"{self.config.vendor} does not serve embeddings")
 
     async def aembed(self, texts: list[str]) -> EmbeddingResult:
         """Async twin of ``embed``."""
-        raise NotImplementedError(f"{self.vendor} does not serve embeddings")
+        raise NotImplementedError(f"{self.config.vendor} does not serve embeddings")
 
     # Helpers -----------------------------------------------------------------------------------
 

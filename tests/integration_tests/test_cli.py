@@ -9,14 +9,19 @@ import sys
 from pathlib import Path
 
 
-def pllm(*args: str) -> subprocess.CompletedProcess[str]:
+def python(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "langchain_pllm", *args],
+        [sys.executable, *args],
         capture_output=True,
         text=True,
         timeout=120,
         check=False,
+        env=env,
     )
+
+
+def pllm(*args: str) -> subprocess.CompletedProcess[str]:
+    return python("-m", "langchain_pllm", *args)
 
 
 def test_demo_answers_every_prompt_and_shows_each_key() -> None:
@@ -70,13 +75,8 @@ def test_the_example_config_is_valid() -> None:
             "ZHIPU_API_KEY",
         )
     }
-    done = subprocess.run(
-        [sys.executable, "-m", "langchain_pllm", "check", str(EXAMPLES / "pllm.yaml")],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        env={**os.environ, **keys},
+    done = python(
+        "-m", "langchain_pllm", "check", str(EXAMPLES / "pllm.yaml"), env={**os.environ, **keys}
     )
     assert done.returncode == 0, done.stderr
     for provider in ("openai-main", "openai-backup", "deepseek-0", "anthropic-0", "zhipu-0"):
@@ -85,14 +85,25 @@ def test_the_example_config_is_valid() -> None:
 
 
 def test_the_example_agent_runs_offline() -> None:
-    done = subprocess.run(
-        [sys.executable, str(EXAMPLES / "agent.py")],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    done = python(str(EXAMPLES / "agent.py"))
     assert done.returncode == 0, done.stderr
     lines = done.stdout.strip().splitlines()
     assert "'name': 'add'" in lines[0]  # the first turn calls the tool
     assert lines[-1].split(":", 1)[1].strip().startswith("result:")  # the last answers with it
+
+
+def test_the_custom_provider_example_runs_offline() -> None:
+    # A fresh interpreter, as a user runs it: its register_vendor does not leak into other tests.
+    done = python(str(EXAMPLES / "custom_provider.py"))
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.strip().splitlines()
+    assert lines[0].startswith("invoke: ")
+    assert lines[0].endswith("Say hello.")  # the fake server's echo, through the gateway
+    # The 429 on team A's key was retried on team B's, unseen by the caller.
+    assert "invoke: team-b after 2 attempt(s)" in lines
+    assert "stream: echo: Count to three." in lines
+    assert "embed: 3 vectors of 8 floats" in lines
+    stats = [line for line in lines if line.startswith("stats: ")]
+    assert len(stats) == 2
+    assert all("vendor=gateway" in line for line in stats)
+    assert any(line.startswith("stats: gateway-0") and "resting=30s" in line for line in stats)

@@ -19,6 +19,7 @@ EXPECTED_ALL = [
     "ValidationResult",
     "__version__",
     "load_config",
+    "register_vendor",
 ]
 
 
