@@ -79,7 +79,7 @@ class RecordedRequest:
         in_flight: Requests of this key in flight at arrival, this one included.
         cached_tokens: Input tokens the prompt cache served (0 when the cache is off).
         response_headers: Headers the reply carried beyond the content type (rate-limit
-            headers, `Retry-After`).
+            headers, `Retry-After`), names lower-cased.
     """
 
     time: float
@@ -444,7 +444,7 @@ class FakeVendorServer(LoopbackServer):
         if not fault.message:
             fault = replace(fault, message=_default_message(status))
         sent = {**(headers or {}), **self._error_headers(fault)}
-        record.response_headers = sent
+        record.response_headers = {k.lower(): v for k, v in sent.items()}
         return web.Response(
             status=status,
             body=json.dumps(self._error_body(fault)).encode(),
