@@ -62,9 +62,11 @@ def test_a_whole_server_can_be_spent(fake_openai_server: FakeOpenAIServer) -> No
         with pytest.raises(openai.RateLimitError):
             _openai(fake_openai_server, key).embeddings.create(model="e", input=["x"])
     fake_openai_server.refill_key()
-    assert _openai(fake_openai_server, "sk-a").chat.completions.create(
-        model="m", messages=USER
-    ).choices
+    assert (
+        _openai(fake_openai_server, "sk-a")
+        .chat.completions.create(model="m", messages=USER)
+        .choices
+    )
 
 
 def test_deepseek_insufficient_balance_is_402() -> None:
