@@ -22,7 +22,8 @@ from langchain_pllm.testing.budgets import Reading, rfc3339
 from langchain_pllm.testing.faults import Fault
 from langchain_pllm.testing.prompt_cache import CacheUse
 from langchain_pllm.testing.replies import Conversation, Reply, json_pieces, text_pieces
-from langchain_pllm.testing.server import FakeVendorServer, Frame, RequestRejected, sse
+from langchain_pllm.testing.server import FakeVendorServer, RequestRejected
+from langchain_pllm.testing.wire import Frame, sse
 
 _ERROR_TYPES = {
     400: "invalid_request_error",
@@ -176,7 +177,7 @@ class FakeAnthropicServer(FakeVendorServer):
             blocks.append(
                 {
                     "type": "tool_use",
-                    "id": f"toolu_{message_id}_{index}",
+                    "id": reply.call_id(index, f"toolu_{message_id}_{index}"),
                     "name": name,
                     "input": args,
                 }

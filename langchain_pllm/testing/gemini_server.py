@@ -22,7 +22,8 @@ from langchain_pllm.testing.budgets import Reading
 from langchain_pllm.testing.faults import Fault
 from langchain_pllm.testing.prompt_cache import CacheUse
 from langchain_pllm.testing.replies import Conversation, Reply, text_pieces
-from langchain_pllm.testing.server import FakeVendorServer, Frame, RequestRejected, sse
+from langchain_pllm.testing.server import FakeVendorServer, RequestRejected
+from langchain_pllm.testing.wire import Frame, sse
 
 _STATUSES = {
     400: "INVALID_ARGUMENT",

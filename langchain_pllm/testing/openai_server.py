@@ -28,7 +28,8 @@ from langchain_pllm.testing.replies import (
     json_pieces,
     text_pieces,
 )
-from langchain_pllm.testing.server import FakeVendorServer, Frame, RequestRejected, sse
+from langchain_pllm.testing.server import FakeVendorServer, RequestRejected
+from langchain_pllm.testing.wire import Frame, sse
 
 _ERROR_TYPES = {
     400: ("invalid_request_error", None),
@@ -132,7 +133,7 @@ class OpenAIChatFormat(FakeVendorServer):
     def _tool_calls(self, reply: Reply, request_id: str) -> list[dict[str, Any]]:
         return [
             {
-                "id": f"call_{request_id}_{index}",
+                "id": reply.call_id(index, f"call_{request_id}_{index}"),
                 "type": "function",
                 "function": {"name": name, "arguments": json.dumps(args)},
             }

@@ -36,11 +36,20 @@ class Reply:
         finish_reason: Neutral `"stop"`, `"length"`, `"tool_calls"`, or a vendor's own value
             (passed through). `None` picks `"tool_calls"` when there are tool calls, else
             `"stop"`.
+        call_ids: Ids for the tool calls, in order, for a test that must know them; by
+            default each is derived from the reply's unique id.
     """
 
     text: str | None = None
     tool_calls: list[tuple[str, dict[str, Any]]] | None = None
     finish_reason: str | None = None
+    call_ids: list[str] | None = None
+
+    def call_id(self, index: int, default: str) -> str:
+        """The id of tool call `index`: the scripted one, else `default`."""
+        if self.call_ids is not None and index < len(self.call_ids):
+            return self.call_ids[index]
+        return default
 
     def resolved_finish_reason(self) -> str:
         """The finish reason to report, filled in when the script left it out."""

@@ -38,12 +38,15 @@ from langchain_pllm.testing.replies import (
     prompt_tokens,
     resolve_reply,
 )
+from langchain_pllm.testing.wire import (
+    JSON_TYPE,
+    Frame,
+    drop,
+    write_cut_body,
+    write_stream,
+)
+from langchain_pllm.testing.wire import sse as sse  # kept importable from here, as before
 
-#: One stream frame: its bytes, and whether it carries content (what `Fault.cut_after` counts).
-Frame = tuple[bytes, bool]
-
-_JSON = "application/json"
-_SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
 _MALFORMED_BODY = b'{"id": "broken", "choices": [{"index": 0, "message": {"content": "'
 
 # Ids are unique across every server and vendor in a process (one counter) and, through a
@@ -421,7 +424,7 @@ class FakeVendorServer(LoopbackServer):
                 await asyncio.sleep(delay)
             if fault is not None:
                 if fault.drop:
-                    return _drop(request)
+                    return drop(request)
                 if fault.is_error:
                     return self._error_response(record, fault)
             try:
@@ -448,7 +451,7 @@ class FakeVendorServer(LoopbackServer):
         return web.Response(
             status=status,
             body=json.dumps(self._error_body(fault)).encode(),
-            content_type=_JSON,
+            content_type=JSON_TYPE,
             headers=sent,
         )
 
@@ -501,17 +504,17 @@ class FakeVendorServer(LoopbackServer):
         record.response_headers = headers
         if not record.stream:
             if fault is not None and fault.malformed:
-                return web.Response(body=_MALFORMED_BODY, content_type=_JSON, headers=headers)
+                return web.Response(body=_MALFORMED_BODY, content_type=JSON_TYPE, headers=headers)
             if fault is not None and fault.cut_after is not None:
-                return _drop(request)
+                return drop(request)
             payload = json.dumps(self._chat_body(body, call.model, reply, usage)).encode()
             if fault is not None and fault.cut_body:
-                return await _write_cut_body(request, payload, headers)
-            return web.Response(body=payload, content_type=_JSON, headers=headers)
+                return await write_cut_body(request, payload, headers)
+            return web.Response(body=payload, content_type=JSON_TYPE, headers=headers)
         frames = self._chat_frames(body, call.model, reply, usage)
         if fault is not None and fault.malformed:
             frames = [(self._malformed_frame(), True)]
-        return await _write_stream(request, frames, fault, headers)
+        return await write_stream(request, frames, fault, headers)
 
     async def _answer_embeddings(self, request: web.Request, call: _Call) -> web.StreamResponse:
         body, record, fault = call.body, call.record, call.fault
@@ -539,64 +542,11 @@ class FakeVendorServer(LoopbackServer):
         record.status = 200
         record.response_headers = headers
         if fault is not None and fault.malformed:
-            return web.Response(body=_MALFORMED_BODY, content_type=_JSON, headers=headers)
+            return web.Response(body=_MALFORMED_BODY, content_type=JSON_TYPE, headers=headers)
         payload = json.dumps(self._embedding_body(body, call.model, vectors, tokens)).encode()
         if fault is not None and fault.cut_body:
-            return await _write_cut_body(request, payload, headers)
-        return web.Response(body=payload, content_type=_JSON, headers=headers)
-
-
-async def _write_stream(
-    request: web.Request, frames: list[Frame], fault: Fault | None, headers: dict[str, str]
-) -> web.StreamResponse:
-    """Send SSE frames; a fault may slow the content frames or reset the connection midway."""
-    response = web.StreamResponse(headers={**_SSE_HEADERS, **headers})
-    await response.prepare(request)
-    cut_after = fault.cut_after if fault is not None else None
-    delay = fault.chunk_delay if fault is not None else 0.0
-    if cut_after is None and not delay:
-        # One write: the SDKs parse frames, not packets, and fewer syscalls keep it fast.
-        await response.write(b"".join(frame for frame, _ in frames))
-        await response.write_eof()
-        return response
-    sent = 0
-    for frame, is_content in frames:
-        if is_content:
-            if cut_after is not None and sent >= cut_after:
-                break
-            if delay:
-                await asyncio.sleep(delay)
-            sent += 1
-        await response.write(frame)
-    else:
-        await response.write_eof()
-        return response
-    await asyncio.sleep(0)  # let the written chunks leave before the reset
-    if request.transport is not None:
-        request.transport.abort()
-    return response
-
-
-async def _write_cut_body(
-    request: web.Request, payload: bytes, headers: dict[str, str]
-) -> web.StreamResponse:
-    """Send the headers (announcing the whole body) and half the body, then reset."""
-    response = web.StreamResponse(headers={"Content-Type": _JSON, **headers})
-    response.content_length = len(payload)
-    await response.prepare(request)
-    await response.write(payload[: len(payload) // 2])
-    await asyncio.sleep(0)  # let the half body leave before the reset
-    if request.transport is not None:
-        request.transport.abort()
-    return response
-
-
-def _drop(request: web.Request) -> web.Response:
-    """Close the connection with no response at all."""
-    if request.transport is not None:
-        request.transport.abort()
-    # aiohttp notices the closed transport and writes nothing.
-    return web.Response(status=599)
+            return await write_cut_body(request, payload, headers)
+        return web.Response(body=payload, content_type=JSON_TYPE, headers=headers)
 
 
 def _bad_request(message: str) -> Fault:
@@ -620,11 +570,3 @@ def _default_message(status: int) -> str:
         503: "Service unavailable.",
         529: "Overloaded.",
     }.get(status, f"HTTP {status}")
-
-
-def sse(data: dict[str, Any] | str, event: str | None = None) -> bytes:
-    """Encode one server-sent event frame."""
-    text = data if isinstance(data, str) else json.dumps(data)
-    if event is None:
-        return f"data: {text}\n\n".encode()
-    return f"event: {event}\ndata: {text}\n\n".encode()

@@ -21,6 +21,7 @@ from langchain_pllm.testing import (
     FakeGeminiServer,
     FakeOpenAIServer,
     FakeZhipuServer,
+    Reply,
 )
 
 USER = [{"role": "user", "content": "hello there world"}]
@@ -228,3 +229,22 @@ def test_zhipu_json_schema_and_tools_answer_as_openai_does(
     called = client.chat.completions.create(model="glm-4", messages=USER, tools=[tool])
     (call,) = called.choices[0].message.tool_calls or []
     jsonschema.validate(json.loads(call.function.arguments), PERSON)
+
+
+def test_scripted_tool_call_ids(
+    fake_openai_server: FakeOpenAIServer, fake_anthropic_server: FakeAnthropicServer
+) -> None:
+    def script(body: dict) -> Reply:
+        return Reply(tool_calls=[("f", {}), ("g", {})], call_ids=["call_known"])
+
+    fake_openai_server.set_responder(script)
+    fake_anthropic_server.set_responder(script)
+    client = OpenAI(base_url=fake_openai_server.base_url, api_key="sk", max_retries=0)
+    calls = client.chat.completions.create(model="m", messages=USER).choices[0].message.tool_calls
+    assert calls is not None
+    assert calls[0].id == "call_known"
+    assert calls[1].id.startswith("call_")  # beyond the scripted ids: generated, unique
+    assert calls[1].id != "call_known"
+    claude = Anthropic(base_url=fake_anthropic_server.base_url, api_key="ak", max_retries=0)
+    blocks = claude.messages.create(model="c", max_tokens=9, messages=USER).content
+    assert [getattr(b, "id", None) for b in blocks][:1] == ["call_known"]
