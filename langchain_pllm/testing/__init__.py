@@ -37,7 +37,9 @@ The knobs, on every server unless a vendor is named:
   `cachedContentTokenCount`); `clear_prompt_cache(key)` forgets.
 - Requests the real APIs refuse (no model, empty `messages`/`contents`, unknown roles,
   Anthropic's empty content) get the vendor's 400. Reply ids are unique across servers,
-  vendors and processes, and every chunk of a stream carries its reply's id.
+  vendors and processes, and every chunk of a stream carries its reply's id
+  (`Reply(call_ids=[...])` scripts tool-call ids a test must know). JSON mode answers an
+  object that fits a JSON schema found in the prompt (as Zhipu clients send it).
 - The log (`requests`) records arrival time, path, model, key and `key_index`, `in_flight`,
   status, usage, `cached_tokens`, the fault applied and the rate-limit headers sent.
 """
