@@ -1,9 +1,9 @@
 """Fault descriptions and the schedule that decides which request gets which fault.
 
 A fake server asks its `FaultSchedule` once per request, at arrival; the schedule answers from,
-in this order, the faults bound to the request's API key, the queue of one-shot faults, and the
-seeded random injection. Everything is guarded by one lock because the server's event loop and
-the test's thread both touch it.
+in this order, the faults bound to the request's API key, the fault bound to every key, the
+queue of one-shot faults, and the seeded random injection. Everything is guarded by one lock
+because the server's event loop and the test's thread both touch it.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import random
 import threading
 from collections import deque
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -25,13 +26,21 @@ class Fault:
         retry_after: Seconds sent in the `Retry-After` header (and `retry-after-ms` for
             OpenAI-style servers).
         latency: Seconds to wait before answering; an async sleep, other requests go on.
-        drop: Close the connection without any response.
+        drop: Close the connection without any response (a reset before the headers).
         malformed: Answer 200 with a body that is not valid JSON.
-        cut_after: For streams: send this many content chunks, then drop the connection
+        cut_after: For streams: send this many content chunks, then reset the connection
             (a non-streamed reply is dropped whole).
+        cut_body: For non-streamed replies: send the status line, the headers (with the full
+            `Content-Length`) and half of the JSON body, then reset the connection.
+        chunk_delay: For streams: seconds to wait before each content chunk (a slow stream
+            that a deadline can cut).
         message: Error message placed in the vendor's error body.
         code: Vendor error code (e.g. Zhipu ``"1261"``, OpenAI ``"context_length_exceeded"``,
             an Anthropic error type or a Gemini status string).
+        error_type: The error's `type` where the vendor has one apart from the code (OpenAI's
+            ``"insufficient_quota"``, Anthropic's ``"invalid_request_error"``).
+        details: Extra detail objects for vendors whose errors carry them (Gemini's
+            ``google.rpc.QuotaFailure`` and ``google.rpc.RetryInfo``).
     """
 
     status: int | None = None
@@ -40,8 +49,17 @@ class Fault:
     drop: bool = False
     malformed: bool = False
     cut_after: int | None = None
+    cut_body: bool = False
+    chunk_delay: float = 0.0
     message: str = ""
     code: str | None = None
+    error_type: str | None = None
+    details: tuple[dict[str, Any], ...] = ()
+
+    @property
+    def is_error(self) -> bool:
+        """Whether this fault answers with an error status instead of a reply."""
+        return self.status is not None and self.status >= 300
 
 
 class FaultSchedule:
@@ -50,8 +68,8 @@ class FaultSchedule:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._queue: deque[Fault] = deque()
-        # api_key -> (fault, remaining uses or None for unlimited)
-        self._by_key: dict[str, tuple[Fault, int | None]] = {}
+        # api_key -> (fault, remaining uses or None for unlimited); `None` is every key
+        self._by_key: dict[str | None, tuple[Fault, int | None]] = {}
         self._rate = 0.0
         self._rate_faults: list[Fault] = []
         self._rng = random.Random(0)
@@ -61,10 +79,17 @@ class FaultSchedule:
         with self._lock:
             self._queue.extend(faults)
 
-    def for_key(self, api_key: str, fault: Fault, times: int | None = None) -> None:
-        """Give every request made with `api_key` this fault (at most `times` times)."""
+    def for_key(self, api_key: str | None, fault: Fault | None, times: int | None = None) -> None:
+        """Give every request made with `api_key` this fault (at most `times` times).
+
+        `api_key=None` binds the fault to every key (a key's own fault still comes first);
+        `fault=None` removes the binding.
+        """
         with self._lock:
-            self._by_key[api_key] = (fault, times)
+            if fault is None:
+                self._by_key.pop(api_key, None)
+            else:
+                self._by_key[api_key] = (fault, times)
 
     def set_rate(self, rate: float, faults: list[Fault], seed: int = 0) -> None:
         """Inject one of `faults` (picked at random) into a `rate` share of requests."""
@@ -95,7 +120,7 @@ class FaultSchedule:
         if not (self._queue or self._by_key or self._rate):
             return None  # the common case, kept lock-free
         with self._lock:
-            for key in api_keys:
+            for key in (*api_keys, None):
                 entry = self._by_key.get(key)
                 if entry is None:
                     continue

@@ -3,19 +3,27 @@
 Serves `POST /v1beta/models/{model}:generateContent`, `:streamGenerateContent?alt=sse` (frames
 of `GenerateContentResponse` with cumulative `usageMetadata`, the last with `finishReason`),
 `:batchEmbedContents` and `:embedContent` (the `v1` prefix is accepted too). The key comes from
-`x-goog-api-key` or `?key=`. Errors use `{"error": {"code", "message", "status"}}`, so
-`google-genai` raises `errors.ClientError` / `errors.ServerError` with the right `.status`.
+`x-goog-api-key` or `?key=`. Errors use `{"error": {"code", "message", "status"}}` (with
+`details` where the real API gives them), so `google-genai` raises `errors.ClientError` /
+`errors.ServerError` with the right `.status`. Gemini sends no rate-limit headers: a budget
+only answers 429 `RESOURCE_EXHAUSTED`, whose `google.rpc.QuotaFailure` names a per-minute or
+per-day quota, with a `google.rpc.RetryInfo` delay, as the real API words it.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
 from aiohttp import web
 
+from langchain_pllm.testing.budgets import Reading
+from langchain_pllm.testing.faults import Fault
+from langchain_pllm.testing.prompt_cache import CacheUse
 from langchain_pllm.testing.replies import Conversation, Reply, text_pieces
-from langchain_pllm.testing.server import FakeVendorServer, Frame, sse
+from langchain_pllm.testing.server import FakeVendorServer, RequestRejected
+from langchain_pllm.testing.wire import Frame, sse
 
 _STATUSES = {
     400: "INVALID_ARGUMENT",
@@ -33,6 +41,27 @@ _STATUSES = {
 
 _FINISH_REASONS = {"stop": "STOP", "length": "MAX_TOKENS", "tool_calls": "STOP"}
 
+_QUOTA_HELP = "https://ai.google.dev/gemini-api/docs/rate-limits"
+# (resource, per) -> (quota id, metric) as the free tier names them.
+_QUOTA_IDS = {
+    ("requests", "day"): (
+        "GenerateRequestsPerDayPerProjectPerModel-FreeTier",
+        "generate_content_free_tier_requests",
+    ),
+    ("requests", "minute"): (
+        "GenerateRequestsPerMinutePerProjectPerModel-FreeTier",
+        "generate_content_free_tier_requests",
+    ),
+    ("tokens", "minute"): (
+        "GenerateContentInputTokensPerModelPerMinute-FreeTier",
+        "generate_content_free_tier_input_token_count",
+    ),
+    ("tokens", "day"): (
+        "GenerateContentInputTokensPerModelPerDay-FreeTier",
+        "generate_content_free_tier_input_token_count",
+    ),
+}
+
 
 class FakeGeminiServer(FakeVendorServer):
     """Fake Gemini API: point `google-genai` at it.
@@ -44,8 +73,10 @@ class FakeGeminiServer(FakeVendorServer):
             http_options=types.HttpOptions(base_url=srv.base_url, api_version="v1beta"),
         )
 
-    `Fault.code` replaces the error `status` string. Embedding batches default to at most 100
-    texts, as the real `batchEmbedContents`. See `FakeVendorServer` for arguments.
+    `Fault.code` replaces the error `status` string and `Fault.details` fills `details`.
+    Embedding batches default to at most 100 texts, as the real `batchEmbedContents`. Empty
+    `contents`, a content with no parts or a role other than user/model is refused with 400
+    `INVALID_ARGUMENT`, as the real API does. See `FakeVendorServer` for arguments.
     """
 
     vendor = "google"
@@ -63,27 +94,106 @@ class FakeGeminiServer(FakeVendorServer):
             return await self._serve_chat(request, model, stream=True)
         if method in ("batchEmbedContents", "embedContent"):
             return await self._serve_embeddings(request, model)
-        payload = self._error_body(404, f"Method {method!r} is not found.", None)
+        payload = self._error_body(Fault(status=404, message=f"Method {method!r} is not found."))
         return web.json_response(payload, status=404)
 
     def _api_key_of(self, request: web.Request) -> str | None:
         return request.headers.get("x-goog-api-key") or request.query.get("key")
 
-    def _error_body(self, status: int, message: str, code: str | None) -> dict[str, Any]:
+    def _error_body(self, fault: Fault) -> dict[str, Any]:
+        status = fault.status or 500
         fallback = "INTERNAL" if status >= 500 else "INVALID_ARGUMENT"
-        return {
-            "error": {
-                "code": status,
-                "message": message,
-                "status": code or _STATUSES.get(status, fallback),
-            }
+        error: dict[str, Any] = {
+            "code": status,
+            "message": fault.message,
+            "status": fault.code or _STATUSES.get(status, fallback),
         }
+        if fault.details:
+            error["details"] = list(fault.details)
+        return {"error": error}
+
+    def quota_fault(
+        self,
+        per: str = "day",
+        resource: str = "requests",
+        retry_delay: float = 37.0,
+        model: str = "gemini-2.0-flash",
+        limit: int = 50,
+    ) -> Fault:
+        """429 `RESOURCE_EXHAUSTED` with `QuotaFailure`, `Help` and `RetryInfo` details.
+
+        Args:
+            per: ``"day"`` (a spent daily quota: `quotaId` has ``PerDay``) or ``"minute"``
+                (a rate limit: ``PerMinute``).
+            resource: ``"requests"`` or ``"tokens"`` (input tokens).
+            retry_delay: Seconds in `RetryInfo.retryDelay` (written like ``"37s"``).
+            model: The model named in the quota dimensions.
+            limit: The quota value reported.
+        """
+        quota_id, metric = _QUOTA_IDS[(resource, per)]
+        delay = f"{retry_delay:g}s"
+        message = (
+            "You exceeded your current quota, please check your plan and billing details. "
+            f"For more information on this error, head to: {_QUOTA_HELP}.\n"
+            f"* Quota exceeded for metric: generativelanguage.googleapis.com/{metric}, "
+            f"limit: {limit}, model: {model}\nPlease retry in {delay}."
+        )
+        details = (
+            {
+                "@type": "type.googleapis.com/google.rpc.QuotaFailure",
+                "violations": [
+                    {
+                        "quotaMetric": f"generativelanguage.googleapis.com/{metric}",
+                        "quotaId": quota_id,
+                        "quotaDimensions": {"location": "global", "model": model},
+                        "quotaValue": str(limit),
+                    }
+                ],
+            },
+            {
+                "@type": "type.googleapis.com/google.rpc.Help",
+                "links": [
+                    {"description": "Learn more about Gemini API quotas", "url": _QUOTA_HELP}
+                ],
+            },
+            {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": delay},
+        )
+        return Fault(status=429, code="RESOURCE_EXHAUSTED", message=message, details=details)
+
+    def spent_fault(self) -> Fault:
+        """The daily quota used up: `quota_fault(per="day")`."""
+        return self.quota_fault(per="day")
+
+    def _budget_error(self, exceeded: Reading, model: str) -> Fault:
+        per = "day" if (exceeded.per or 0) >= 86_400 else "minute"
+        resource = "requests" if exceeded.resource == "requests" else "tokens"
+        reset = exceeded.reset or 0.0
+        fault = self.quota_fault(per, resource, round(reset, 3), model, exceeded.limit or 0)
+        # The real API puts the delay only in RetryInfo; the header helps clients that read it.
+        return replace(fault, retry_after=reset)
+
+    def _concurrency_error(self, limit: int) -> Fault:
+        return Fault(status=429, message=f"Too many concurrent requests (limit {limit}).")
 
     def _conversation(self, body: dict[str, Any]) -> Conversation:
         conversation = Conversation()
         contents = body.get("contents")
         if not isinstance(contents, list) or not contents:
-            raise ValueError("contents must not be empty")
+            raise RequestRejected(
+                400, "* GenerateContentRequest.contents: contents is not specified\n"
+            )
+        for index, content in enumerate(contents):
+            if not isinstance(content, dict) or not content.get("parts"):
+                raise RequestRejected(
+                    400,
+                    f"* GenerateContentRequest.contents[{index}].parts: contents.parts must "
+                    "not be empty.\n",
+                )
+            if content.get("role", "user") not in ("user", "model", "function", "tool"):
+                raise RequestRejected(
+                    400,
+                    f"Please use a valid role: user, model. (got {content.get('role')!r})",
+                )
         system = _field(body, "systemInstruction")
         if system:
             conversation.message_texts.append(_parts_text(system.get("parts")))
@@ -119,12 +229,16 @@ class FakeGeminiServer(FakeVendorServer):
         conversation.json_mode = _field(config, "responseMimeType") == "application/json"
         return conversation
 
-    def _usage(self, prompt: int, completion: int) -> dict[str, Any]:
-        return {
+    def _usage(self, prompt: int, completion: int, cache: CacheUse) -> dict[str, Any]:
+        usage: dict[str, Any] = {
             "promptTokenCount": prompt,
             "candidatesTokenCount": completion,
             "totalTokenCount": prompt + completion,
         }
+        if cache.read:
+            # Gemini counts cached tokens inside promptTokenCount and names them apart.
+            usage["cachedContentTokenCount"] = cache.read
+        return usage
 
     def _response(
         self,
@@ -185,7 +299,11 @@ class FakeGeminiServer(FakeVendorServer):
                     for p in parts
                 )
                 completion = min(produced, usage["candidatesTokenCount"])
-                so_far = self._usage(prompt, completion)
+                so_far = {
+                    **usage,
+                    "candidatesTokenCount": completion,
+                    "totalTokenCount": prompt + completion,
+                }
             finish = self._finish_reason(reply) if last else None
             frame = self._response(model, response_id, parts, so_far, finish)
             frames.append((sse(frame), True))

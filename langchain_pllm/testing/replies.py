@@ -36,11 +36,20 @@ class Reply:
         finish_reason: Neutral `"stop"`, `"length"`, `"tool_calls"`, or a vendor's own value
             (passed through). `None` picks `"tool_calls"` when there are tool calls, else
             `"stop"`.
+        call_ids: Ids for the tool calls, in order, for a test that must know them; by
+            default each is derived from the reply's unique id.
     """
 
     text: str | None = None
     tool_calls: list[tuple[str, dict[str, Any]]] | None = None
     finish_reason: str | None = None
+    call_ids: list[str] | None = None
+
+    def call_id(self, index: int, default: str) -> str:
+        """The id of tool call `index`: the scripted one, else `default`."""
+        if self.call_ids is not None and index < len(self.call_ids):
+            return self.call_ids[index]
+        return default
 
     def resolved_finish_reason(self) -> str:
         """The finish reason to report, filled in when the script left it out."""
@@ -65,7 +74,11 @@ class Conversation:
         tool_required: The request demands some tool call (e.g. OpenAI "required").
         tool_result: Content of the last message when it is a tool result, else `None`.
         response_schema: JSON schema the reply text must satisfy, if any.
-        json_mode: The reply text must be a JSON object (schema unknown).
+        json_mode: The reply text must be a JSON object; when a message carries a JSON
+            schema (as clients without a schema mode send it), the object fits that schema.
+        cache_breakpoint: How many leading messages (system prompt included) a prompt cache
+            may hold, for vendors that cache only up to a marker (Anthropic's
+            `cache_control`); `None` when the vendor caches any prefix.
     """
 
     message_texts: list[str] = field(default_factory=list)
@@ -76,6 +89,11 @@ class Conversation:
     tool_result: str | None = None
     response_schema: dict[str, Any] | None = None
     json_mode: bool = False
+    cache_breakpoint: int | None = None
+
+    def message_tokens(self) -> list[int]:
+        """Token count of each message, as `prompt_tokens` adds them up."""
+        return [count_words(t) + TOKENS_PER_MESSAGE for t in self.message_texts]
 
 
 def count_words(text: str) -> int:
@@ -85,7 +103,7 @@ def count_words(text: str) -> int:
 
 def prompt_tokens(conversation: Conversation) -> int:
     """Prompt token count reported for a conversation."""
-    return sum(count_words(t) + TOKENS_PER_MESSAGE for t in conversation.message_texts)
+    return sum(conversation.message_tokens())
 
 
 def completion_tokens(reply: Reply) -> int:
@@ -108,6 +126,9 @@ def default_reply(conversation: Conversation) -> Reply:
     if conversation.response_schema is not None:
         return Reply(text=json.dumps(synthesize(conversation.response_schema)))
     if conversation.json_mode:
+        schema = schema_in_texts(conversation.message_texts)
+        if schema is not None:
+            return Reply(text=json.dumps(synthesize(schema)))
         return Reply(text=json.dumps({"echo": conversation.last_user_text}))
     return Reply(text=f"echo: {conversation.last_user_text}")
 
@@ -180,6 +201,26 @@ def synthesize(schema: dict[str, Any], defs: dict[str, Any] | None = None, depth
         return {}
     names = schema.get("required") or list(properties)
     return {n: synthesize(properties[n], defs, depth + 1) for n in names if n in properties}
+
+
+def schema_in_texts(texts: list[str]) -> dict[str, Any] | None:
+    """The first JSON schema written inside any of `texts` (a JSON object with `properties`).
+
+    Clients of vendors without a schema mode (Zhipu) send JSON mode plus the schema in the
+    prompt; the fake answers with an object that fits it, as the real model is asked to.
+    """
+    decoder = json.JSONDecoder()
+    for text in texts:
+        start = text.find("{")
+        while start != -1:
+            try:
+                value, _end = decoder.raw_decode(text, start)
+            except ValueError:
+                value = None
+            if isinstance(value, dict) and isinstance(value.get("properties"), dict):
+                return value
+            start = text.find("{", start + 1)
+    return None
 
 
 _STRING_FORMATS = {

@@ -211,7 +211,12 @@ def test_tool_call_round_trip(fake_anthropic_server: FakeAnthropicServer) -> Non
 
 def test_stream_tool_call_chunks(fake_anthropic_server: FakeAnthropicServer) -> None:
     srv = fake_anthropic_server
-    srv.set_responder(lambda body: Reply(text="let me add", tool_calls=[("add", {"a": 2, "b": 3})]))
+    # Fake reply ids are unique per process, so the tool call's id is scripted to be known.
+    srv.set_responder(
+        lambda body: Reply(
+            text="let me add", tool_calls=[("add", {"a": 2, "b": 3})], call_ids=["toolu_1_0"]
+        )
+    )
     chunks = list(model_for(srv).bind_tools([add]).stream("2 + 3"))
     full = joined(chunks)
     call = {"name": "add", "args": {"a": 2, "b": 3}, "id": "toolu_1_0", "type": "tool_call"}
