@@ -15,6 +15,7 @@ from langchain_pllm.output_parsers import (
     TextValidator,
     ValidationResult,
 )
+from langchain_pllm.progress import PllmProgress
 
 __all__ = [
     "BalancedChatModel",
@@ -22,6 +23,7 @@ __all__ = [
     "JsonValidator",
     "NoProviderAvailableError",
     "PllmConfigError",
+    "PllmProgress",
     "RegexValidator",
     "TextValidator",
     "ValidationResult",

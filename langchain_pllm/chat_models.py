@@ -39,6 +39,7 @@ from langchain_pllm.config import (
 )
 from langchain_pllm.exceptions import PllmConfigError
 from langchain_pllm.providers.base import ChatRequest, estimate_tokens
+from langchain_pllm.stats_view import StatsTable
 
 __all__ = ["BalancedChatModel"]
 
@@ -278,6 +279,10 @@ class BalancedChatModel(BaseChatModel):
     def get_stats(self) -> dict[str, dict[str, Any]]:
         """Per-provider stats: requests, tokens, errors, active, breaker state, window use."""
         return self.balancer_instance.get_stats()
+
+    def stats_table(self) -> StatsTable:
+        """The stats as a table: ``rich`` prints it, Jupyter shows it as HTML."""
+        return StatsTable(self.get_stats())
 
     # Generation --------------------------------------------------------------------------------
 

@@ -21,7 +21,9 @@ from langchain_pllm.balancer.picker import Member
 from langchain_pllm.chat_models import _pool_and_balancer
 from langchain_pllm.config import BalancerConfig, PoolConfig, ProviderConfig, load_config
 from langchain_pllm.exceptions import PllmConfigError
+from langchain_pllm.progress import embedding_progress
 from langchain_pllm.providers.base import EmbeddingResult
+from langchain_pllm.stats_view import StatsTable
 
 __all__ = ["BalancedEmbeddings"]
 
@@ -76,6 +78,10 @@ class BalancedEmbeddings(BaseModel, Embeddings):
     """Most batches in flight at once for one ``embed_documents`` call."""
     clock: Clock | None = Field(default=None, exclude=True, repr=False)
     """Time source; tests pass a ``ManualClock``."""
+    show_progress: bool = False
+    """Draw a ``PllmProgress`` of each ``embed_documents`` call (as LangChain embeddings do)."""
+    callbacks: list[Any] | None = Field(default=None, exclude=True, repr=False)
+    """Handlers told of each finished batch: ``PllmProgress`` (``on_embed_*`` events)."""
 
     _pool: PoolConfig = PrivateAttr()
     _has_tpm: bool = PrivateAttr(default=False)
@@ -115,6 +121,10 @@ class BalancedEmbeddings(BaseModel, Embeddings):
         """Per-provider stats, as ``BalancedChatModel.get_stats``."""
         return self.balancer_instance.get_stats()
 
+    def stats_table(self) -> StatsTable:
+        """The stats as a table: ``rich`` prints it, Jupyter shows it as HTML."""
+        return StatsTable(self.get_stats())
+
     # Planning ----------------------------------------------------------------------------------
 
     def _batches(self, texts: list[str], balancer: Balancer) -> list[tuple[int, list[str]]]:
@@ -149,8 +159,10 @@ class BalancedEmbeddings(BaseModel, Embeddings):
 
     # Sync --------------------------------------------------------------------------------------
 
-    def _embed_batch(self, balancer: Balancer, batch: list[str]) -> list[list[float]]:
-        result, member, _ = balancer.call(
+    def _embed_batch(
+        self, balancer: Balancer, batch: list[str], report: Any = None
+    ) -> list[list[float]]:
+        result, member, attempts = balancer.call(
             lambda p: p.embed(batch), tokens=self._tokens(batch), tokens_of=_tokens_of
         )
         self._check_dimension(balancer, member, result)
@@ -160,21 +172,29 @@ class BalancedEmbeddings(BaseModel, Embeddings):
                 f"{len(batch)} texts",
                 field="embedding",
             )
+        if report is not None:
+            report.batch(len(batch), attempts)
         return result.vectors
 
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
         """Embed texts; batches spread over the pool concurrently, order kept."""
         if not texts:
             return []
+        with embedding_progress(self.callbacks, self.show_progress, len(texts)) as report:
+            return self._embed_all(list(texts), report)
+
+    def _embed_all(self, texts: list[str], report: Any = None) -> list[list[float]]:
         balancer = self.balancer_instance
-        batches = self._batches(list(texts), balancer)
+        batches = self._batches(texts, balancer)
         if len(batches) == 1:
-            return self._embed_batch(balancer, batches[0][1])
+            return self._embed_batch(balancer, batches[0][1], report)
         out: list[list[float]] = [[] for _ in texts]
         workers = min(len(batches), self.max_concurrency)
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pllm-embed")
         try:
-            futures = {pool.submit(self._embed_batch, balancer, b): start for start, b in batches}
+            futures = {
+                pool.submit(self._embed_batch, balancer, b, report): start for start, b in batches
+            }
             done, _ = wait(futures, return_when=FIRST_EXCEPTION)
             for fut in done:
                 error = fut.exception()
@@ -191,15 +211,15 @@ class BalancedEmbeddings(BaseModel, Embeddings):
 
     def embed_query(self, text: str) -> list[float]:
         """Embed one text."""
-        return self.embed_documents([text])[0]
+        return self._embed_all([text])[0]
 
     # Async -------------------------------------------------------------------------------------
 
     async def _aembed_batch(
-        self, balancer: Balancer, batch: list[str], gate: asyncio.Semaphore
+        self, balancer: Balancer, batch: list[str], gate: asyncio.Semaphore, report: Any = None
     ) -> list[list[float]]:
         async with gate:
-            result, member, _ = await balancer.acall(
+            result, member, attempts = await balancer.acall(
                 lambda p: p.aembed(batch), tokens=self._tokens(batch), tokens_of=_tokens_of
             )
         self._check_dimension(balancer, member, result)
@@ -209,16 +229,24 @@ class BalancedEmbeddings(BaseModel, Embeddings):
                 f"{len(batch)} texts",
                 field="embedding",
             )
+        if report is not None:
+            report.batch(len(batch), attempts)
         return result.vectors
 
     async def aembed_documents(self, texts: list[str]) -> list[list[float]]:
         """Async twin of ``embed_documents``."""
         if not texts:
             return []
+        with embedding_progress(self.callbacks, self.show_progress, len(texts)) as report:
+            return await self._aembed_all(list(texts), report)
+
+    async def _aembed_all(self, texts: list[str], report: Any = None) -> list[list[float]]:
         balancer = self.balancer_instance
-        batches = self._batches(list(texts), balancer)
+        batches = self._batches(texts, balancer)
         gate = asyncio.Semaphore(self.max_concurrency)
-        tasks = [asyncio.ensure_future(self._aembed_batch(balancer, b, gate)) for _, b in batches]
+        tasks = [
+            asyncio.ensure_future(self._aembed_batch(balancer, b, gate, report)) for _, b in batches
+        ]
         try:
             results = await asyncio.gather(*tasks)
         except BaseException:
@@ -232,7 +260,7 @@ class BalancedEmbeddings(BaseModel, Embeddings):
 
     async def aembed_query(self, text: str) -> list[float]:
         """Async twin of ``embed_query``."""
-        return (await self.aembed_documents([text]))[0]
+        return (await self._aembed_all([text]))[0]
 
 
 def _tokens_of(result: EmbeddingResult) -> int | None:
