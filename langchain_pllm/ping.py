@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from langchain_core.exceptions import (
     ModelAuthenticationError,
     ModelConnectionError,
+    ModelNotFoundError,
     ModelPermissionDeniedError,
     ModelRateLimitError,
     ModelTimeoutError,
@@ -44,6 +45,7 @@ ERROR_KINDS: tuple[tuple[type[BaseException], str], ...] = (
     (ModelRateLimitError, "rate-limited"),
     (ModelConnectionError, "unreachable"),
     (ModelTimeoutError, "unreachable"),
+    (ModelNotFoundError, "not-found"),  # the model (or endpoint path) is wrong for this key
 )
 USABLE = frozenset({"ok", "rate-limited"})
 """Kinds of a key that works: it answered, or it is only busy right now."""
@@ -55,7 +57,7 @@ _DETAIL_LENGTH = 100
 
 
 def kind_of(error: BaseException) -> str:
-    """The kind of an error a ping raised: auth, rate-limited, unreachable or other."""
+    """The kind of an error a ping raised: auth, rate-limited, unreachable, not-found, other."""
     for error_type, kind in ERROR_KINDS:
         if isinstance(error, error_type):
             return kind
@@ -102,11 +104,19 @@ def _ping_one(pool: str, provider: ProviderConfig, timeout: float) -> PingResult
     }
     started = time.perf_counter()
     try:
+        face: BalancedChatModel | BalancedEmbeddings
         if pool == "embedding":
-            BalancedEmbeddings(providers=[provider], balancer=balancer).embed_query("ping")
+            face = BalancedEmbeddings(providers=[provider], balancer=balancer)
         else:
-            chat = BalancedChatModel(providers=[provider], balancer=balancer, max_tokens=1)
-            chat.invoke("ping")
+            face = BalancedChatModel(providers=[provider], balancer=balancer, max_tokens=1)
+        # The latency is the request's: the SDK client (milliseconds to build) is built first.
+        for member in face.balancer_instance.members:
+            member.provider.prepare(False)
+        started = time.perf_counter()
+        if isinstance(face, BalancedEmbeddings):
+            face.embed_query("ping")
+        else:
+            face.invoke("ping")
     except Exception as e:
         secret = provider.api_key.get_secret_value()
         return PingResult(
