@@ -62,6 +62,10 @@ class BalancedEmbeddings(BaseModel, Embeddings):
             vector = await emb.aembed_query("hello")
             vectors = await emb.aembed_documents(texts)
 
+    Progress:
+        ``show_progress=True`` draws a ``PllmProgress`` of each ``embed_documents`` call;
+        ``callbacks=[PllmProgress()]`` counts every call's texts and retries in one handler.
+
     Every provider of one pool must give vectors of the same dimension: a mismatch raises
     ``PllmConfigError`` naming both providers instead of mixing vector spaces.
     """

@@ -7,7 +7,9 @@ when that run ends, failed when it errors; runs below a root (the model inside a
 parser) only add their retries. The total is the one given (``PllmProgress(total=N)``) or else
 what has started so far: ``abatch`` and chains start every item at once, a thread-pool
 ``batch`` as workers free up. Retries are the balancer's further attempts, read from each
-reply's ``response_metadata["attempts"]``, plus any ``with_retry`` retries.
+reply's ``response_metadata["attempts"]``, plus any ``with_retry`` retries. A chain's own
+``batch`` runs each step for every item before the next step, so its items all finish at the
+end (retries and items in flight move meanwhile); ``batch_as_completed`` finishes them one by one.
 
 ``BalancedEmbeddings`` has no LangChain run to report; it tells its handlers of texts through
 ``on_embed_start`` / ``on_embed_batch_end`` / ``on_embed_error`` (see ``EmbedReport``), where
