@@ -23,7 +23,7 @@ from typing import Any, TextIO
 
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate
-from rich.console import Group
+from rich.console import Console, Group
 from rich.live import Live
 from rich.text import Text
 
@@ -165,7 +165,7 @@ def run_demo(requests: int = 240, verbose: bool = False, file: TextIO | None = N
 
 
 def _check_answers(
-    console: Any, texts: list[Any], replies: list[Any], in_chain: int, verbose: bool
+    console: Console, texts: list[Any], replies: list[Any], in_chain: int, verbose: bool
 ) -> int:
     ok = 0
     for i, text in enumerate(texts):
@@ -188,7 +188,7 @@ def _check_answers(
 
 
 def _audit(
-    console: Any,
+    console: Console,
     stats: dict[str, dict[str, Any]],
     servers: dict[str, FakeVendorServer],
     requests: int,

@@ -21,7 +21,7 @@ from langchain_pllm.balancer.picker import Member
 from langchain_pllm.chat_models import _pool_and_balancer
 from langchain_pllm.config import BalancerConfig, PoolConfig, ProviderConfig, load_config
 from langchain_pllm.exceptions import PllmConfigError
-from langchain_pllm.progress import embedding_progress
+from langchain_pllm.progress import BatchReport, embedding_progress
 from langchain_pllm.providers.base import EmbeddingResult
 from langchain_pllm.stats_view import StatsTable
 
@@ -164,7 +164,7 @@ class BalancedEmbeddings(BaseModel, Embeddings):
     # Sync --------------------------------------------------------------------------------------
 
     def _embed_batch(
-        self, balancer: Balancer, batch: list[str], report: Any = None
+        self, balancer: Balancer, batch: list[str], report: BatchReport | None = None
     ) -> list[list[float]]:
         result, member, attempts = balancer.call(
             lambda p: p.embed(batch), tokens=self._tokens(batch), tokens_of=_tokens_of
@@ -187,7 +187,7 @@ class BalancedEmbeddings(BaseModel, Embeddings):
         with embedding_progress(self.callbacks, self.show_progress, len(texts)) as report:
             return self._embed_all(list(texts), report)
 
-    def _embed_all(self, texts: list[str], report: Any = None) -> list[list[float]]:
+    def _embed_all(self, texts: list[str], report: BatchReport | None = None) -> list[list[float]]:
         balancer = self.balancer_instance
         batches = self._batches(texts, balancer)
         if len(batches) == 1:
@@ -220,7 +220,11 @@ class BalancedEmbeddings(BaseModel, Embeddings):
     # Async -------------------------------------------------------------------------------------
 
     async def _aembed_batch(
-        self, balancer: Balancer, batch: list[str], gate: asyncio.Semaphore, report: Any = None
+        self,
+        balancer: Balancer,
+        batch: list[str],
+        gate: asyncio.Semaphore,
+        report: BatchReport | None = None,
     ) -> list[list[float]]:
         async with gate:
             result, member, attempts = await balancer.acall(
@@ -244,7 +248,9 @@ class BalancedEmbeddings(BaseModel, Embeddings):
         with embedding_progress(self.callbacks, self.show_progress, len(texts)) as report:
             return await self._aembed_all(list(texts), report)
 
-    async def _aembed_all(self, texts: list[str], report: Any = None) -> list[list[float]]:
+    async def _aembed_all(
+        self, texts: list[str], report: BatchReport | None = None
+    ) -> list[list[float]]:
         balancer = self.balancer_instance
         batches = self._batches(texts, balancer)
         gate = asyncio.Semaphore(self.max_concurrency)

@@ -27,7 +27,7 @@ import sys
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Literal, TextIO
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TextIO
 from uuid import UUID
 
 from langchain_core.callbacks import BaseCallbackHandler
@@ -42,7 +42,7 @@ from langchain_pllm.terminal import console_for, in_jupyter, is_terminal
 if TYPE_CHECKING:
     from langchain_core.outputs import LLMResult
 
-__all__ = ["Display", "EmbedReport", "PllmProgress", "embedding_progress"]
+__all__ = ["BatchReport", "Display", "EmbedReport", "PllmProgress", "embedding_progress"]
 
 Display = Literal["auto", "rich", "tqdm", "plain", "none"]
 
@@ -206,6 +206,8 @@ class PllmProgress(BaseCallbackHandler):
         if self._mode == "none":
             return
         with self._draw_lock:  # one display at a time, started and stopped once
+            # Read again: another thread may have started an item since this one counted.
+            finished = self.finished
             drawing = self._drawing
             if drawing is None and not finished:
                 drawing = self._drawing = _Drawing.start(self)
@@ -427,6 +429,13 @@ class _TqdmDrawing(_Drawing):
         self.bar.close()
 
 
+class BatchReport(Protocol):
+    """Where an embeddings call reports each finished batch."""
+
+    def batch(self, texts: int, attempts: int) -> None:
+        """A batch of ``texts`` came back after ``attempts`` attempts."""
+
+
 class EmbedReport:
     """What one ``embed_documents`` call tells its progress handlers; thread-safe."""
 
@@ -464,7 +473,7 @@ class _NoReport:
 @contextmanager
 def embedding_progress(
     callbacks: Sequence[Any] | None, show_progress: bool, texts: int
-) -> Iterator[EmbedReport | _NoReport]:
+) -> Iterator[BatchReport]:
     """The report for one ``embed_documents`` call of ``texts`` texts.
 
     Args:

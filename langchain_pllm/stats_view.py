@@ -123,7 +123,10 @@ class _Column:
     shown: Callable[[list[Row]], bool] | None = None  # None: always
 
 
-def _any(field: str, test: Callable[[Any], bool] = lambda v: v is not None) -> Any:
+def _any(
+    field: str, test: Callable[[Any], bool] = lambda v: v is not None
+) -> Callable[[list[Row]], bool]:
+    """Whether some row has ``field`` (by default: not ``None``)."""
     return lambda rows: any(test(r.get(field)) for r in rows)
 
 
