@@ -15,6 +15,7 @@ from langchain_pllm.output_parsers import (
     TextValidator,
     ValidationResult,
 )
+from langchain_pllm.progress import PllmProgress
 from langchain_pllm.providers import register_vendor
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "JsonValidator",
     "NoProviderAvailableError",
     "PllmConfigError",
+    "PllmProgress",
     "RegexValidator",
     "TextValidator",
     "ValidationResult",

@@ -1,9 +1,7 @@
-"""The ``pllm`` command: ``demo`` (offline, on fake vendors), ``check``, ``chat`` and ``bench``.
+"""The ``pllm`` command: ``demo``, ``check``, ``top``, ``chat`` and ``bench``.
 
-``python -m langchain_pllm demo`` needs no key and no network: it starts fake vendor servers on
-loopback (OpenAI, Anthropic, Gemini, Zhipu wire formats), makes one key fail every request and
-one rate-limit with ``Retry-After``, sends a batch through one ``BalancedChatModel`` over all of
-them and prints each key's stats.
+Each command imports what it needs when it runs, so ``pllm --help`` answers at once. The help
+texts are plain text (argparse prints them as written): no markup.
 """
 
 from __future__ import annotations
@@ -11,116 +9,31 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 __all__ = ["main"]
 
+DESCRIPTION = """pllm: a pool of LLM API keys across vendors behind one LangChain chat model
+and one embeddings model.
 
-def _table(stats: dict[str, dict[str, Any]]) -> str:
-    cols = (
-        "vendor",
-        "model",
-        "state",
-        "total_requests",
-        "error_count",
-        "total_tokens",
-        "window_used",
-        "rate_limit",
-        "active_requests",
-    )
-    rows = [["provider", *cols]]
-    for pid, s in stats.items():
-        rows.append([pid, *("-" if s.get(c) is None else str(s.get(c)) for c in cols)])
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+Start with "pllm demo": it needs no key and no network."""
+
+EPILOG = """examples:
+  pllm demo                      five fake keys of five vendors, watched live
+  pllm check pllm.yaml --ping    validate a config, then try every key once
+  pllm top pllm.yaml             every key's load, windows and breaker, live
+  pllm top pllm.yaml --once      one frame (plain text when piped)
+  pllm chat pllm.yaml "Hello"    one prompt through the chat pool"""
 
 
 def demo(args: argparse.Namespace) -> int:
-    """Run a batch through a mixed pool: healthy keys, a failing key, a rate-limited key."""
-    from langchain_pllm import BalancedChatModel
-    from langchain_pllm.testing import (
-        FakeAnthropicServer,
-        FakeGeminiServer,
-        FakeOpenAIServer,
-        FakeZhipuServer,
-        Fault,
-    )
+    """Watch a pool of fake keys of five vendors balance a few hundred requests."""
+    from langchain_pllm.demo import run_demo
 
-    n = args.requests
-    with (
-        FakeOpenAIServer() as openai_srv,
-        FakeAnthropicServer() as anthropic_srv,
-        FakeGeminiServer() as gemini_srv,
-        FakeZhipuServer() as zhipu_srv,
-    ):
-        # The Anthropic key is overloaded (529 on every call) and the Gemini key is
-        # rate-limited three times (429 + Retry-After); the others are healthy.
-        anthropic_srv.fault_for_key("sk-demo-claude", Fault(status=529, message="overloaded"))
-        gemini_srv.fault_for_key(
-            "sk-demo-gemini", Fault(status=429, retry_after=0.5, message="quota"), times=3
-        )
-
-        def key(vendor: str, name: str, model: str, base: str) -> dict[str, Any]:
-            return {
-                "vendor": vendor,
-                "name": name,
-                "api_key": f"sk-demo-{name}",
-                "model": model,
-                "api_base": base,
-                "rate_limit": 10,
-            }
-
-        model = BalancedChatModel(
-            providers=[
-                key("openai", "gpt", "gpt-4o-mini", openai_srv.base_url),
-                key("deepseek", "deepseek", "deepseek-chat", openai_srv.base_url),
-                key("anthropic", "claude", "claude-3-5-haiku", anthropic_srv.base_url),
-                key("google", "gemini", "gemini-2.0-flash", gemini_srv.base_url),
-                key("zhipu", "glm", "glm-4-flash", zhipu_srv.base_url),
-            ],
-            # A 2-second window instead of 60 s, so the demo shows waiting in seconds.
-            balancer={"breaker_threshold": 3, "health_check_interval": 300, "window": 2.0},
-            max_retries=3,
-        )
-        prompts: list[Any] = [f"question number {i}" for i in range(n)]
-        print(
-            f"Sending {n} prompts through 5 keys of 5 vendors, 10 requests per 2 s window each "
-            "(the Anthropic key answers 529 every time; the Gemini key answers 429 + "
-            "Retry-After three times)..."
-        )
-        started = time.perf_counter()
-        results = model.batch(prompts, config={"max_concurrency": 8}, return_exceptions=True)
-        elapsed = time.perf_counter() - started
-        ok = 0
-        for prompt, result in zip(prompts, results, strict=True):
-            if isinstance(result, Exception):
-                print(f"  {prompt!r:24} -> ERROR {type(result).__name__}: {result}")
-                continue
-            expected = f"echo: {prompt}"
-            if result.content != expected:
-                print(f"  {prompt!r:24} -> WRONG ANSWER {result.content!r}")
-                continue
-            ok += 1
-            if args.verbose:
-                meta = result.response_metadata
-                print(
-                    f"  {prompt!r:24} -> {result.content!r} "
-                    f"[{meta['provider']} ({meta['model_provider']}), attempts={meta['attempts']}]"
-                )
-        print(f"{ok}/{n} answered correctly, in order, in {elapsed:.2f}s\n")
-        stats = model.get_stats()
-        print(_table(stats))
-        print()
-        for pid, st in stats.items():
-            print(
-                f"{pid}: served {st['total_requests'] - st['error_count']} of its "
-                f"{st['total_requests']} requests, breaker {st['state']}"
-            )
-        return 0 if ok == n else 1
+    return run_demo(args.requests, args.verbose)
 
 
 def check(args: argparse.Namespace) -> int:
@@ -140,6 +53,82 @@ def check(args: argparse.Namespace) -> int:
             limits = f"rate_limit={p.rate_limit} tpm={p.tpm}"
             print(f"  {p.id:20} {p.vendor:12} {p.model:30} {p.api_base}  {limits}")
     print("balancer:", json.dumps(config.balancer.model_dump()))
+    if not args.ping:
+        return 0
+    from langchain_pllm.ping import ping_config, ping_table
+    from langchain_pllm.terminal import console_for
+
+    console = console_for()
+    results = ping_config(config, timeout=args.timeout)
+    console.print(ping_table(results, plain=console.color_system is None))
+    unusable = [r.provider for r in results if not r.usable]
+    console.print(
+        f"{len(results) - len(unusable)} of {len(results)} keys usable"
+        + (f"; unusable: {', '.join(unusable)}" if unusable else ""),
+        markup=False,
+    )
+    return 1 if unusable else 0
+
+
+def top(args: argparse.Namespace) -> int:
+    """Show every key of a config's pools, refreshed, like ``top`` shows processes."""
+    from rich.console import Group
+    from rich.text import Text
+
+    from langchain_pllm import BalancedChatModel, BalancedEmbeddings, PllmConfigError, load_config
+    from langchain_pllm.stats_view import StatsTable
+
+    try:
+        config = load_config(args.config)
+        faces: list[tuple[str, Any]] = []
+        if config.llm is not None:
+            faces.append(("chat (llm:)", BalancedChatModel.from_config(args.config)))
+        if config.embedding is not None:
+            faces.append(("embeddings (embedding:)", BalancedEmbeddings.from_config(args.config)))
+    except PllmConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+    state = config.balancer.model_dump()["state"]  # the password of a Redis URL redacted
+    scope = (
+        "this process only: use a redis:// state to watch a fleet"
+        if state == "memory"
+        else "fleet-wide: every process sharing it"
+    )
+
+    def frame() -> Group:
+        header = Text(f"pllm top  {args.config}  state {state} ({scope})  {time.strftime('%X')}")
+        return Group(header, *(StatsTable(face.get_stats(), title) for title, face in faces))
+
+    return _watch(frame, args.interval, args.once)
+
+
+def _watch(frame: Callable[[], Any], interval: float, once: bool) -> int:
+    """Draw ``frame()`` every ``interval`` seconds until Ctrl-C (or once).
+
+    On a terminal the frame is redrawn in place; anywhere else each frame is printed in plain
+    text below the last, like ``top -b``.
+    """
+    from rich.live import Live
+
+    from langchain_pllm.terminal import console_for
+
+    console = console_for()
+    pause = threading.Event()  # never set: a wait that Ctrl-C interrupts
+    try:
+        if once:
+            console.print(frame())
+        elif console.is_terminal:
+            with Live(frame(), console=console, auto_refresh=False) as live:
+                while not pause.wait(interval):
+                    live.update(frame(), refresh=True)
+        else:
+            while True:
+                console.print(frame())
+                console.print()
+                console.file.flush()
+                pause.wait(interval)
+    except KeyboardInterrupt:
+        pass
     return 0
 
 
@@ -219,23 +208,66 @@ def bench(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``pllm`` and ``python -m langchain_pllm``."""
-    parser = argparse.ArgumentParser(prog="pllm", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("demo", help="offline demo on built-in fake vendor servers")
-    p.add_argument("--requests", type=int, default=60)
-    p.add_argument("-v", "--verbose", action="store_true")
+    parser = argparse.ArgumentParser(
+        prog="pllm",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p = sub.add_parser(
+        "demo",
+        help="watch five fake keys of five vendors balance a few hundred requests (offline)",
+        description="Run a few hundred requests through a chain and a batch over five fake keys "
+        "of five vendors (one failing, one rate-limited) on built-in fake servers, with a live "
+        "table of every key; then check every number against the servers' logs. No key, no "
+        "network. Plain lines when the output is not a terminal.",
+    )
+    p.add_argument("--requests", type=int, default=240, help="prompts to send (default 240)")
+    p.add_argument("-v", "--verbose", action="store_true", help="print every answer")
     p.set_defaults(func=demo)
-    p = sub.add_parser("check", help="validate a config file")
-    p.add_argument("config")
+    p = sub.add_parser(
+        "check",
+        help="validate a config file; --ping tries every key once",
+        description="Validate a config file and list its pools (never the keys). With --ping, "
+        "send one tiny request with every key and report its latency or its error (auth, "
+        "rate-limited, unreachable, not-found, other); exit code 1 if any key is unusable.",
+    )
+    p.add_argument("config", help="path to the YAML config")
+    p.add_argument("--ping", action="store_true", help="send one tiny request per key")
+    p.add_argument(
+        "--timeout", type=float, default=20.0, help="seconds each ping may take (default 20)"
+    )
     p.set_defaults(func=check)
-    p = sub.add_parser("chat", help="send one prompt through a config's chat pool")
-    p.add_argument("config")
+    p = sub.add_parser(
+        "top",
+        help="live table of every key of a config's pools",
+        description="Show every key of a config's pools (state, requests in flight, each "
+        "window's use of its limit, tokens, errors), refreshed. With a redis:// state the "
+        "numbers are the whole fleet's. Keys are never shown.",
+    )
+    p.add_argument("config", nargs="?", default="pllm.yaml", help="default: pllm.yaml")
+    p.add_argument("--once", action="store_true", help="print one frame and exit")
+    p.add_argument("--interval", type=float, default=1.0, help="seconds between frames (default 1)")
+    p.set_defaults(func=top)
+    p = sub.add_parser(
+        "chat",
+        help="send one prompt through a config's chat pool",
+        description="Send one prompt through the chat pool of a config file; the answer goes "
+        "to stdout, its metadata (which key served, attempts) to stderr.",
+    )
+    p.add_argument("config", help="path to the YAML config")
     p.add_argument("prompt")
-    p.add_argument("--stream", action="store_true")
+    p.add_argument("--stream", action="store_true", help="print the answer as it streams")
     p.set_defaults(func=chat)
-    p = sub.add_parser("bench", help="quick CPU cost per call against the raw openai SDK")
-    p.add_argument("--calls", type=int, default=200)
-    p.add_argument("--rounds", type=int, default=5)
+    p = sub.add_parser(
+        "bench",
+        help="CPU per call against the raw openai SDK",
+        description="Measure CPU per call of the raw openai SDK and of BalancedChatModel "
+        "against a fake server in this process.",
+    )
+    p.add_argument("--calls", type=int, default=200, help="calls per round (default 200)")
+    p.add_argument("--rounds", type=int, default=5, help="rounds (default 5)")
     p.set_defaults(func=bench)
     args = parser.parse_args(argv)
     return int(args.func(args))

@@ -13,15 +13,16 @@ import math
 import threading
 import weakref
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from langchain_core.embeddings import Embeddings
-from pydantic import ConfigDict, PrivateAttr
+from pydantic import ConfigDict, Field, PrivateAttr
 
 from langchain_pllm.balancer import Balancer
 from langchain_pllm.balancer.picker import Member
 from langchain_pllm.exceptions import PllmConfigError
 from langchain_pllm.pool_face import Capability, PoolFace
+from langchain_pllm.progress import BatchReport, embedding_progress
 from langchain_pllm.providers.base import EmbeddingResult
 
 __all__ = ["BalancedEmbeddings"]
@@ -90,6 +91,10 @@ class BalancedEmbeddings(PoolFace, Embeddings):
             vector = await emb.aembed_query("hello")
             vectors = await emb.aembed_documents(texts)
 
+    Progress:
+        ``show_progress=True`` draws a ``PllmProgress`` of each ``embed_documents`` call;
+        ``callbacks=[PllmProgress()]`` counts every call's texts and retries in one handler.
+
     Every provider of one pool must give vectors of the same dimension: a mismatch raises
     ``PllmConfigError`` naming both providers instead of mixing vector spaces.
     """
@@ -102,6 +107,10 @@ class BalancedEmbeddings(PoolFace, Embeddings):
     # get_stats come from PoolFace.
     max_concurrency: int = 16
     """Most batches in flight at once for one ``embed_documents`` call."""
+    show_progress: bool = False
+    """Draw a ``PllmProgress`` of each ``embed_documents`` call (as LangChain embeddings do)."""
+    callbacks: list[Any] | None = Field(default=None, exclude=True, repr=False)
+    """Handlers told of each finished batch: ``PllmProgress`` (``on_embed_*`` events)."""
 
     _space: _VectorSpace | None = PrivateAttr(default=None)
 
@@ -156,25 +165,36 @@ class BalancedEmbeddings(PoolFace, Embeddings):
 
     # Sync --------------------------------------------------------------------------------------
 
-    def _embed_batch(self, balancer: Balancer, batch: list[str]) -> list[list[float]]:
-        result, member, _ = balancer.call(
+    def _embed_batch(
+        self, balancer: Balancer, batch: list[str], report: BatchReport | None = None
+    ) -> list[list[float]]:
+        result, member, attempts = balancer.call(
             lambda p: p.embed(batch), tokens=self._tokens(batch), tokens_of=_tokens_of
         )
-        return self._vectors(member, result, len(batch))
+        vectors = self._vectors(member, result, len(batch))
+        if report is not None:
+            report.batch(len(batch), attempts)
+        return vectors
 
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
         """Embed texts; batches spread over the pool concurrently, order kept."""
         if not texts:
             return []
+        with embedding_progress(self.callbacks, self.show_progress, len(texts)) as report:
+            return self._embed_all(list(texts), report)
+
+    def _embed_all(self, texts: list[str], report: BatchReport | None = None) -> list[list[float]]:
         balancer = self.balancer_instance
-        batches = self._batches(list(texts), balancer)
+        batches = self._batches(texts, balancer)
         if len(batches) == 1:
-            return self._embed_batch(balancer, batches[0][1])
+            return self._embed_batch(balancer, batches[0][1], report)
         out: list[list[float]] = [[] for _ in texts]
         workers = min(len(batches), self.max_concurrency)
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pllm-embed")
         try:
-            futures = {pool.submit(self._embed_batch, balancer, b): start for start, b in batches}
+            futures = {
+                pool.submit(self._embed_batch, balancer, b, report): start for start, b in batches
+            }
             done, _ = wait(futures, return_when=FIRST_EXCEPTION)
             for fut in done:
                 error = fut.exception()
@@ -191,27 +211,42 @@ class BalancedEmbeddings(PoolFace, Embeddings):
 
     def embed_query(self, text: str) -> list[float]:
         """Embed one text."""
-        return self.embed_documents([text])[0]
+        return self._embed_all([text])[0]
 
     # Async -------------------------------------------------------------------------------------
 
     async def _aembed_batch(
-        self, balancer: Balancer, batch: list[str], gate: asyncio.Semaphore
+        self,
+        balancer: Balancer,
+        batch: list[str],
+        gate: asyncio.Semaphore,
+        report: BatchReport | None = None,
     ) -> list[list[float]]:
         async with gate:
-            result, member, _ = await balancer.acall(
+            result, member, attempts = await balancer.acall(
                 lambda p: p.aembed(batch), tokens=self._tokens(batch), tokens_of=_tokens_of
             )
-        return self._vectors(member, result, len(batch))
+        vectors = self._vectors(member, result, len(batch))
+        if report is not None:
+            report.batch(len(batch), attempts)
+        return vectors
 
     async def aembed_documents(self, texts: list[str]) -> list[list[float]]:
         """Async twin of ``embed_documents``."""
         if not texts:
             return []
+        with embedding_progress(self.callbacks, self.show_progress, len(texts)) as report:
+            return await self._aembed_all(list(texts), report)
+
+    async def _aembed_all(
+        self, texts: list[str], report: BatchReport | None = None
+    ) -> list[list[float]]:
         balancer = self.balancer_instance
-        batches = self._batches(list(texts), balancer)
+        batches = self._batches(texts, balancer)
         gate = asyncio.Semaphore(self.max_concurrency)
-        tasks = [asyncio.ensure_future(self._aembed_batch(balancer, b, gate)) for _, b in batches]
+        tasks = [
+            asyncio.ensure_future(self._aembed_batch(balancer, b, gate, report)) for _, b in batches
+        ]
         try:
             results = await asyncio.gather(*tasks)
         except BaseException:
@@ -225,7 +260,7 @@ class BalancedEmbeddings(PoolFace, Embeddings):
 
     async def aembed_query(self, text: str) -> list[float]:
         """Async twin of ``embed_query``."""
-        return (await self.aembed_documents([text]))[0]
+        return (await self._aembed_all([text]))[0]
 
 
 def _tokens_of(result: EmbeddingResult) -> int | None:

@@ -27,6 +27,7 @@ from langchain_pllm.config import (
 )
 from langchain_pllm.exceptions import PllmConfigError
 from langchain_pllm.providers import provider_class
+from langchain_pllm.stats_view import StatsTable
 
 __all__ = ["AVOID_KWARG", "PoolFace"]
 
@@ -104,6 +105,10 @@ class PoolFace(BaseModel):
     def get_stats(self) -> dict[str, dict[str, Any]]:
         """Per-provider stats: requests, tokens, errors, active, breaker state, window use."""
         return self.balancer_instance.get_stats()
+
+    def stats_table(self) -> StatsTable:
+        """The stats as a table: ``rich`` prints it, Jupyter shows it as HTML."""
+        return StatsTable(self.get_stats())
 
 
 def _pool_and_balancer(data: dict[str, Any], capability: str) -> tuple[PoolConfig, BalancerConfig]:

@@ -28,6 +28,10 @@ def test_notebook_runs(path: Path) -> None:
         o.get("text", "") + str(o.get("data", {}).get("text/plain", "")) for o in outputs
     )
     assert "Traceback" not in text
+    if any("stats_table()" in cell.source for cell in nb.cells if cell.cell_type == "code"):
+        # Jupyter draws the pool's table as HTML.
+        pages = [str(o.get("data", {}).get("text/html", "")) for o in outputs]
+        assert any('class="pllm-stats"' in page for page in pages)
 
 
 def test_there_is_a_notebook() -> None:

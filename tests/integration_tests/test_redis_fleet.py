@@ -513,3 +513,62 @@ def test_redis_stopped_and_restarted_mid_run_loses_no_request(
     # Back on the restarted server: the last requests were counted there.
     stats = BalancedChatModel(**model).get_stats()
     assert sum(s["total_requests"] for s in stats.values()) > 0
+
+
+def test_pllm_top_once_shows_the_whole_fleets_in_flight_and_window_use(
+    fleet: list[Worker], server: FakeOpenAIServer, redis_url: str, tmp_path: Path
+) -> None:
+    keys = ["sk-top-one", "sk-top-two"]
+    # A minute's window, so nothing leaves it while `pllm top` starts.
+    model = pool(server, redis_url, keys, rate_limit=100, balancer={"window": 60.0})
+    for i, w in enumerate(fleet):  # 1 + 2 + 3 + 4 finished requests
+        for _ in range(i + 1):
+            w.call("invoke", model=model)
+    for key in keys:  # from now on every request hangs: these stay in flight
+        server.fault_for_key(key, Fault(latency=60))
+    for w in fleet:
+        w.call("hold", model=model)
+        w.call("hold", model=model)
+    deadline = time.monotonic() + 20
+    while sum(r.status == 0 for r in server.requests) < 8 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    log = by_key(server)
+    assert sum(r.status == 0 for r in server.requests) == 8
+    assert len(server.requests) == 18
+    path = tmp_path / "pllm.yaml"
+    providers = "".join(
+        f"    - {{name: {key}, api_key: {key}, model: gpt-4o-mini, rate_limit: 100, "
+        f"api_base: '{server.base_url}'}}\n"
+        for key in keys
+    )
+    path.write_text(
+        f"llm:\n  openai:\n{providers}balancer:\n  state: '{redis_url}'\n  window: 60\n"
+    )
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    done = subprocess.run(
+        [sys.executable, "-m", "langchain_pllm", "top", str(path), "--once"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "fleet-wide" in done.stdout
+    assert "\x1b[" not in done.stdout
+    assert not any(key in done.stdout.replace(f"| {key} ", "") for key in keys)  # names only
+    heads: list[str] = []
+    for line in done.stdout.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if cells[0] == "provider":
+            heads = cells
+        elif cells[0] in keys:
+            row = dict(zip(heads, cells, strict=True))
+            mine = log[cells[0]]
+            in_flight = sum(r.status == 0 for r in mine)
+            assert row["in flight"] == str(in_flight), (cells[0], done.stdout)
+            assert row["requests"] == str(len(mine))
+            assert row["req/window"].endswith(f" {len(mine)}/100")
+            assert row["errors"] == "0"
+            keys = [k for k in keys if k != cells[0]]
+    assert keys == [], done.stdout  # both rows were found

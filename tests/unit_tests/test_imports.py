@@ -13,6 +13,7 @@ EXPECTED_ALL = [
     "BalancedEmbeddings",
     "JsonValidator",
     "NoProviderAvailableError",
+    "PllmProgress",
     "PllmConfigError",
     "RegexValidator",
     "TextValidator",

@@ -43,6 +43,9 @@ LAYERS: dict[str, tuple[int, str]] = {
     "langchain_pllm.validation": (4, "faces"),
     "langchain_pllm.pool_face": (4, "faces"),
     "langchain_pllm.cli": (4, "faces"),
+    "langchain_pllm.demo": (4, "faces"),
+    "langchain_pllm.ping": (4, "faces"),
+    "langchain_pllm.progress": (4, "faces"),
     # Pick, wait, retry, breakers: vendor- and face-blind.
     "langchain_pllm.balancer": (3, "balancer"),
     # Peers: one knows the vendors' SDKs, one where windows and breakers are kept, one the
@@ -59,6 +62,9 @@ LAYERS: dict[str, tuple[int, str]] = {
     "langchain_pllm.clock": (0, "base"),
     "langchain_pllm.exceptions": (0, "base"),
     "langchain_pllm.urls": (0, "base"),
+    # Drawing a stats dict: knows no pool, only the terminal it draws on.
+    "langchain_pllm.stats_view": (0, "base"),
+    "langchain_pllm.terminal": (0, "base"),
     "langchain_pllm._version": (0, "base"),
 }
 
