@@ -77,6 +77,12 @@ class PoolFace(BaseModel):
         self._pool = pool
         self._has_tpm = any(p.tpm for p in pool.providers)
 
+    def model_post_init(self, context: Any, /) -> None:
+        """Run the bases' post-init hooks too (``BaseLanguageModel`` records ``lc_versions``)."""
+        # Without this method pydantic gives the mixin, for its private attributes, a hook that
+        # does not call super(); listed first, the mixin would hide the LangChain base's hook.
+        super().model_post_init(context)
+
     @classmethod
     def from_config(cls: type[_Face], source: Any, **kwargs: Any) -> _Face:
         """Build from a YAML path, YAML text or dict: the face's pool section and ``balancer:``.
