@@ -7,14 +7,19 @@ that shows it (a config's ``repr`` and dumps, the Redis state's log lines) shows
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection
 from urllib.parse import parse_qsl, unquote, urlencode
 
 __all__ = ["redact_url", "take_query_options"]
 
 _HIDDEN = "***"
-# redis-py reads a password from the query too (the documented form for unix:// sockets).
-_SECRET_PARAMETERS = frozenset({"password"})
+# redis-py reads a password from the query too (the documented form for unix:// sockets), and
+# passes any parameter it does not know to the connection: ``ssl_password`` is one.
+_SECRET_PARAMETER = re.compile(r"password|secret|token", re.IGNORECASE)
+# What may stand between ``://`` and the path when no user part is there: hosts, each with an
+# optional port (a cluster URL lists several).
+_HOSTS = re.compile(r"(?:\[[^\]]*\]|[^:,\[\]]*)(?::\d*)?(?:,(?:\[[^\]]*\]|[^:,\[\]]*)(?::\d*)?)*")
 
 
 def redact_url(url: str) -> str:
@@ -23,6 +28,8 @@ def redact_url(url: str) -> str:
     ``redis://user:pw@host:6379/0?password=pw`` reads
     ``redis://user:***@host:6379/0?password=***``. A user part without a colon is hidden whole
     (``***@host``): it may be a password written without its user, and nothing shows it is not.
+    A query parameter whose name holds ``password``, ``secret`` or ``token`` (``ssl_password``)
+    is hidden too, and so is a password with an unencoded ``/`` or ``?`` in it.
     A string that is not a URL with a user part or a query (``memory``) comes back unchanged.
 
     Args:
@@ -32,23 +39,45 @@ def redact_url(url: str) -> str:
         The URL safe to show in logs, ``repr`` and dumps.
     """
     # By hand rather than urlsplit/urlunsplit: those drop the empty host of ``unix:///path``.
-    base, question, query = url.partition("?")
+    scheme, slashes, rest = url.partition("://")
+    head = ""
+    if slashes:
+        head = f"{scheme}://"
+        end = _user_part_end(rest)
+        if end >= 0:
+            user, colon, _ = rest[:end].partition(":")
+            head += f"{user}:{_HIDDEN}@" if colon else f"{_HIDDEN}@"
+            rest = rest[end + 1 :]
+    else:
+        rest = url
+    base, question, query = rest.partition("?")
     if question:
         query = "&".join(_redacted_parameter(item) for item in query.split("&"))
-    scheme, slashes, rest = base.partition("://")
-    if slashes:
-        authority, slash, path = rest.partition("/")
-        if "@" in authority:
-            userinfo, host = authority.rsplit("@", 1)
-            user, colon, _ = userinfo.partition(":")
-            hidden = f"{user}:{_HIDDEN}" if colon else _HIDDEN
-            base = f"{scheme}://{hidden}@{host}{slash}{path}"
-    return f"{base}{question}{query}"
+    return f"{head}{base}{question}{query}"
+
+
+def _user_part_end(rest: str) -> int:
+    """Where the user part of ``rest`` (a URL after ``://``) ends: its ``@``, or -1 for none."""
+    cut = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=len(rest))
+    authority = rest[:cut]
+    if "@" in authority:
+        return authority.rindex("@")  # a host holds no "@": the last one ends the user part
+    if not authority or "@" not in rest:
+        return -1
+    # A password holding an unencoded "/" or "?" ends the authority early. Then what is left of
+    # it is no list of hosts (``user:pa/ss@host`` reads as host "user", port "pa"), or the "@"
+    # lands in the path or in a query parameter's name, where none belongs: hide to the last
+    # "@" (more than the password, at worst, never less).
+    path, _, query = rest[cut:].partition("?")
+    names = [item.partition("=")[0] for item in query.split("&")]
+    if not _HOSTS.fullmatch(authority) or "@" in path or any("@" in n for n in names):
+        return rest.rindex("@")
+    return -1
 
 
 def _redacted_parameter(item: str) -> str:
     name, equals, _ = item.partition("=")
-    if equals and unquote(name).lower() in _SECRET_PARAMETERS:
+    if equals and _SECRET_PARAMETER.search(unquote(name)):
         return f"{name}={_HIDDEN}"
     return item
 
