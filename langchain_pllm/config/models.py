@@ -345,7 +345,7 @@ class BalancerConfig(_ConfigModel):
         url = checked_text(value, "state", hint)
         if url != "memory" and not url.startswith(_STATE_SCHEMES):
             # A Redis URL may carry a password: show it only when it plainly has none.
-            shown = f", got {show(url)}" if "@" not in url else ""
+            shown = f", got {show(redact_url(url))}" if "@" not in url else ""
             raise fail(
                 f"state must be memory or a redis://, rediss:// or unix:// URL{shown}; {hint}"
             )

@@ -9,6 +9,7 @@ import uuid
 import pytest
 
 from langchain_pllm.config import BalancerConfig
+from langchain_pllm.exceptions import PllmConfigError
 from langchain_pllm.state.base import BreakerPolicy, Limits
 from langchain_pllm.state.redis import RedisState
 from langchain_pllm.urls import redact_url, take_query_options
@@ -30,6 +31,17 @@ from langchain_pllm.urls import redact_url, take_query_options
         ),
         ("redis://host/0?PassWord=pw", "redis://host/0?PassWord=***"),
         ("redis://host/0?db=1", "redis://host/0?db=1"),
+        # redis-py hands unknown parameters to the connection: ssl_password is a secret too.
+        ("rediss://h:1/0?ssl_password=pw&db=1", "rediss://h:1/0?ssl_password=***&db=1"),
+        # Unencoded "/" or "?" in a password: the URL is malformed, the password still secret.
+        ("redis://user:pa/ss@host:6379/0", "redis://user:***@host:6379/0"),
+        ("redis://user:1234/5@host:6379/0", "redis://user:***@host:6379/0"),
+        ("redis://:p?w@host/0", "redis://:***@host/0"),
+        ("redis://user:1?2@host/0", "redis://user:***@host/0"),
+        # An "@" that is no user part stays.
+        ("unix:///run/a@b.sock?db=0", "unix:///run/a@b.sock?db=0"),
+        ("redis://host:1/0?client_name=me@x", "redis://host:1/0?client_name=me@x"),
+        ("redis://[::1]:6379,h2:7001/0", "redis://[::1]:6379,h2:7001/0"),
     ],
 )
 def test_redact_url_hides_every_password_and_keeps_the_rest(url: str, shown: str) -> None:
@@ -43,6 +55,13 @@ def test_the_config_shows_the_state_url_in_the_one_format() -> None:
     assert config.model_dump()["state"] == redact_url(url)
     assert "pw-hidden" not in repr(config)
     assert config.state == url  # the real value is kept for connecting
+
+
+def test_a_refused_state_url_shows_no_secret_in_the_error() -> None:
+    with pytest.raises(PllmConfigError) as caught:
+        BalancerConfig(state="http://h/0?ssl_password=pw-hidden")
+    assert "ssl_password=***" in str(caught.value)
+    assert "pw-hidden" not in str(caught.value)
 
 
 def test_the_redis_state_logs_its_url_in_the_one_format(
