@@ -68,7 +68,7 @@ class BalancedEmbeddings(PoolFace, Embeddings):
 
             from langchain_pllm import BalancedEmbeddings
 
-            emb = BalancedEmbeddings.from_config("pllm.yaml")   # the `embedding:` section
+            emb = BalancedEmbeddings.from_config("pllm.yaml")   # the ``embedding:`` section
             # or
             emb = BalancedEmbeddings(providers=[
                 {"vendor": "openai", "api_key": "sk-...", "model": "text-embedding-3-small"},

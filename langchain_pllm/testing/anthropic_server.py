@@ -1,14 +1,14 @@
 """A fake Anthropic Messages API speaking the real wire format.
 
-Serves `POST /v1/messages`: JSON replies with `text` and `tool_use` content blocks, and SSE
-streams with the full event sequence (`message_start`, `content_block_start`,
-`content_block_delta` with `text_delta` / `input_json_delta`, `content_block_stop`,
-`message_delta`, `message_stop`), each frame with its `event:` line, without which the SDK
-yields nothing. Errors use `{"type": "error", "error": {"type", "message"}}`, so the
-`anthropic` SDK raises `RateLimitError`, `OverloadedError` (529) and the rest. A budget adds
-`anthropic-ratelimit-{requests,tokens,input-tokens,output-tokens}-{limit,remaining,reset}`
+Serves ``POST /v1/messages``: JSON replies with ``text`` and ``tool_use`` content blocks, and SSE
+streams with the full event sequence (``message_start``, ``content_block_start``,
+``content_block_delta`` with ``text_delta`` / ``input_json_delta``, ``content_block_stop``,
+``message_delta``, ``message_stop``), each frame with its ``event:`` line, without which the SDK
+yields nothing. Errors use ``{"type": "error", "error": {"type", "message"}}``, so the
+``anthropic`` SDK raises ``RateLimitError``, ``OverloadedError`` (529) and the rest. A budget adds
+``anthropic-ratelimit-{requests,tokens,input-tokens,output-tokens}-{limit,remaining,reset}``
 (resets as RFC 3339 instants) to every reply. The prompt cache, when on, follows Anthropic's
-rule that only a prompt marked with `cache_control` is cached, up to its last marker.
+rule that only a prompt marked with ``cache_control`` is cached, up to its last marker.
 """
 
 from __future__ import annotations
@@ -47,14 +47,15 @@ _CREDIT_MESSAGE = (
 
 
 class FakeAnthropicServer(FakeVendorServer):
-    """Fake Anthropic API: point `Anthropic(base_url=srv.base_url, ...)` at it.
+    """Fake Anthropic API: point ``Anthropic(base_url=srv.base_url, ...)`` at it.
 
-    Path: `POST /v1/messages`; `base_url` is the root URL (the SDK adds `/v1`). The key is read
-    from `x-api-key` or `Authorization: Bearer`. As the real API does, it refuses with 400 a
-    request without an `anthropic-version` header, `model` or `max_tokens`, with no messages,
-    a role other than user/assistant, or an empty message or text block (except a final
-    assistant turn). `Fault.error_type` (or, failing that, `Fault.code`) sets the error `type`.
-    Anthropic has no embeddings endpoint. See `FakeVendorServer` for arguments.
+    Path: ``POST /v1/messages``; ``base_url`` is the root URL (the SDK adds ``/v1``). The key is
+    read from ``x-api-key`` or ``Authorization: Bearer``. As the real API does, it refuses with 400
+    a request without an ``anthropic-version`` header, ``model`` or ``max_tokens``, with no
+    messages, a role other than user/assistant, or an empty message or text block (except a
+    final assistant turn). ``Fault.error_type`` (or, failing that, ``Fault.code``) sets the error
+    ``type``.
+    Anthropic has no embeddings endpoint. See ``FakeVendorServer`` for arguments.
     """
 
     vendor = "anthropic"
@@ -78,7 +79,7 @@ class FakeAnthropicServer(FakeVendorServer):
             raise RequestRejected(400, "model: Field required")
 
     def spent_fault(self) -> Fault:
-        """400 `invalid_request_error`: "Your credit balance is too low ..."."""
+        """400 ``invalid_request_error``: "Your credit balance is too low ..."."""
         return Fault(status=400, error_type="invalid_request_error", message=_CREDIT_MESSAGE)
 
     def _error_body(self, fault: Fault) -> dict[str, Any]:
@@ -276,14 +277,14 @@ def _check_messages(messages: list[Any]) -> None:
 
 
 def _has_marker(content: Any) -> bool:
-    """Whether a system prompt, message content or tool list carries a `cache_control`."""
+    """Whether a system prompt, message content or tool list carries a ``cache_control``."""
     if isinstance(content, list):
         return any(isinstance(b, dict) and b.get("cache_control") for b in content)
     return False
 
 
 def _blocks_text(content: Any, plain: bool = False) -> str:
-    """Text of Anthropic content: a string or blocks (with `plain`, text blocks only)."""
+    """Text of Anthropic content: a string or blocks (with ``plain``, text blocks only)."""
     if content is None:
         return ""
     if isinstance(content, str):

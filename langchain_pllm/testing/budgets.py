@@ -1,13 +1,13 @@
 """Rate-limit budgets of the fake servers: counters per key and window, read back as headers.
 
-A `RateBudget` is what a vendor's account allows: so many requests and tokens (total, input,
-output) per window. The fake server asks it once per reply: `take` either consumes the
+A ``RateBudget`` is what a vendor's account allows: so many requests and tokens (total, input,
+output) per window. The fake server asks it once per reply: ``take`` either consumes the
 request's share and returns what remains (the server turns that into the vendor's
-`x-ratelimit-*` / `anthropic-ratelimit-*` headers) or refuses it, naming the resource that ran
-out and when it frees (the server answers 429 with `Retry-After`). Each API key has its own
-counters. Windows are fixed: one opens at a key's first request and closes `per` seconds later,
-so a test can predict every header. Time comes from the `clock` the test gives (`clock.now` of
-a `ManualClock`), or real monotonic time. `pin` fixes what a resource's headers say without
+``x-ratelimit-*`` / ``anthropic-ratelimit-*`` headers) or refuses it, naming the resource that ran
+out and when it frees (the server answers 429 with ``Retry-After``). Each API key has its own
+counters. Windows are fixed: one opens at a key's first request and closes ``per`` seconds later,
+so a test can predict every header. Time comes from the ``clock`` the test gives (``clock.now`` of
+a ``ManualClock``), or real monotonic time. ``pin`` fixes what a resource's headers say without
 enforcing anything, for a test of how a client reads them.
 """
 
@@ -26,7 +26,7 @@ RESOURCES = ("requests", "tokens", "input_tokens", "output_tokens")
 
 @dataclass(frozen=True)
 class Limit:
-    """`count` units per `per` seconds (``Limit(3, 1.0)``: 3 a second)."""
+    """``count`` units per ``per`` seconds (``Limit(3, 1.0)``: 3 a second)."""
 
     count: int
     per: float = 60.0
@@ -41,11 +41,11 @@ class Reading:
     """What one resource's headers say after a request.
 
     Attributes:
-        resource: One of `RESOURCES`.
-        limit: Units allowed per window (`None` when only pinned values are known).
+        resource: One of ``RESOURCES``.
+        limit: Units allowed per window (``None`` when only pinned values are known).
         remaining: Units left in the current window.
         reset: Seconds until the window frees (0 when nothing is used).
-        per: The window length in seconds (`None` when pinned).
+        per: The window length in seconds (``None`` when pinned).
     """
 
     resource: str
@@ -57,13 +57,13 @@ class Reading:
 
 @dataclass(frozen=True)
 class Verdict:
-    """The outcome of `RateBudget.take`.
+    """The outcome of ``RateBudget.take``.
 
     Attributes:
         readings: Every counted or pinned resource, after the request (or, when refused,
             as it stands).
         exceeded: The reading of the first resource that could not take the request, or
-            `None` when the request was admitted.
+            ``None`` when the request was admitted.
     """
 
     readings: tuple[Reading, ...]
@@ -92,14 +92,14 @@ class RateBudget:
         server.set_budget(RateBudget().pin("requests", remaining=0, reset=20), api_key="sk-a")
 
     Args:
-        requests: Requests per window: a count (over `window` seconds) or a `Limit`.
+        requests: Requests per window: a count (over ``window`` seconds) or a ``Limit``.
         tokens: Input plus output tokens per window.
         input_tokens: Prompt tokens per window (Anthropic counts these apart).
         output_tokens: Completion tokens per window.
         window: Window length in seconds for limits given as plain counts.
-        clock: Monotonic seconds (``clock.now`` of a `ManualClock`); real time by default.
+        clock: Monotonic seconds (``clock.now`` of a ``ManualClock``); real time by default.
         wall: Epoch seconds for the RFC 3339 resets Anthropic sends; by default the wall time
-            at construction moved on by `clock`, so a manual clock moves it too.
+            at construction moved on by ``clock``, so a manual clock moves it too.
     """
 
     def __init__(
@@ -139,7 +139,7 @@ class RateBudget:
         remaining: int | None = None,
         reset: float | None = None,
     ) -> RateBudget:
-        """Fix what `resource`'s headers say on every reply; returns self to chain.
+        """Fix what ``resource``'s headers say on every reply; returns self to chain.
 
         Pinned values are reported as given and never enforced (the counters, if the
         resource also has a limit, still decide admission).
@@ -151,7 +151,7 @@ class RateBudget:
         return self
 
     def unpin(self, resource: str | None = None) -> None:
-        """Let `resource` (every resource when `None`) report its counters again."""
+        """Let ``resource`` (every resource when ``None``) report its counters again."""
         with self._lock:
             if resource is None:
                 self._pins.clear()
@@ -164,7 +164,7 @@ class RateBudget:
             self._windows.clear()
 
     def take(self, key: str, needs: dict[str, int]) -> Verdict:
-        """Consume `needs` (units per resource) for `key` if every counted resource has room.
+        """Consume ``needs`` (units per resource) for ``key`` if every counted resource has room.
 
         A refused request consumes nothing. A request larger than a whole window's limit is
         always refused, as vendors refuse it.
@@ -188,7 +188,7 @@ class RateBudget:
         return Verdict(tuple(readings), exceeded)
 
     def used(self, key: str, resource: str) -> int:
-        """Units of `resource` that `key` has used in its current window."""
+        """Units of ``resource`` that ``key`` has used in its current window."""
         with self._lock:
             if resource not in self.limits:
                 return 0

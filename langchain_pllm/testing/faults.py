@@ -1,6 +1,6 @@
 """Fault descriptions and the schedule that decides which request gets which fault.
 
-A fake server asks its `FaultSchedule` once per request, at arrival; the schedule answers from,
+A fake server asks its ``FaultSchedule`` once per request, at arrival; the schedule answers from,
 in this order, the faults bound to the request's API key, the fault bound to every key, the
 queue of one-shot faults, and the seeded random injection. Everything is guarded by one lock
 because the server's event loop and the test's thread both touch it.
@@ -21,9 +21,9 @@ class Fault:
 
     Attributes:
         status: HTTP status of an error reply in the vendor's error format (429, 500, 503,
-            401, 403, 404, 400, 529, ...). `None` keeps the normal reply (useful with only
-            `latency`, or with `malformed`, `drop` or `cut_after`).
-        retry_after: Seconds sent in the `Retry-After` header (and `retry-after-ms` for
+            401, 403, 404, 400, 529, ...). ``None`` keeps the normal reply (useful with only
+            ``latency``, or with ``malformed``, ``drop`` or ``cut_after``).
+        retry_after: Seconds sent in the ``Retry-After`` header (and ``retry-after-ms`` for
             OpenAI-style servers).
         latency: Seconds to wait before answering; an async sleep, other requests go on.
         drop: Close the connection without any response (a reset before the headers).
@@ -31,13 +31,13 @@ class Fault:
         cut_after: For streams: send this many content chunks, then reset the connection
             (a non-streamed reply is dropped whole).
         cut_body: For non-streamed replies: send the status line, the headers (with the full
-            `Content-Length`) and half of the JSON body, then reset the connection.
+            ``Content-Length``) and half of the JSON body, then reset the connection.
         chunk_delay: For streams: seconds to wait before each content chunk (a slow stream
             that a deadline can cut).
         message: Error message placed in the vendor's error body.
         code: Vendor error code (e.g. Zhipu ``"1261"``, OpenAI ``"context_length_exceeded"``,
             an Anthropic error type or a Gemini status string).
-        error_type: The error's `type` where the vendor has one apart from the code (OpenAI's
+        error_type: The error's ``type`` where the vendor has one apart from the code (OpenAI's
             ``"insufficient_quota"``, Anthropic's ``"invalid_request_error"``).
         details: Extra detail objects for vendors whose errors carry them (Gemini's
             ``google.rpc.QuotaFailure`` and ``google.rpc.RetryInfo``).
@@ -80,10 +80,10 @@ class FaultSchedule:
             self._queue.extend(faults)
 
     def for_key(self, api_key: str | None, fault: Fault | None, times: int | None = None) -> None:
-        """Give every request made with `api_key` this fault (at most `times` times).
+        """Give every request made with ``api_key`` this fault (at most ``times`` times).
 
-        `api_key=None` binds the fault to every key (a key's own fault still comes first);
-        `fault=None` removes the binding.
+        ``api_key=None`` binds the fault to every key (a key's own fault still comes first);
+        ``fault=None`` removes the binding.
         """
         with self._lock:
             if fault is None:
@@ -92,7 +92,7 @@ class FaultSchedule:
                 self._by_key[api_key] = (fault, times)
 
     def set_rate(self, rate: float, faults: list[Fault], seed: int = 0) -> None:
-        """Inject one of `faults` (picked at random) into a `rate` share of requests."""
+        """Inject one of ``faults`` (picked at random) into a ``rate`` share of requests."""
         if not 0.0 <= rate <= 1.0:
             raise ValueError(f"fault rate must be within [0, 1], got {rate}")
         if rate and not faults:
@@ -116,7 +116,7 @@ class FaultSchedule:
             return len(self._queue)
 
     def next_fault(self, api_keys: tuple[str, ...]) -> Fault | None:
-        """Return the fault for a request authenticated by any of `api_keys`, if any."""
+        """Return the fault for a request authenticated by any of ``api_keys``, if any."""
         if not (self._queue or self._by_key or self._rate):
             return None  # the common case, kept lock-free
         with self._lock:

@@ -1,13 +1,13 @@
 """A fake Gemini API (generativelanguage) speaking the real REST wire format.
 
-Serves `POST /v1beta/models/{model}:generateContent`, `:streamGenerateContent?alt=sse` (frames
-of `GenerateContentResponse` with cumulative `usageMetadata`, the last with `finishReason`),
-`:batchEmbedContents` and `:embedContent` (the `v1` prefix is accepted too). The key comes from
-`x-goog-api-key` or `?key=`. Errors use `{"error": {"code", "message", "status"}}` (with
-`details` where the real API gives them), so `google-genai` raises `errors.ClientError` /
-`errors.ServerError` with the right `.status`. Gemini sends no rate-limit headers: a budget
-only answers 429 `RESOURCE_EXHAUSTED`, whose `google.rpc.QuotaFailure` names a per-minute or
-per-day quota, with a `google.rpc.RetryInfo` delay, as the real API words it.
+Serves ``POST /v1beta/models/{model}:generateContent``, ``:streamGenerateContent?alt=sse`` (frames
+of ``GenerateContentResponse`` with cumulative ``usageMetadata``, the last with ``finishReason``),
+``:batchEmbedContents`` and ``:embedContent`` (the ``v1`` prefix is accepted too). The key comes
+from ``x-goog-api-key`` or ``?key=``. Errors use ``{"error": {"code", "message", "status"}}`` (with
+``details`` where the real API gives them), so ``google-genai`` raises ``errors.ClientError`` /
+``errors.ServerError`` with the right ``.status``. Gemini sends no rate-limit headers: a budget
+only answers 429 ``RESOURCE_EXHAUSTED``, whose ``google.rpc.QuotaFailure`` names a per-minute or
+per-day quota, with a ``google.rpc.RetryInfo`` delay, as the real API words it.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ _QUOTA_IDS = {
 
 
 class FakeGeminiServer(FakeVendorServer):
-    """Fake Gemini API: point `google-genai` at it.
+    """Fake Gemini API: point ``google-genai`` at it.
 
     Usage::
 
@@ -73,10 +73,10 @@ class FakeGeminiServer(FakeVendorServer):
             http_options=types.HttpOptions(base_url=srv.base_url, api_version="v1beta"),
         )
 
-    `Fault.code` replaces the error `status` string and `Fault.details` fills `details`.
-    Embedding batches default to at most 100 texts, as the real `batchEmbedContents`. Empty
-    `contents`, a content with no parts or a role other than user/model is refused with 400
-    `INVALID_ARGUMENT`, as the real API does. See `FakeVendorServer` for arguments.
+    ``Fault.code`` replaces the error ``status`` string and ``Fault.details`` fills ``details``.
+    Embedding batches default to at most 100 texts, as the real ``batchEmbedContents``. Empty
+    ``contents``, a content with no parts or a role other than user/model is refused with 400
+    ``INVALID_ARGUMENT``, as the real API does. See ``FakeVendorServer`` for arguments.
     """
 
     vendor = "google"
@@ -120,13 +120,13 @@ class FakeGeminiServer(FakeVendorServer):
         model: str = "gemini-2.0-flash",
         limit: int = 50,
     ) -> Fault:
-        """429 `RESOURCE_EXHAUSTED` with `QuotaFailure`, `Help` and `RetryInfo` details.
+        """429 ``RESOURCE_EXHAUSTED`` with ``QuotaFailure``, ``Help`` and ``RetryInfo`` details.
 
         Args:
-            per: ``"day"`` (a spent daily quota: `quotaId` has ``PerDay``) or ``"minute"``
+            per: ``"day"`` (a spent daily quota: ``quotaId`` has ``PerDay``) or ``"minute"``
                 (a rate limit: ``PerMinute``).
             resource: ``"requests"`` or ``"tokens"`` (input tokens).
-            retry_delay: Seconds in `RetryInfo.retryDelay` (written like ``"37s"``).
+            retry_delay: Seconds in ``RetryInfo.retryDelay`` (written like ``"37s"``).
             model: The model named in the quota dimensions.
             limit: The quota value reported.
         """
@@ -161,7 +161,7 @@ class FakeGeminiServer(FakeVendorServer):
         return Fault(status=429, code="RESOURCE_EXHAUSTED", message=message, details=details)
 
     def spent_fault(self) -> Fault:
-        """The daily quota used up: `quota_fault(per="day")`."""
+        """The daily quota used up: ``quota_fault(per="day")``."""
         return self.quota_fault(per="day")
 
     def _budget_error(self, exceeded: Reading, model: str) -> Fault:
@@ -342,7 +342,7 @@ def _field(container: dict[str, Any], camel_name: str) -> Any:
 
 
 def _parts_text(parts: Any, plain: bool = False) -> str:
-    """Text of Gemini parts (with `plain`, text parts only)."""
+    """Text of Gemini parts (with ``plain``, text parts only)."""
     if not isinstance(parts, list):
         return ""
     texts: list[str] = []
@@ -361,7 +361,7 @@ def _parts_text(parts: Any, plain: bool = False) -> str:
 
 
 def _function_response_text(function_response: dict[str, Any]) -> str:
-    """The tool output: a lone wrapped value (`{"result": ...}`) unwrapped, else JSON."""
+    """The tool output: a lone wrapped value (``{"result": ...}``) unwrapped, else JSON."""
     response = function_response.get("response")
     if isinstance(response, dict) and len(response) == 1:
         (value,) = response.values()

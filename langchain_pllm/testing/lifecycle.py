@@ -1,9 +1,9 @@
 """A loopback aiohttp server in a background thread: start, stop, URL, nothing vendor-specific.
 
-`LoopbackServer` binds 127.0.0.1 on a free port and serves its routes from a thread with its
+``LoopbackServer`` binds 127.0.0.1 on a free port and serves its routes from a thread with its
 own event loop, so synchronous tests, asynchronous tests and the SDKs' own event loops can all
-talk to it. Subclasses give the routes (`_routes`); everything about requests and replies lives
-in `langchain_pllm.testing.server`.
+talk to it. Subclasses give the routes (``_routes``); everything about requests and replies lives
+in ``langchain_pllm.testing.server``.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ class LoopbackServer:
 
     @property
     def port(self) -> int:
-        """The TCP port bound (0 before `start`)."""
+        """The TCP port bound (0 before ``start``)."""
         return self._port
 
     def start(self: _Server) -> _Server:
@@ -144,7 +144,7 @@ def closed_port_url(path: str = "") -> str:
     could take it in between, which on a test machine is rare enough to ignore.
 
     Args:
-        path: Appended to ``http://127.0.0.1:PORT`` (e.g. ``"/v1"`` for the `openai` SDK).
+        path: Appended to ``http://127.0.0.1:PORT`` (e.g. ``"/v1"`` for the ``openai`` SDK).
     """
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind(("127.0.0.1", 0))

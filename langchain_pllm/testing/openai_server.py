@@ -1,13 +1,14 @@
 """A fake OpenAI-compatible server (OpenAI, SiliconFlow, DeepSeek) speaking the real wire format.
 
-Serves `POST /v1/chat/completions` (JSON and SSE streams, tool calls, `response_format`) and
-`POST /v1/embeddings` (float lists or base64 float32, as the `openai` SDK asks by default).
-Errors use OpenAI's `{"error": {"message", "type", "param", "code"}}` body and rate limits carry
-both `Retry-After` and `retry-after-ms`, so the `openai` SDK raises its real exception classes.
-A budget adds `x-ratelimit-{limit,remaining,reset}-{requests,tokens}` to every reply. The
-`flavor` picks what differs between the vendors behind this API: DeepSeek's `402` spent key and
-`prompt_cache_hit_tokens`, SiliconFlow's `{"code", "message", "data"}` error bodies and its
-`403` spent key. The chat-completion formatting is shared with the Zhipu server.
+Serves ``POST /v1/chat/completions`` (JSON and SSE streams, tool calls, ``response_format``) and
+``POST /v1/embeddings`` (float lists or base64 float32, as the ``openai`` SDK asks by default).
+Errors use OpenAI's ``{"error": {"message", "type", "param", "code"}}`` body and rate limits carry
+both ``Retry-After`` and ``retry-after-ms``, so the ``openai`` SDK raises its real exception
+classes.
+A budget adds ``x-ratelimit-{limit,remaining,reset}-{requests,tokens}`` to every reply. The
+``flavor`` picks what differs between the vendors behind this API: DeepSeek's ``402`` spent key and
+``prompt_cache_hit_tokens``, SiliconFlow's ``{"code", "message", "data"}`` error bodies and its
+``403`` spent key. The chat-completion formatting is shared with the Zhipu server.
 """
 
 from __future__ import annotations
@@ -230,19 +231,19 @@ class OpenAIChatFormat(FakeVendorServer):
 
 
 class FakeOpenAIServer(OpenAIChatFormat):
-    """Fake OpenAI API: point `OpenAI(base_url=srv.base_url, ...)` at it.
+    """Fake OpenAI API: point ``OpenAI(base_url=srv.base_url, ...)`` at it.
 
-    Paths: `POST /v1/chat/completions`, `POST /v1/embeddings`. The API key is read from
-    `Authorization: Bearer`. Error bodies follow OpenAI's shape; `Fault.code` becomes
-    `error.code` (e.g. ``"context_length_exceeded"``) and `Fault.error_type` `error.type`.
-    A request without `model`, with an empty `messages` array or an unknown role is refused
-    with 400, as the real API does. See `FakeVendorServer` for the other arguments.
+    Paths: ``POST /v1/chat/completions``, ``POST /v1/embeddings``. The API key is read from
+    ``Authorization: Bearer``. Error bodies follow OpenAI's shape; ``Fault.code`` becomes
+    ``error.code`` (e.g. ``"context_length_exceeded"``) and ``Fault.error_type`` ``error.type``.
+    A request without ``model``, with an empty ``messages`` array or an unknown role is refused
+    with 400, as the real API does. See ``FakeVendorServer`` for the other arguments.
 
     Args:
         flavor: ``"openai"`` (default), ``"deepseek"`` or ``"siliconflow"``: the vendor's
             error bodies, spent-key error, cached-token fields and rate-limit headers
-            (only OpenAI sends `x-ratelimit-*`; the others only answer 429).
-        **kwargs: As `FakeVendorServer`.
+            (only OpenAI sends ``x-ratelimit-*``; the others only answer 429).
+        **kwargs: As ``FakeVendorServer``.
     """
 
     vendor = "openai"
@@ -270,7 +271,7 @@ class FakeOpenAIServer(OpenAIChatFormat):
     def spent_fault(self) -> Fault:
         """The flavor's spent-key error.
 
-        OpenAI: 429 with `type` and `code` ``insufficient_quota`` and no `Retry-After`;
+        OpenAI: 429 with ``type`` and ``code`` ``insufficient_quota`` and no ``Retry-After``;
         DeepSeek: 402 "Insufficient Balance"; SiliconFlow: 403 with code 30001.
         """
         if self.flavor == "deepseek":
@@ -380,7 +381,7 @@ def _finish_choice(finish_reason: str) -> dict[str, Any]:
 
 
 def _content_text(content: Any) -> str:
-    """Text of an OpenAI message `content`: a string, or the text of its parts."""
+    """Text of an OpenAI message ``content``: a string, or the text of its parts."""
     if content is None:
         return ""
     if isinstance(content, str):

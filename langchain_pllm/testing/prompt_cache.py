@@ -6,7 +6,7 @@ came from the cache. This is a documented approximation of those caches, at the 
 messages: a prompt is a chain of segments (the model and the offered tools, then each message,
 the system prompt first), each with its token count; a request's cached tokens are the tokens
 of the longest chain of leading segments the same key sent before. Each key has its own cache
-(two keys never share one), bounded by an LRU, and only prefixes of at least `min_tokens`
+(two keys never share one), bounded by an LRU, and only prefixes of at least ``min_tokens``
 tokens are kept (real vendors start at about 1,024). Hashes are kept, never texts.
 """
 
@@ -39,7 +39,7 @@ NO_CACHE = CacheUse()
 def prompt_segments(
     root: object, message_texts: Sequence[str], message_tokens: Sequence[int]
 ) -> list[tuple[bytes, int]]:
-    """Chain the prompt into `(digest of the prefix so far, tokens so far)` per message.
+    """Chain the prompt into ``(digest of the prefix so far, tokens so far)`` per message.
 
     Args:
         root: What every cached prefix depends on besides the messages (model, tools),
@@ -76,13 +76,13 @@ class PromptCache:
     def use(
         self, key: str, chain: Sequence[tuple[bytes, int]], cacheable: int | None = None
     ) -> CacheUse:
-        """Look up the longest known prefix of `chain` for `key`, then store the chain.
+        """Look up the longest known prefix of ``chain`` for ``key``, then store the chain.
 
         Args:
             key: The API key (or its stable identity).
-            chain: From `prompt_segments`.
+            chain: From ``prompt_segments``.
             cacheable: How many leading segments may be read or stored (Anthropic's last
-                `cache_control` breakpoint); all when `None`.
+                ``cache_control`` breakpoint); all when ``None``.
         """
         usable = chain if cacheable is None else chain[:cacheable]
         if not usable:
@@ -105,7 +105,7 @@ class PromptCache:
         return CacheUse(read=read, written=max(0, stored - read))
 
     def clear(self, key: str | None = None) -> None:
-        """Forget `key`'s prefixes (every key's when `None`)."""
+        """Forget ``key``'s prefixes (every key's when ``None``)."""
         with self._lock:
             if key is None:
                 self._by_key.clear()

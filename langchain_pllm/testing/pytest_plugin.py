@@ -19,27 +19,27 @@ from langchain_pllm.testing.zhipu_server import FakeZhipuServer
 
 @pytest.fixture
 def fake_openai_server() -> Iterator[FakeOpenAIServer]:
-    """A running `FakeOpenAIServer`; give `.base_url` to the `openai` SDK."""
+    """A running ``FakeOpenAIServer``; give ``.base_url`` to the ``openai`` SDK."""
     with FakeOpenAIServer() as server:
         yield server
 
 
 @pytest.fixture
 def fake_anthropic_server() -> Iterator[FakeAnthropicServer]:
-    """A running `FakeAnthropicServer`; give `.base_url` to the `anthropic` SDK."""
+    """A running ``FakeAnthropicServer``; give ``.base_url`` to the ``anthropic`` SDK."""
     with FakeAnthropicServer() as server:
         yield server
 
 
 @pytest.fixture
 def fake_gemini_server() -> Iterator[FakeGeminiServer]:
-    """A running `FakeGeminiServer`; give `.base_url` to `google-genai` (api_version v1beta)."""
+    """A running ``FakeGeminiServer``; give ``.base_url`` to ``google-genai`` (v1beta)."""
     with FakeGeminiServer() as server:
         yield server
 
 
 @pytest.fixture
 def fake_zhipu_server() -> Iterator[FakeZhipuServer]:
-    """A running `FakeZhipuServer`; give `.base_url` to the `zhipuai` SDK."""
+    """A running ``FakeZhipuServer``; give ``.base_url`` to the ``zhipuai`` SDK."""
     with FakeZhipuServer() as server:
         yield server

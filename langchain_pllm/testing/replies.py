@@ -1,8 +1,8 @@
 """Vendor-neutral reply generation for the fake servers.
 
-Each vendor server turns its request body into a `Conversation` (texts of the messages, the
+Each vendor server turns its request body into a ``Conversation`` (texts of the messages, the
 offered tools, the structured-output schema), and this module decides the answer: a scripted
-`Reply`, or the deterministic default (echo the last user message, call a tool with arguments
+``Reply``, or the deterministic default (echo the last user message, call a tool with arguments
 synthesized from its JSON schema, or produce JSON matching a response schema). Token counts and
 embedding vectors are deterministic too, so tests can predict every number a server reports.
 """
@@ -31,11 +31,11 @@ class Reply:
     """A scripted answer.
 
     Attributes:
-        text: Assistant text, or `None` for none.
-        tool_calls: `(tool_name, arguments)` pairs the assistant calls.
-        finish_reason: Neutral `"stop"`, `"length"`, `"tool_calls"`, or a vendor's own value
-            (passed through). `None` picks `"tool_calls"` when there are tool calls, else
-            `"stop"`.
+        text: Assistant text, or ``None`` for none.
+        tool_calls: ``(tool_name, arguments)`` pairs the assistant calls.
+        finish_reason: Neutral ``"stop"``, ``"length"``, ``"tool_calls"``, or a vendor's own value
+            (passed through). ``None`` picks ``"tool_calls"`` when there are tool calls, else
+            ``"stop"``.
         call_ids: Ids for the tool calls, in order, for a test that must know them; by
             default each is derived from the reply's unique id.
     """
@@ -46,7 +46,7 @@ class Reply:
     call_ids: list[str] | None = None
 
     def call_id(self, index: int, default: str) -> str:
-        """The id of tool call `index`: the scripted one, else `default`."""
+        """The id of tool call ``index``: the scripted one, else ``default``."""
         if self.call_ids is not None and index < len(self.call_ids):
             return self.call_ids[index]
         return default
@@ -69,16 +69,16 @@ class Conversation:
     Attributes:
         message_texts: The text found in each message (system prompt included), in order.
         last_user_text: Text of the last user message.
-        tools: `(name, json_schema)` of each offered tool.
+        tools: ``(name, json_schema)`` of each offered tool.
         forced_tool: Name of the tool the request forces, if it forces one.
         tool_required: The request demands some tool call (e.g. OpenAI "required").
-        tool_result: Content of the last message when it is a tool result, else `None`.
+        tool_result: Content of the last message when it is a tool result, else ``None``.
         response_schema: JSON schema the reply text must satisfy, if any.
         json_mode: The reply text must be a JSON object; when a message carries a JSON
             schema (as clients without a schema mode send it), the object fits that schema.
         cache_breakpoint: How many leading messages (system prompt included) a prompt cache
             may hold, for vendors that cache only up to a marker (Anthropic's
-            `cache_control`); `None` when the vendor caches any prefix.
+            ``cache_control``); ``None`` when the vendor caches any prefix.
     """
 
     message_texts: list[str] = field(default_factory=list)
@@ -92,7 +92,7 @@ class Conversation:
     cache_breakpoint: int | None = None
 
     def message_tokens(self) -> list[int]:
-        """Token count of each message, as `prompt_tokens` adds them up."""
+        """Token count of each message, as ``prompt_tokens`` adds them up."""
         return [count_words(t) + TOKENS_PER_MESSAGE for t in self.message_texts]
 
 
@@ -156,7 +156,7 @@ def synthesize(schema: dict[str, Any], defs: dict[str, Any] | None = None, depth
 
     Args:
         schema: A JSON schema; Gemini's upper-case type names are accepted too.
-        defs: `$defs` of the root schema, for `$ref` resolution.
+        defs: ``$defs`` of the root schema, for ``$ref`` resolution.
         depth: Recursion depth, bounded so self-referencing schemas still terminate.
 
     Returns:
@@ -204,7 +204,7 @@ def synthesize(schema: dict[str, Any], defs: dict[str, Any] | None = None, depth
 
 
 def schema_in_texts(texts: list[str]) -> dict[str, Any] | None:
-    """The first JSON schema written inside any of `texts` (a JSON object with `properties`).
+    """The first JSON schema written inside any of ``texts`` (a JSON object with ``properties``).
 
     Clients of vendors without a schema mode (Zhipu) send JSON mode plus the schema in the
     prompt; the fake answers with an object that fits it, as the real model is asked to.
@@ -245,7 +245,7 @@ def _type_of(schema: dict[str, Any]) -> str:
 
 
 def text_pieces(text: str) -> list[str]:
-    """Split text into stream chunks, one per word, that join back to exactly `text`."""
+    """Split text into stream chunks, one per word, that join back to exactly ``text``."""
     pieces = _PIECE_RE.findall(text)
     return pieces if "".join(pieces) == text else [text]
 

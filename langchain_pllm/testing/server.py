@@ -1,12 +1,12 @@
 """The shared core of the fake vendor servers: the request log and the path of every request.
 
-`FakeVendorServer` reads each request, records it, and walks it through what a vendor's front
-door does, in order: the key's concurrency cap, any scheduled `Fault`, latency, the checks
+``FakeVendorServer`` reads each request, records it, and walks it through what a vendor's front
+door does, in order: the key's concurrency cap, any scheduled ``Fault``, latency, the checks
 the real API makes (a 400 in the vendor's format), the rate-limit budget (429 with
-`Retry-After`, or the reply's rate-limit headers), the prompt cache (cached input tokens in the
+``Retry-After``, or the reply's rate-limit headers), the prompt cache (cached input tokens in the
 usage), and finally the reply. Every byte of vendor formatting (paths, bodies, stream frames,
 error shapes, header names, where the API key travels) is left to the vendor subclasses;
-serving on loopback is `LoopbackServer`'s job.
+serving on loopback is ``LoopbackServer``'s job.
 """
 
 from __future__ import annotations
@@ -65,9 +65,9 @@ class RecordedRequest:
     """One request as the fake server saw it.
 
     Attributes:
-        time: `time.monotonic()` at arrival.
+        time: ``time.monotonic()`` at arrival.
         path: URL path.
-        body: Parsed JSON body (`{}` when absent or unparsable).
+        body: Parsed JSON body (``{}`` when absent or unparsable).
         headers: Request headers, names lower-cased.
         api_key: The key the request authenticated with (Zhipu JWTs: the key id).
         status: HTTP status answered; 0 while in flight or when the connection was dropped.
@@ -77,12 +77,12 @@ class RecordedRequest:
         completion_tokens: Output tokens reported (0 for errors and embeddings).
         fault: The fault applied to this request, if any.
         model: The model asked for (from the body, or the path for Gemini).
-        key_index: The order in which this server first saw the key (0, 1, ...), `None`
+        key_index: The order in which this server first saw the key (0, 1, ...), ``None``
             without a key: tells keys apart without printing them.
         in_flight: Requests of this key in flight at arrival, this one included.
         cached_tokens: Input tokens the prompt cache served (0 when the cache is off).
         response_headers: Headers the reply carried beyond the content type (rate-limit
-            headers, `Retry-After`), names lower-cased.
+            headers, ``Retry-After``), names lower-cased.
     """
 
     time: float
@@ -147,15 +147,15 @@ class FakeVendorServer(LoopbackServer):
     Args:
         dimensions: Length of embedding vectors when the request does not ask for one.
         max_batch: Most inputs one embeddings request may carry (beyond: a 400 error).
-            `None` takes the vendor's real limit.
+            ``None`` takes the vendor's real limit.
         reply_text: Fixed assistant text for every chat reply (overrides the default echo,
-            tool calls and structured output); `None` keeps the default.
+            tool calls and structured output); ``None`` keeps the default.
         latency: Seconds every request waits before its answer (faults add their own).
         require_api_key: Answer 401 when a request carries no API key.
         max_recorded: How many requests the log keeps (the oldest go first), so long
             benchmarks do not grow memory without bound.
         prompt_cache: Report cached input tokens, per key, for prompt prefixes the key sent
-            before (see `langchain_pllm.testing.prompt_cache`). Off by default so usage stays
+            before (see ``langchain_pllm.testing.prompt_cache``). Off by default so usage stays
             exactly predictable.
         cache_min_tokens: Shortest prefix (tokens) the prompt cache keeps.
     """
@@ -205,7 +205,7 @@ class FakeVendorServer(LoopbackServer):
             self._log.clear()
 
     def in_flight(self, api_key: str) -> int:
-        """Requests made with `api_key` that are being answered right now."""
+        """Requests made with ``api_key`` that are being answered right now."""
         return self._in_flight.get(self._key_identity(api_key), 0)
 
     # -- faults, budgets and replies ---------------------------------------------------------
@@ -215,15 +215,15 @@ class FakeVendorServer(LoopbackServer):
         self._faults.enqueue(*faults)
 
     def fault_for_key(self, api_key: str | None, fault: Fault, times: int | None = None) -> None:
-        """Give every request with `api_key` this fault, at most `times` times if set.
+        """Give every request with ``api_key`` this fault, at most ``times`` times if set.
 
-        `api_key=None` gives it to every key. A key-bound fault takes precedence over the
+        ``api_key=None`` gives it to every key. A key-bound fault takes precedence over the
         queue and the random rate.
         """
         self._faults.for_key(self._identity_or_all(api_key), fault, times)
 
     def set_fault_rate(self, rate: float, faults: list[Fault], seed: int = 0) -> None:
-        """Inject a random one of `faults` into a `rate` share of requests (seeded RNG)."""
+        """Inject a random one of ``faults`` into a ``rate`` share of requests (seeded RNG)."""
         self._faults.set_rate(rate, faults, seed)
 
     def clear_faults(self) -> None:
@@ -240,26 +240,26 @@ class FakeVendorServer(LoopbackServer):
         raise NotImplementedError
 
     def spend_key(self, api_key: str | None = None, fault: Fault | None = None) -> None:
-        """Make `api_key` (every key when `None`) answer the vendor's spent-key error.
+        """Make ``api_key`` (every key when ``None``) answer the vendor's spent-key error.
 
         Args:
-            api_key: The key whose money ran out; `None` for the whole account.
+            api_key: The key whose money ran out; ``None`` for the whole account.
             fault: A variant of the error (e.g. ``srv.spent_fault(code="1304")`` on Zhipu);
-                `spent_fault()` by default.
+                ``spent_fault()`` by default.
         """
         self.fault_for_key(api_key, fault or self.spent_fault())
 
     def refill_key(self, api_key: str | None = None) -> None:
-        """Undo `spend_key` (and any other fault bound to that key)."""
+        """Undo ``spend_key`` (and any other fault bound to that key)."""
         self._faults.for_key(self._identity_or_all(api_key), None)
 
     def set_budget(self, budget: RateBudget | None, api_key: str | None = None) -> None:
-        """Count requests and tokens against `budget` (each key its own counters).
+        """Count requests and tokens against ``budget`` (each key its own counters).
 
-        With `api_key`, only that key uses this budget; without, every key without a budget
-        of its own does. `None` removes the budget. Replies then carry the vendor's
+        With ``api_key``, only that key uses this budget; without, every key without a budget
+        of its own does. ``None`` removes the budget. Replies then carry the vendor's
         rate-limit headers, and a request that does not fit is answered 429 with
-        `Retry-After` in the vendor's format.
+        ``Retry-After`` in the vendor's format.
         """
         key = self._identity_or_all(api_key)
         if budget is None:
@@ -268,10 +268,10 @@ class FakeVendorServer(LoopbackServer):
             self._budgets[key] = budget
 
     def set_concurrency_limit(self, limit: int | None, api_key: str | None = None) -> None:
-        """Answer the vendor's concurrency error to a key's request beyond `limit` in flight.
+        """Answer the vendor's concurrency error to a key's request beyond ``limit`` in flight.
 
-        With `api_key`, for that key; without, for every key without a limit of its own.
-        `None` removes the limit.
+        With ``api_key``, for that key; without, for every key without a limit of its own.
+        ``None`` removes the limit.
         """
         key = self._identity_or_all(api_key)
         if limit is None:
@@ -280,11 +280,11 @@ class FakeVendorServer(LoopbackServer):
             self._concurrency[key] = limit
 
     def clear_prompt_cache(self, api_key: str | None = None) -> None:
-        """Forget the cached prompt prefixes of `api_key` (of every key when `None`)."""
+        """Forget the cached prompt prefixes of ``api_key`` (of every key when ``None``)."""
         self.prompt_cache.clear(self._identity_or_all(api_key))
 
     def set_responder(self, responder: Responder | None) -> None:
-        """Script chat replies: `responder(body)` returns a `Reply`, text, or `None` (default)."""
+        """Script replies: ``responder(body)`` returns a ``Reply``, text, or ``None`` (default)."""
         self._responder = responder
 
     def _identity_or_all(self, api_key: str | None) -> str | None:
@@ -303,7 +303,7 @@ class FakeVendorServer(LoopbackServer):
         return api_key
 
     def _check_request(self, request: web.Request, body: dict[str, Any]) -> None:
-        """Raise `RequestRejected` for requests the real vendor would refuse."""
+        """Raise ``RequestRejected`` for requests the real vendor would refuse."""
 
     def _error_body(self, fault: Fault) -> dict[str, Any]:
         raise NotImplementedError

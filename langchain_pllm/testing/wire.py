@@ -1,8 +1,8 @@
 """How a fake server's bytes leave: SSE frames, and replies cut short on purpose.
 
-A stream is a list of `Frame`s written in one go, or one by one when a `Fault` slows it
-(`chunk_delay`) or resets it after some content frames (`cut_after`). A non-streamed reply can
-be reset after its headers and half its body (`cut_body`), or dropped before any byte.
+A stream is a list of ``Frame``s written in one go, or one by one when a ``Fault`` slows it
+(``chunk_delay``) or resets it after some content frames (``cut_after``). A non-streamed reply can
+be reset after its headers and half its body (``cut_body``), or dropped before any byte.
 """
 
 from __future__ import annotations

@@ -1,12 +1,12 @@
 """A fake Zhipu (BigModel open platform) API speaking the real wire format.
 
-Zhipu's `/api/paas/v4` API is OpenAI-shaped, so chat formatting comes from the OpenAI fake;
-what differs is here: the paths, a `request_id` in replies, usage on the final stream chunk,
+Zhipu's ``/api/paas/v4`` API is OpenAI-shaped, so chat formatting comes from the OpenAI fake;
+what differs is here: the paths, a ``request_id`` in replies, usage on the final stream chunk,
 float-list embeddings capped at 64 texts, the error body `{"error": {"code": "1261",
-"message"}}` with Zhipu's numeric business codes (all quota errors are HTTP 429: `1113` the
-account is in arrears, `1302` too many concurrent requests, `1303` too frequent, `1304` the
-day's calls used up), and authentication by either the raw `id.secret` key or the HS256 JWT
-the `zhipuai` SDK signs from it (faults, budgets and caches then follow the key id).
+"message"}}`` with Zhipu's numeric business codes (all quota errors are HTTP 429: ``1113` the
+account is in arrears, ``1302`` too many concurrent requests, ``1303`` too frequent, ``1304`` the
+day's calls used up), and authentication by either the raw ``id.secret`` key or the HS256 JWT
+the ``zhipuai`` SDK signs from it (faults, budgets and caches then follow the key id).
 """
 
 from __future__ import annotations
@@ -46,13 +46,13 @@ _QUOTA_MESSAGES = {
 
 
 class FakeZhipuServer(OpenAIChatFormat):
-    """Fake Zhipu API: point `ZhipuAI(api_key=..., base_url=srv.base_url)` at it.
+    """Fake Zhipu API: point ``ZhipuAI(api_key=..., base_url=srv.base_url)`` at it.
 
-    Paths: `/api/paas/v4/chat/completions`, `/api/paas/v4/embeddings`. `Fault.code` becomes
-    `error.code` (e.g. ``"1261"`` for a too-long prompt). Faults, budgets and concurrency caps
+    Paths: ``/api/paas/v4/chat/completions``, ``/api/paas/v4/embeddings``. ``Fault.code`` becomes
+    ``error.code`` (e.g. ``"1261"`` for a too-long prompt). Faults, budgets and concurrency caps
     bound to an ``id.secret`` key also hit requests signed as a JWT from it. A concurrency cap
-    (`set_concurrency_limit`) answers `1302`; an exceeded budget `1303` (`1304` for a window of
-    a day or more). See `FakeVendorServer` for arguments.
+    (``set_concurrency_limit``) answers ``1302``; an exceeded budget ``1303`` (``1304`` for a
+    window of a day or more). See ``FakeVendorServer`` for arguments.
     """
 
     vendor = "zhipu"
@@ -137,7 +137,7 @@ def _key_id(api_key: str) -> str:
 
 
 def _jwt_key_id(token: str) -> str | None:
-    """The `api_key` claim of a Zhipu JWT; the signature is not checked (no secret here)."""
+    """The ``api_key`` claim of a Zhipu JWT; the signature is not checked (no secret here)."""
     try:
         header_part, payload_part, _ = token.split(".")
         header = json.loads(_b64url(header_part))
