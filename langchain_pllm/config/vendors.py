@@ -123,7 +123,7 @@ def default_api_base(vendor: str) -> str:
 
 
 def add_vendor(
-    name: str, provider: str | type, *, api_base: str = "", replace: bool = False
+    name: str, provider: str | type, *, api_base: str | None = None, replace: bool = False
 ) -> VendorSpec:
     """Add a vendor to the registry (``langchain_pllm.register_vendor`` is the public door).
 
@@ -133,7 +133,8 @@ def add_vendor(
     Args:
         name: Lowercase letters, digits, ``_`` or ``-``, starting with a letter.
         provider: The provider class, or ``"module:Class"`` text naming it.
-        api_base: Default endpoint for providers that give none; ``""`` for none.
+        api_base: Default endpoint for providers that give none; ``""`` for none; ``None``
+            keeps the endpoint of the vendor replaced (a built-in one's own), else none.
         replace: Allow replacing a vendor already known, built-in ones included.
 
     Returns:
@@ -154,9 +155,12 @@ def add_vendor(
             f"cannot register vendor {name!r}: api_base must start with http:// or https://",
             field="api_base",
         )
-    spec = VendorSpec(name, api_base.rstrip("/"), provider)
     with _lock:
         known = _registry.get(name)
+        if api_base is None:
+            # Replacing openai's class must not leave its providers with no endpoint at all.
+            api_base = known.default_api_base if known is not None and replace else ""
+        spec = VendorSpec(name, api_base.rstrip("/"), provider)
         if known is not None and not replace:
             if known == spec:
                 return known

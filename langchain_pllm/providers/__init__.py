@@ -36,7 +36,11 @@ __all__ = [
 
 
 def register_vendor(
-    name: str, provider: type[Provider], *, api_base: str = "", replace: bool = False
+    name: str,
+    provider: type[Provider],
+    *,
+    api_base: str | None = None,
+    replace: bool = False,
 ) -> None:
     """Add a vendor of your own: configs may then name it like a built-in vendor.
 
@@ -52,7 +56,8 @@ def register_vendor(
             with a letter.
         provider: A subclass of ``Provider`` that sets ``model_provider``.
         api_base: The endpoint its providers get when their config gives none; ``""`` leaves
-            ``api_base`` empty for a provider that needs no URL.
+            ``api_base`` empty for a provider that needs no URL. Left out, a replaced vendor
+            keeps its endpoint (``openai`` stays ``https://api.openai.com/v1``).
         replace: Allow replacing a vendor already registered or built in.
 
     Raises:

@@ -257,6 +257,24 @@ def test_a_builtin_name_is_refused_unless_replace_is_given() -> None:
     )
 
 
+def test_a_replaced_builtin_keeps_its_endpoint_unless_one_is_given() -> None:
+    # Left out, api_base must not become "": an OpenAI-SDK provider would then get an empty
+    # base URL and every request of the pool would fail.
+    try:
+        register_vendor("siliconflow", ParrotProvider, replace=True)
+        entry = ProviderConfig(vendor="siliconflow", api_key="k", model="m")
+        assert entry.api_base == "https://api.siliconflow.cn/v1"
+        register_vendor(
+            "siliconflow", ParrotProvider, api_base="https://proxy.invalid/v1/", replace=True
+        )
+        entry = ProviderConfig(vendor="siliconflow", api_key="k", model="m")
+        assert entry.api_base == "https://proxy.invalid/v1"
+    finally:
+        remove_vendor("siliconflow")
+    register_vendor("parrot", ParrotProvider)  # a new name still gets no endpoint by default
+    assert ProviderConfig(vendor="parrot", api_key="k", model="m").api_base == ""
+
+
 def test_registering_again_is_harmless_but_taking_a_name_needs_replace() -> None:
     register_vendor("parrot", ParrotProvider)
     register_vendor("parrot", ParrotProvider)  # a re-run notebook cell
