@@ -356,3 +356,15 @@ def test_every_road_into_a_pool_numbers_providers_alike() -> None:
     loaded = load_config(sections).llm
     assert loaded is not None
     assert sorted(p.id for p in loaded.providers) == sorted(expected)
+
+
+def test_every_builtin_row_names_a_provider_class_in_the_providers_package() -> None:
+    # The rows name their class as text, imported by importlib: the layer test cannot see these
+    # imports, so a row pointing above the providers (a face, the balancer) is caught here.
+    for name in VENDORS:
+        spec = vendor_spec(name)
+        assert spec is not None
+        assert isinstance(spec.provider, str)
+        module, _, _ = spec.provider.partition(":")
+        assert module.startswith("langchain_pllm.providers."), spec
+        assert issubclass(provider_class(name), Provider)
