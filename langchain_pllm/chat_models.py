@@ -31,6 +31,7 @@ from langchain_pllm.balancer import Balancer
 from langchain_pllm.balancer.picker import Member
 from langchain_pllm.config import PoolConfig
 from langchain_pllm.pool_face import AVOID_KWARG, Capability, PoolFace
+from langchain_pllm.preflight import check_conversation
 from langchain_pllm.providers.base import ChatRequest, estimate_tokens
 from langchain_pllm.validation import ValidatingRunnable
 
@@ -237,7 +238,13 @@ class BalancedChatModel(PoolFace, BaseChatModel):
 
     def _request(
         self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]
-    ) -> tuple[ChatRequest, int, set[int] | None, Balancer]:
+    ) -> tuple[ChatRequest, int, dict[str, Any], Balancer]:
+        """The request, its token reservation, the balancer's routing keywords, the balancer.
+
+        Everything decided before a byte is sent is checked here (``preflight``): a wrong call
+        raises ``InvalidCallError`` before any key is picked.
+        """
+        check_conversation(messages)
         params: dict[str, Any] = {}
         if self.temperature is not None:
             params["temperature"] = self.temperature
@@ -250,17 +257,26 @@ class BalancedChatModel(PoolFace, BaseChatModel):
         if self.model_kwargs:
             params.update(self.model_kwargs)
         avoid_ids = kwargs.pop(AVOID_KWARG, None)
+        # model= picks keys (each sends its own model name); timeout= bounds the attempt: both
+        # are ours to apply, never body fields for the vendor.
+        model = kwargs.pop("model", None)
+        timeout = kwargs.pop("timeout", None)
+        if timeout is None:
+            timeout = params.pop("timeout", None)
+        else:
+            params.pop("timeout", None)
+        params.pop("model", None)
         if kwargs:
             params.update(kwargs)
         if stop:
             params["stop"] = stop
         balancer = self.balancer_instance
-        avoid = None
+        route: dict[str, Any] = {"only": balancer.routes.members_for(model)}
         if avoid_ids:
-            avoid = {balancer.by_id[i].index for i in avoid_ids if i in balancer.by_id}
-        request = ChatRequest(messages, params, self.timeout)
+            route["avoid"] = {balancer.by_id[i].index for i in avoid_ids if i in balancer.by_id}
+        request = ChatRequest(messages, params, self.timeout if timeout is None else timeout)
         tokens = estimate_tokens(messages, params.get("max_tokens")) if self._has_tpm else 0
-        return request, tokens, avoid, balancer
+        return request, tokens, route, balancer
 
     def _generate(
         self,
@@ -271,9 +287,9 @@ class BalancedChatModel(PoolFace, BaseChatModel):
     ) -> ChatResult:
         if self.streaming:
             return generate_from_stream(self._stream(messages, stop, run_manager, **kwargs))
-        request, tokens, avoid, balancer = self._request(messages, stop, kwargs)
+        request, tokens, route, balancer = self._request(messages, stop, kwargs)
         message, member, attempts = balancer.call(
-            lambda p: p.chat(request), tokens=tokens, tokens_of=_total_tokens, avoid=avoid
+            lambda p: p.chat(request), tokens=tokens, tokens_of=_total_tokens, **route
         )
         return _result(message, member, attempts)
 
@@ -286,9 +302,9 @@ class BalancedChatModel(PoolFace, BaseChatModel):
     ) -> ChatResult:
         if self.streaming:
             return await agenerate_from_stream(self._astream(messages, stop, run_manager, **kwargs))
-        request, tokens, avoid, balancer = self._request(messages, stop, kwargs)
+        request, tokens, route, balancer = self._request(messages, stop, kwargs)
         message, member, attempts = await balancer.acall(
-            lambda p: p.achat(request), tokens=tokens, tokens_of=_total_tokens, avoid=avoid
+            lambda p: p.achat(request), tokens=tokens, tokens_of=_total_tokens, **route
         )
         return _result(message, member, attempts)
 
@@ -299,21 +315,21 @@ class BalancedChatModel(PoolFace, BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
-        request, tokens, avoid, balancer = self._request(messages, stop, kwargs)
+        request, tokens, route, balancer = self._request(messages, stop, kwargs)
         served: tuple[Member, int] | None = None
         blocks = False
-        model = request.params.get("model")
+        ids = _StreamId()
         for chunk, member, attempts in balancer.stream(
-            lambda p: p.stream(request), tokens=tokens, tokens_of=_total_tokens, avoid=avoid
+            lambda p: p.stream(request), tokens=tokens, tokens_of=_total_tokens, **route
         ):
             served = (member, attempts)
             blocks = isinstance(chunk.content, list)
-            gen = ChatGenerationChunk(message=chunk)
+            gen = ChatGenerationChunk(message=ids.stamp(chunk))
             if run_manager is not None:
                 run_manager.on_llm_new_token(gen.text, chunk=gen)
             yield gen
         if served is not None:
-            yield ChatGenerationChunk(message=_last_chunk(*served, model, blocks))
+            yield ChatGenerationChunk(message=ids.stamp(_last_chunk(*served, blocks)))
 
     async def _astream(
         self,
@@ -322,21 +338,21 @@ class BalancedChatModel(PoolFace, BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
-        request, tokens, avoid, balancer = self._request(messages, stop, kwargs)
+        request, tokens, route, balancer = self._request(messages, stop, kwargs)
         served: tuple[Member, int] | None = None
         blocks = False
-        model = request.params.get("model")
+        ids = _StreamId()
         async for chunk, member, attempts in balancer.astream(
-            lambda p: p.astream(request), tokens=tokens, tokens_of=_total_tokens, avoid=avoid
+            lambda p: p.astream(request), tokens=tokens, tokens_of=_total_tokens, **route
         ):
             served = (member, attempts)
             blocks = isinstance(chunk.content, list)
-            gen = ChatGenerationChunk(message=chunk)
+            gen = ChatGenerationChunk(message=ids.stamp(chunk))
             if run_manager is not None:
                 await run_manager.on_llm_new_token(gen.text, chunk=gen)
             yield gen
         if served is not None:
-            yield ChatGenerationChunk(message=_last_chunk(*served, model, blocks))
+            yield ChatGenerationChunk(message=ids.stamp(_last_chunk(*served, blocks)))
 
     # Tools and structured output ---------------------------------------------------------------
 
@@ -491,7 +507,28 @@ def _result(message: AIMessage, member: Member, attempts: int) -> ChatResult:
     return ChatResult(generations=[ChatGeneration(message=message)])
 
 
-def _last_chunk(member: Member, attempts: int, model: str | None, blocks: bool) -> AIMessageChunk:
+class _StreamId:
+    """One id for every chunk of a stream: the first the vendor gave, on every later chunk.
+
+    Vendors put their message id on some chunks only (OpenAI's usage chunk has none, our
+    closing chunk neither), and LangChain gives an id-less chunk the run's id: a consumer
+    that groups chunks by id (LangGraph's ``add_messages``) would see two messages.
+    """
+
+    __slots__ = ("id",)
+
+    def __init__(self) -> None:
+        self.id: str | None = None
+
+    def stamp(self, chunk: AIMessageChunk) -> AIMessageChunk:
+        if self.id is None:
+            self.id = chunk.id
+        elif chunk.id != self.id:
+            chunk.id = self.id
+        return chunk
+
+
+def _last_chunk(member: Member, attempts: int, blocks: bool) -> AIMessageChunk:
     # Empty content of the stream's own kind: "" after a list of blocks would become a stray
     # empty text block under output_version="v1" (langchain_core's own rule in stream()).
     return AIMessageChunk(
@@ -500,7 +537,7 @@ def _last_chunk(member: Member, attempts: int, model: str | None, blocks: bool) 
             "model_provider": member.provider.model_provider,
             "provider": member.config.id,
             "vendor": member.config.vendor,
-            "model_name": model or member.config.model,  # a call's model= override is served
+            "model_name": member.config.model,  # a call's model= picks keys, each sends its own
             "attempts": attempts,
         },
         chunk_position="last",

@@ -18,6 +18,7 @@ The tree::
     │   ├── ModelPermissionDeniedError                403: opens the breaker at once
     │   ├── ModelNotFoundError                        404: opens the breaker at once
     │   ├── ModelInvalidRequestError                  400: raised at once, no breaker count
+    │   │   └── InvalidCallError (also ValueError)   the caller's fault, found before sending
     │   ├── ContextOverflowError                      raised at once, no breaker count
     │   └── ModelRefusalError                         raised at once, no breaker count
     └── PllmError                                     (ours)
@@ -31,9 +32,10 @@ from __future__ import annotations
 
 from typing import Any, TypeVar
 
-from langchain_core.exceptions import ModelError, OutputParserException
+from langchain_core.exceptions import ModelError, ModelInvalidRequestError, OutputParserException
 
 __all__ = [
+    "InvalidCallError",
     "NoProviderAvailableError",
     "PllmConfigError",
     "PllmError",
@@ -74,6 +76,20 @@ class NoProviderAvailableError(PllmError):
         self.waited = waited
         self.states = dict(states or {})
         super().__init__(message)
+
+
+class InvalidCallError(ModelInvalidRequestError, ValueError):
+    """The call itself is wrong, found before a byte was sent: the caller's fault, not a key's.
+
+    An empty conversation, text that cannot be encoded (a lone surrogate), a ``model=`` no key
+    serves, media no vendor of the pool takes. It is raised at once: never retried, never
+    counted toward a breaker or in a key's ``error_count``. Catch it as ``ValueError`` or as
+    LangChain's ``ModelInvalidRequestError``.
+    """
+
+    retry_after: float | None = None
+    status_code: int | None = None
+    provider: str | None = None
 
 
 class ValidationFailedError(PllmError, OutputParserException):

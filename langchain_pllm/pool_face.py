@@ -11,6 +11,7 @@ objects before the LangChain base validates the fields. Face-specific state stay
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from typing import Any, ClassVar, Literal, TypeVar
 
@@ -25,6 +26,7 @@ from langchain_pllm.config import (
     load_config,
     pool_from_providers,
 )
+from langchain_pllm.config.checks import suggest
 from langchain_pllm.exceptions import PllmConfigError
 from langchain_pllm.providers import provider_class
 from langchain_pllm.stats_view import StatsTable
@@ -71,6 +73,7 @@ class PoolFace(BaseModel):
     def __init__(self, **data: Any) -> None:
         """Validate the pool and the balancer settings; raise ``PllmConfigError`` if wrong."""
         pool, balancer = _pool_and_balancer(data, self.capability)
+        _place_unknown(type(self), data)
         data["providers"] = list(pool.providers)
         data["balancer"] = balancer
         super().__init__(**data)
@@ -117,6 +120,42 @@ class PoolFace(BaseModel):
         return StatsTable(self.get_stats())
 
 
+def _known_names(cls: type[BaseModel]) -> set[str]:
+    names = set(cls.model_fields)
+    names.update(f.alias for f in cls.model_fields.values() if f.alias)
+    return names
+
+
+def _place_unknown(cls: type[BaseModel], data: dict[str, Any]) -> None:
+    """Never drop a constructor keyword silently.
+
+    A face with ``model_kwargs`` (the chat model) moves an unknown keyword there with a warning,
+    as ``ChatOpenAI`` does, so ``seed=7`` reaches the vendor; a face without (embeddings)
+    refuses it. Either way a near miss (``temprature``) is named.
+    """
+    known = _known_names(cls)
+    unknown = [k for k in data if k not in known]
+    if not unknown:
+        return
+    if "model_kwargs" not in cls.model_fields:
+        name = unknown[0]
+        hint = suggest(name, sorted(known)).strip()
+        raise PllmConfigError(
+            f"{cls.__name__} has no argument {name!r}{'; ' + hint if hint else ''}",
+            field=name,
+        )
+    extra = dict(data.get("model_kwargs") or {})
+    for name in unknown:
+        hint = suggest(name, sorted(known)).strip()
+        warnings.warn(
+            f"{name} is not a parameter of {cls.__name__}: it was moved to model_kwargs and "
+            f"is sent to the vendor as is{'; ' + hint if hint else ''}",
+            stacklevel=4,
+        )
+        extra[name] = data.pop(name)
+    data["model_kwargs"] = extra
+
+
 def _pool_and_balancer(data: dict[str, Any], capability: str) -> tuple[PoolConfig, BalancerConfig]:
     """Validate a face's pool and balancer keyword arguments into config objects.
 
@@ -140,11 +179,13 @@ def _pool_and_balancer(data: dict[str, Any], capability: str) -> tuple[PoolConfi
         raise PllmConfigError(
             f"must be a mapping of balancer settings, got {type(raw).__name__}", field="balancer"
         )
-    for shortcut in ("retry_policy", "max_retries"):
-        if data.get(shortcut) is not None:
-            settings[shortcut] = data.pop(shortcut)
+    # Every balancer setting is also a keyword of the face (max_wait=, request_timeout=...),
+    # overriding the same setting of ``balancer``.
+    for name in BalancerConfig.model_fields:
+        if data.get(name) is not None:
+            settings[name] = data.pop(name)
         else:
-            data.pop(shortcut, None)
+            data.pop(name, None)
     balancer = balancer_from_mapping(settings)
     for i, p in enumerate(pool.providers):
         cls = provider_class(p.vendor)

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Collection
-from urllib.parse import parse_qsl, unquote, urlencode
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
-__all__ = ["redact_url", "take_query_options"]
+__all__ = ["redact_url", "take_query_options", "url_problem"]
 
 _HIDDEN = "***"
 # redis-py reads a password from the query too (the documented form for unix:// sockets), and
@@ -105,3 +105,23 @@ def take_query_options(url: str, names: Collection[str]) -> tuple[str, dict[str,
             theirs.append((name, value))
     kept = f"?{urlencode(theirs)}" if theirs else ""
     return f"{base}{kept}{hash_mark}{fragment}", ours
+
+
+def url_problem(url: str) -> str | None:
+    """What makes an http(s) URL unusable (a space, no host, a port out of range), or ``None``.
+
+    Checked when a config is read, so ``pllm check`` and the constructor say it, not the first
+    request's connection error.
+    """
+    if any(c.isspace() for c in url):
+        return "it contains a space"
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # raises on a port that is not a number in 0..65535
+    except ValueError as e:
+        return str(e)
+    if not parts.hostname:
+        return "it has no host"
+    if port == 0:
+        return "port 0 is not a port"
+    return None

@@ -33,8 +33,9 @@ from langchain_core.exceptions import (
 )
 
 from langchain_pllm.balancer.picker import Member, Picker
+from langchain_pllm.balancer.routes import ModelRoutes
 from langchain_pllm.clock import Clock
-from langchain_pllm.exceptions import NoProviderAvailableError
+from langchain_pllm.exceptions import NoProviderAvailableError, model_error
 from langchain_pllm.providers import build_provider
 from langchain_pllm.providers.base import ATTEMPT_BUDGET, Provider
 from langchain_pllm.state.base import BreakerPolicy, Lease, Outcome, StateBackend
@@ -86,14 +87,18 @@ class _Attempts:
         "deadline",
         "last_error",
         "limit",
+        "only",
         "retry",
         "tried",
         "wait_start",
         "wait_until",
     )
 
-    def __init__(self, balancer: Balancer, avoid: set[int] | None) -> None:
+    def __init__(
+        self, balancer: Balancer, avoid: set[int] | None, only: frozenset[int] | None = None
+    ) -> None:
         self.clock = balancer.clock
+        self.only = only  # the members serving the call's model=; None: all
         timeout = balancer.config.request_timeout
         self.deadline = self.clock.now() + timeout if timeout else math.inf
         self.limit = balancer.max_attempts
@@ -109,6 +114,40 @@ class _Attempts:
         if self.deadline == math.inf:
             return None
         return ATTEMPT_BUDGET.set(self.deadline - self.clock.now())
+
+    def deadline_error(self, m: Member) -> ModelTimeoutError:
+        """The error of an attempt still running when the request's deadline passed."""
+        return model_error(
+            ModelTimeoutError,
+            f"{m.config.id}: request_timeout passed while the stream was in flight",
+            provider=m.config.id,
+        )
+
+    def check_deadline(self, m: Member) -> None:
+        """Between two chunks of a sync stream: stop once the request's deadline has passed.
+
+        The sync path cannot interrupt a blocked read; the SDK's read timeout (the budget
+        left when the stream opened) bounds a stall, and this check ends a stream that keeps
+        trickling.
+        """
+        if self.clock.now() >= self.deadline:
+            raise self.deadline_error(m)
+
+    async def next_chunk(self, it: AsyncIterator[C], m: Member) -> C:
+        """The next chunk of an async stream, within the request's deadline.
+
+        On the deadline the pending read is cancelled, which closes the vendor's stream inside
+        the provider (its ``async with``), and a timeout error is raised.
+        """
+        if self.deadline == math.inf:
+            return await anext(it)
+        left = self.deadline - self.clock.now()
+        if left <= 0:
+            raise self.deadline_error(m)
+        try:
+            return await asyncio.wait_for(anext(it), left)
+        except asyncio.TimeoutError:
+            raise self.deadline_error(m) from None
 
     def failed(self, m: Member, exc: BaseException, started: bool = False) -> Outcome:
         """The failure rule of every call path, written once: classify a failed attempt on ``m``.
@@ -155,6 +194,7 @@ class Balancer:
         self.members = [Member(i, prov, prov.config, config.window) for i, prov in enumerate(built)]
         self.by_id = {m.config.id: m for m in self.members}
         self.picker = Picker(self.members)
+        self.routes = ModelRoutes(self.members)
         self.breaker = BreakerPolicy(config.breaker_threshold, config.health_check_interval)
         policy = config.retry_policy
         self.max_attempts = (
@@ -222,7 +262,7 @@ class Balancer:
         while True:
             now = clock.now()
             with self._lock:
-                c = self.picker.candidate(req.tried or (), now)
+                c = self.picker.candidate(req.tried or (), now, req.only)
                 if not isinstance(c, Member):
                     event = threading.Event()
                     self._waiters.append(event.set)
@@ -245,7 +285,7 @@ class Balancer:
         while True:
             now = clock.now()
             with self._lock:
-                c = self.picker.candidate(req.tried or (), now)
+                c = self.picker.candidate(req.tried or (), now, req.only)
                 if not isinstance(c, Member):
                     event = asyncio.Event()
                     self._waiters.append(_async_setter(event))
@@ -339,6 +379,7 @@ class Balancer:
         tokens: int = 0,
         tokens_of: Callable[[T], int | None] | None = None,
         avoid: set[int] | None = None,
+        only: frozenset[int] | None = None,
     ) -> tuple[T, Member, int]:
         """Run ``fn`` on a chosen provider, retrying elsewhere as the policy allows.
 
@@ -347,11 +388,12 @@ class Balancer:
             tokens: Tokens to reserve on the chosen key (estimate; settled after).
             tokens_of: Reads the real token usage off the result.
             avoid: Member indexes to avoid if any other can serve.
+            only: Member indexes that may serve at all (``routes.members_for(model)``).
 
         Returns:
             The result, the member that served it and the number of attempts made.
         """
-        req = _Attempts(self, avoid)
+        req = _Attempts(self, avoid, only)
         while True:
             m, lease = self._acquire(req, tokens)
             req.count += 1
@@ -377,9 +419,10 @@ class Balancer:
         tokens: int = 0,
         tokens_of: Callable[[T], int | None] | None = None,
         avoid: set[int] | None = None,
+        only: frozenset[int] | None = None,
     ) -> tuple[T, Member, int]:
         """Async twin of ``call``."""
-        req = _Attempts(self, avoid)
+        req = _Attempts(self, avoid, only)
         while True:
             m, lease = await self._aacquire(req, tokens)
             req.count += 1
@@ -405,9 +448,10 @@ class Balancer:
         tokens: int = 0,
         tokens_of: Callable[[C], int | None] | None = None,
         avoid: set[int] | None = None,
+        only: frozenset[int] | None = None,
     ) -> Iterator[tuple[C, Member, int]]:
         """Stream from a chosen provider; fail over only while nothing has been yielded."""
-        req = _Attempts(self, avoid)
+        req = _Attempts(self, avoid, only)
         while True:
             m, lease = self._acquire(req, tokens)
             req.count += 1
@@ -415,7 +459,18 @@ class Balancer:
             started = False
             it = open_stream(m.provider)
             try:
-                for chunk in it:
+                while True:
+                    # The budget is read by the provider when the stream opens (first next);
+                    # it must not leak into the caller's code between chunks.
+                    budget = req.set_budget()
+                    try:
+                        chunk = next(it)
+                    except StopIteration:
+                        break
+                    finally:
+                        if budget is not None:
+                            ATTEMPT_BUDGET.reset(budget)
+                    req.check_deadline(m)
                     if tokens_of is not None:
                         used += tokens_of(chunk) or 0
                     started = True
@@ -439,9 +494,10 @@ class Balancer:
         tokens: int = 0,
         tokens_of: Callable[[C], int | None] | None = None,
         avoid: set[int] | None = None,
+        only: frozenset[int] | None = None,
     ) -> AsyncIterator[tuple[C, Member, int]]:
         """Async twin of ``stream``."""
-        req = _Attempts(self, avoid)
+        req = _Attempts(self, avoid, only)
         while True:
             m, lease = await self._aacquire(req, tokens)
             req.count += 1
@@ -449,7 +505,15 @@ class Balancer:
             started = False
             it = open_stream(m.provider)
             try:
-                async for chunk in it:
+                while True:
+                    budget = req.set_budget()
+                    try:
+                        chunk = await req.next_chunk(it, m)
+                    except StopAsyncIteration:
+                        break
+                    finally:
+                        if budget is not None:
+                            ATTEMPT_BUDGET.reset(budget)
                     if tokens_of is not None:
                         used += tokens_of(chunk) or 0
                     started = True

@@ -109,8 +109,14 @@ class Picker:
                 m.parked = False
                 self._push(m)
 
-    def candidate(self, tried: Collection[int], now: float) -> Member | float:
+    def candidate(
+        self, tried: Collection[int], now: float, only: Collection[int] | None = None
+    ) -> Member | float:
         """Take the best member not parked, preferring those not in ``tried``.
+
+        ``only``: the members a call may use at all (those serving its ``model=``); ``None``
+        for every member. The others are stepped over and put back, so a small group in a
+        large pool costs a scan of the heap: groups are for a few models, not for routing.
 
         The member's local ``active`` count is raised at once (so concurrent picks spread);
         the caller must follow with ``reject`` or ``done``.
@@ -123,11 +129,15 @@ class Picker:
         ready = self._ready
         members = self.members
         skipped: list[tuple[float, float, int, int, int]] = []
+        outside: list[tuple[float, float, int, int, int]] = []
         chosen: Member | None = None
         while ready:
             entry = heapq.heappop(ready)
             m = members[entry[3]]
             if entry[4] != m.version or m.parked:
+                continue
+            if only is not None and m.index not in only:
+                outside.append(entry)
                 continue
             if tried and m.index in tried:
                 skipped.append(entry)
@@ -137,6 +147,8 @@ class Picker:
         if chosen is None and skipped:
             chosen = members[skipped.pop(0)[3]]
         for entry in skipped:
+            heapq.heappush(ready, entry)
+        for entry in outside:
             heapq.heappush(ready, entry)
         if chosen is None:
             return self._parked[0][0] if self._parked else math.inf

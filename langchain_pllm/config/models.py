@@ -35,7 +35,7 @@ from langchain_pllm.config.checks import (
 )
 from langchain_pllm.config.ids import VendorCounter, find_duplicate_id, provider_id
 from langchain_pllm.config.vendors import default_api_base, vendor_spec
-from langchain_pllm.urls import redact_url
+from langchain_pllm.urls import redact_url, url_problem
 
 __all__ = [
     "BalancerConfig",
@@ -97,6 +97,11 @@ class ProviderConfig(_ConfigModel):
     """A readable, unique name; it becomes the ``id``."""
     batch_size: int | None = None
     """Embeddings only: the most texts sent in one request, overriding the vendor's limit."""
+    aliases: tuple[str, ...] = ()
+    """Further names a call's ``model=`` may use to pick this key (``model="fast"``)."""
+    vector_space: str | None = None
+    """Embeddings only: entries naming the same space may name different models (one open
+    model served by two vendors under two names)."""
     id: str = Field(default="", validate_default=True)
     """Identity within a pool: ``name`` if given, else ``<vendor>-<index in its vendor list>``."""
 
@@ -142,7 +147,29 @@ class ProviderConfig(_ConfigModel):
         url = checked_text(value, "api_base", hint)
         if not url.startswith(("http://", "https://")):
             raise fail(f"api_base must start with http:// or https://, got {show(url)}; {hint}")
+        problem = url_problem(url)
+        if problem:
+            raise fail(f"api_base is not a valid URL ({problem}), got {show(url)}; {hint}")
         return url.rstrip("/")
+
+    @field_validator("aliases", mode="before")
+    @classmethod
+    def _check_aliases(cls, value: Any) -> tuple[str, ...]:
+        hint = "write a list of names, e.g. [fast, cheap]"
+        if value is None:
+            return ()
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise fail(f"aliases must be a list of names, got {type(value).__name__}; {hint}")
+        return tuple(checked_text(v, "aliases", hint) for v in value)
+
+    @field_validator("vector_space", mode="before")
+    @classmethod
+    def _check_vector_space(cls, value: Any) -> str | None:
+        if value is None:
+            return None
+        return checked_text(value, "vector_space", "name the space, e.g. bge-m3")
 
     @field_validator("rate_limit", "tpm", "max_concurrency", "batch_size", mode="before")
     @classmethod

@@ -30,6 +30,7 @@ from langchain_pllm.providers.anthropic_convert import (
 from langchain_pllm.providers.base import ChatRequest, Provider, pooled_sdk_client
 from langchain_pllm.providers.convert import JsonFormat, error_object
 from langchain_pllm.providers.errors import (
+    caller_fault,
     class_for_status,
     overflow_or,
     parsing_reply,
@@ -55,6 +56,9 @@ _ERROR_TYPE_STATUS = {
 
 def classify_anthropic_error(exc: BaseException, provider_id: str) -> BaseException:
     """Map an ``anthropic`` SDK (or transport) exception onto a LangChain model error."""
+    caller = caller_fault(exc, provider_id)
+    if caller is not None:
+        return caller
     if isinstance(exc, anthropic.APIStatusError):
         error = error_object(exc.body)
         error_type = str(error.get("type") or "")

@@ -25,10 +25,11 @@ from langchain_core.exceptions import (
     ModelTimeoutError,
 )
 
-from langchain_pllm.exceptions import model_error
+from langchain_pllm.exceptions import InvalidCallError, model_error
 
 __all__ = [
     "CONTEXT_OVERFLOW_HINTS",
+    "caller_fault",
     "class_for_status",
     "is_context_overflow",
     "parsing_reply",
@@ -106,6 +107,24 @@ def overflow_or(cls: type[ModelError], message: str) -> type[ModelError]:
 _SHAPE_ERRORS = (KeyError, IndexError, TypeError, AttributeError, ValueError)
 
 
+def caller_fault(exc: BaseException, provider_id: str) -> InvalidCallError | None:
+    """The caller's error hidden in a client-side exception, or ``None`` if it is not one.
+
+    Text that cannot be encoded (a lone surrogate) fails inside the SDK while it writes the
+    body: nothing was sent, every key would fail alike, so it must never be read as a malformed
+    reply (retried, counted toward a breaker). The faces' pre-flight check catches it first;
+    this is the guard for what reaches a provider another way.
+    """
+    if isinstance(exc, UnicodeEncodeError):
+        err = InvalidCallError(
+            f"{provider_id}: the request holds text that cannot be encoded "
+            f"({exc.object[exc.start : exc.end]!r} at position {exc.start}: a lone surrogate)"
+        )
+        err.__cause__ = exc
+        return err
+    return None
+
+
 @contextlib.contextmanager
 def parsing_reply(provider_id: str) -> Iterator[None]:
     """Classify a reply that does not have the vendor's documented shape as a server failure.
@@ -116,6 +135,9 @@ def parsing_reply(provider_id: str) -> Iterator[None]:
     try:
         yield
     except _SHAPE_ERRORS as e:
+        caller = caller_fault(e, provider_id)
+        if caller is not None:
+            raise caller from e
         raise model_error(
             ModelAPIError,
             f"{provider_id}: malformed response: {type(e).__name__}: {e}",

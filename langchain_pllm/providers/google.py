@@ -32,10 +32,11 @@ from langchain_core.exceptions import (
 )
 from langchain_core.messages import AIMessage, AIMessageChunk
 
-from langchain_pllm.exceptions import model_error
+from langchain_pllm.exceptions import InvalidCallError, model_error
 from langchain_pllm.providers.base import ChatRequest, EmbeddingResult, Provider
 from langchain_pllm.providers.convert import error_object
 from langchain_pllm.providers.errors import (
+    caller_fault,
     class_for_status,
     overflow_or,
     parsing_reply,
@@ -70,6 +71,9 @@ def _status_retry_after(exc: genai_errors.APIError) -> float | None:
 
 def classify_google_error(exc: BaseException, provider_id: str) -> BaseException:
     """Map a ``google-genai`` (or transport) exception onto a LangChain model error."""
+    caller = caller_fault(exc, provider_id)
+    if caller is not None:
+        return caller
     if isinstance(exc, genai_errors.APIError):
         status = int(exc.code or 500)
         text = str(exc.message or "")
@@ -118,10 +122,17 @@ def classify_google_error(exc: BaseException, provider_id: str) -> BaseException
             cause=exc,
             provider=provider_id,
         )
+    if isinstance(exc, ValueError):
+        # google-genai checks a request before sending it ("contents are required"): the
+        # caller's fault, the same on every key.
+        err = InvalidCallError(f"{provider_id}: google-genai refused the request: {exc}")
+        err.__cause__ = exc
+        return err
     return exc
 
 
 _SDK_ERRORS = (
+    ValueError,
     genai_errors.APIError,
     genai_errors.UnknownApiResponseError,
     httpx2.HTTPError,

@@ -30,6 +30,7 @@ from langchain_pllm.providers.base import (
 )
 from langchain_pllm.providers.convert import make_usage, to_openai_messages
 from langchain_pllm.providers.errors import (
+    caller_fault,
     class_for_status,
     overflow_or,
     parsing_reply,
@@ -44,6 +45,9 @@ _COMPLETION_TOKENS_PREFIXES = ("o1", "o3", "o4", "gpt-5")
 
 def classify_openai_error(exc: BaseException, provider_id: str) -> BaseException:
     """Map an ``openai`` SDK exception onto a LangChain model error (cause kept)."""
+    caller = caller_fault(exc, provider_id)
+    if caller is not None:
+        return caller
     if isinstance(exc, openai.APIStatusError):
         status = exc.status_code
         message = f"{provider_id}: HTTP {status}: {exc.message}"

@@ -58,6 +58,7 @@ from langchain_pllm.providers.convert import (
     tool_choice_of,
 )
 from langchain_pllm.providers.errors import (
+    caller_fault,
     class_for_status,
     overflow_or,
     parsing_reply,
@@ -105,6 +106,9 @@ def _zhipu_class(status: int, code: str | None, text: str) -> type[ModelError]:
 
 def classify_zhipu_error(exc: BaseException, provider_id: str) -> BaseException:
     """Map a ``zhipuai`` or (async path) ``openai`` exception onto a LangChain model error."""
+    caller = caller_fault(exc, provider_id)
+    if caller is not None:
+        return caller
     if isinstance(exc, zhipuai.APIStatusError):
         status = exc.status_code
         code: str | None = None

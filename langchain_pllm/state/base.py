@@ -51,7 +51,7 @@ class Outcome(enum.IntEnum):
     FAILURE = 1  # transient (5xx, connection, timeout): counts toward the breaker
     TRIP = 2  # auth, permission, model not found: opens the breaker at once
     RATE_LIMITED = 3  # rests the key for retry_after; the breaker does not count it
-    NEUTRAL = 4  # the request's own fault (bad request, context overflow): no breaker count
+    NEUTRAL = 4  # the request's own fault (bad request, context overflow): not the key's error
     CANCELLED = 5  # the caller gave up: nothing is learned about the key
 
 

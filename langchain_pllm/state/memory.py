@@ -168,8 +168,7 @@ class MemoryState(StateBackend):
             elif outcome is Outcome.RATE_LIMITED:
                 s.error_count += 1
                 s.rest_until = max(s.rest_until, now + (retry_after or 0.0))
-            elif outcome is Outcome.NEUTRAL:
-                s.error_count += 1
+            # NEUTRAL (the request's own fault) says nothing about the key: not an error of it.
 
     @staticmethod
     def _open(s: _KeyState, now: float, breaker: BreakerPolicy) -> None:

@@ -166,8 +166,6 @@ elseif outcome == 3 then
   if rest > (tonumber(redis.call('HGET', st, 'rest_until')) or 0) then
     redis.call('HSET', st, 'rest_until', fmt(rest))
   end
-elseif outcome == 4 then
-  redis.call('HINCRBY', st, 'error_count', 1)
 end
 redis.call('PEXPIRE', st, ARGV[12])
 return 1

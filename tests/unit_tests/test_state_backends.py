@@ -201,14 +201,14 @@ class TestStateBackend:
         backend.release(b, Outcome.RATE_LIMITED, T0 + 1, BREAKER, retry_after=1.0)
         assert backend.snapshot(KEY, lim, T0 + 2).rest_until == T0 + 30
 
-    def test_neutral_counts_an_error_but_not_toward_the_breaker(
+    def test_neutral_is_not_an_error_of_the_key(
         self, backend: StateBackend
     ) -> None:
         lim = limits()
         for _ in range(5):
             backend.release(take(backend, lim, T0), Outcome.NEUTRAL, T0, BREAKER)
         snap = backend.snapshot(KEY, lim, T0)
-        assert (snap.state, snap.error_count) == ("closed", 5)
+        assert (snap.state, snap.error_count) == ("closed", 0)
 
     def test_snapshot_counts(self, backend: StateBackend) -> None:
         lim = limits(rate=10)
