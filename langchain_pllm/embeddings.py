@@ -16,14 +16,16 @@ from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from typing import Any, ClassVar
 
 from langchain_core.embeddings import Embeddings
+from langchain_core.exceptions import ModelAPIError
 from pydantic import ConfigDict, Field, PrivateAttr
 
 from langchain_pllm.balancer import Balancer
-from langchain_pllm.balancer.picker import Member
-from langchain_pllm.exceptions import PllmConfigError
+from langchain_pllm.config import PoolConfig, ProviderConfig
+from langchain_pllm.exceptions import PllmConfigError, model_error
 from langchain_pllm.pool_face import Capability, PoolFace
+from langchain_pllm.preflight import check_texts
 from langchain_pllm.progress import BatchReport, embedding_progress
-from langchain_pllm.providers.base import EmbeddingResult
+from langchain_pllm.providers.base import EmbeddingResult, Provider
 
 __all__ = ["BalancedEmbeddings"]
 
@@ -40,8 +42,9 @@ class _VectorSpace:
     def __init__(self, balancer: Balancer) -> None:
         self.batch_limit = min(m.provider.batch_limit for m in balancer.members)
         """Most texts per embeddings request that every provider of the pool takes."""
-        self.dims: dict[str, int] = {}
-        """Vector size each provider returned; one pool must use one size."""
+        self.dims: dict[int | None, int] = {}
+        """The pool's vector size per requested ``dimensions`` (``None``: the model's own),
+        learned from the first good reply; a key answering another size is failing."""
 
 
 _SPACES: weakref.WeakKeyDictionary[Balancer, _VectorSpace] = weakref.WeakKeyDictionary()
@@ -95,8 +98,11 @@ class BalancedEmbeddings(PoolFace, Embeddings):
         ``show_progress=True`` draws a ``PllmProgress`` of each ``embed_documents`` call;
         ``callbacks=[PllmProgress()]`` counts every call's texts and retries in one handler.
 
-    Every provider of one pool must give vectors of the same dimension: a mismatch raises
-    ``PllmConfigError`` naming both providers instead of mixing vector spaces.
+    One vector space per pool: every provider names the same ``model`` (or entries declare
+    the same ``vector_space:``, one open model served by two vendors under two names), else
+    ``PllmConfigError`` at construction naming both entries. A reply with the wrong number of
+    vectors, or vectors of another size than the pool's, is that key's failure: it counts
+    toward its breaker and the batch fails over to another key.
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True, populate_by_name=True)
@@ -111,8 +117,16 @@ class BalancedEmbeddings(PoolFace, Embeddings):
     """Draw a ``PllmProgress`` of each ``embed_documents`` call (as LangChain embeddings do)."""
     callbacks: list[Any] | None = Field(default=None, exclude=True, repr=False)
     """Handlers told of each finished batch: ``PllmProgress`` (``on_embed_*`` events)."""
+    dimensions: int | None = None
+    """Vector size to ask for, sent to the vendors that take one (OpenAI ``dimensions``,
+    Gemini ``outputDimensionality``, Zhipu ``dimensions``); every vector must have it."""
 
     _space: _VectorSpace | None = PrivateAttr(default=None)
+
+    def __init__(self, **data: Any) -> None:
+        """Validate the pool (one vector space) and the balancer settings."""
+        super().__init__(**data)
+        _check_one_space(self._pool)
 
     @property
     def _vector_space(self) -> _VectorSpace:
@@ -134,54 +148,70 @@ class BalancedEmbeddings(PoolFace, Embeddings):
     def _tokens(self, batch: list[str]) -> int:
         return sum(len(t) for t in batch) // 4 + len(batch) if self._has_tpm else 0
 
-    def _vectors(self, member: Member, result: EmbeddingResult, texts: int) -> list[list[float]]:
-        """The vectors of one batch, checked: one per text, of the pool's one size."""
-        if result.vectors:
-            self._check_dimension(member, result.vectors)
-        if len(result.vectors) != texts:
-            raise PllmConfigError(
-                f"provider {member.config.id!r} returned {len(result.vectors)} vectors for "
-                f"{texts} texts",
-                field="embedding",
-            )
-        return result.vectors
+    def _checked(self, provider: Provider, result: EmbeddingResult, texts: int) -> EmbeddingResult:
+        """One batch's reply, checked inside the attempt: a wrong reply fails that key.
 
-    def _check_dimension(self, member: Member, vectors: list[list[float]]) -> None:
-        dims = self._vector_space.dims
-        dim = len(vectors[0])
-        for pid, other in list(dims.items()):
-            if other != dim:
-                raise PllmConfigError(
-                    f"providers {pid!r} ({other} dimensions) and {member.config.id!r} "
-                    f"({dim} dimensions) give vectors of different sizes; one embeddings pool "
-                    "must use one model (or dimension) everywhere",
-                    field="embedding",
+        One vector per text, each of the pool's one size (``dimensions``, else the size of the
+        first good reply). Raised as ``ModelAPIError`` so the balancer counts it toward the
+        key's breaker and sends the batch to another key.
+        """
+        vectors = result.vectors
+        problem = None
+        if len(vectors) != texts:
+            problem = f"{len(vectors)} vectors for {texts} texts"
+        else:
+            dims = self._vector_space.dims
+            want = self.dimensions or dims.get(None)
+            sizes = {len(v) for v in vectors}
+            if want is None and len(sizes) == 1:
+                want = dims.setdefault(None, sizes.pop())
+                sizes = {want}
+            if sizes != {want}:
+                problem = (
+                    f"vectors of {sorted(sizes)} dimensions where the pool's are {want}: "
+                    "the same model should not give another size"
                 )
-        dims[member.config.id] = dim
-        if any(len(v) != dim for v in vectors):
-            raise PllmConfigError(
-                f"provider {member.config.id!r} returned vectors of mixed sizes", field="embedding"
+        if problem is not None:
+            raise model_error(
+                ModelAPIError,
+                f"{provider.id}: wrong embeddings reply: {problem}",
+                provider=provider.id,
             )
+        return result
+
+    def _embed(self, provider: Provider, batch: list[str]) -> EmbeddingResult:
+        if self.dimensions is None:
+            return self._checked(provider, provider.embed(batch), len(batch))
+        result = provider.embed(batch, dimensions=self.dimensions)
+        return self._checked(provider, result, len(batch))
+
+    async def _aembed(self, provider: Provider, batch: list[str]) -> EmbeddingResult:
+        if self.dimensions is None:
+            result = await provider.aembed(batch)
+        else:
+            result = await provider.aembed(batch, dimensions=self.dimensions)
+        return self._checked(provider, result, len(batch))
 
     # Sync --------------------------------------------------------------------------------------
 
     def _embed_batch(
         self, balancer: Balancer, batch: list[str], report: BatchReport | None = None
     ) -> list[list[float]]:
-        result, member, attempts = balancer.call(
-            lambda p: p.embed(batch), tokens=self._tokens(batch), tokens_of=_tokens_of
+        result, _, attempts = balancer.call(
+            lambda p: self._embed(p, batch), tokens=self._tokens(batch), tokens_of=_tokens_of
         )
-        vectors = self._vectors(member, result, len(batch))
+        vectors = result.vectors
         if report is not None:
             report.batch(len(batch), attempts)
         return vectors
 
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
         """Embed texts; batches spread over the pool concurrently, order kept."""
+        texts = check_texts(texts)
         if not texts:
             return []
         with embedding_progress(self.callbacks, self.show_progress, len(texts)) as report:
-            return self._embed_all(list(texts), report)
+            return self._embed_all(texts, report)
 
     def _embed_all(self, texts: list[str], report: BatchReport | None = None) -> list[list[float]]:
         balancer = self.balancer_instance
@@ -211,7 +241,7 @@ class BalancedEmbeddings(PoolFace, Embeddings):
 
     def embed_query(self, text: str) -> list[float]:
         """Embed one text."""
-        return self._embed_all([text])[0]
+        return self._embed_all(check_texts([text]))[0]
 
     # Async -------------------------------------------------------------------------------------
 
@@ -223,20 +253,21 @@ class BalancedEmbeddings(PoolFace, Embeddings):
         report: BatchReport | None = None,
     ) -> list[list[float]]:
         async with gate:
-            result, member, attempts = await balancer.acall(
-                lambda p: p.aembed(batch), tokens=self._tokens(batch), tokens_of=_tokens_of
+            result, _, attempts = await balancer.acall(
+                lambda p: self._aembed(p, batch), tokens=self._tokens(batch), tokens_of=_tokens_of
             )
-        vectors = self._vectors(member, result, len(batch))
+        vectors = result.vectors
         if report is not None:
             report.batch(len(batch), attempts)
         return vectors
 
     async def aembed_documents(self, texts: list[str]) -> list[list[float]]:
         """Async twin of ``embed_documents``."""
+        texts = check_texts(texts)
         if not texts:
             return []
         with embedding_progress(self.callbacks, self.show_progress, len(texts)) as report:
-            return await self._aembed_all(list(texts), report)
+            return await self._aembed_all(texts, report)
 
     async def _aembed_all(
         self, texts: list[str], report: BatchReport | None = None
@@ -260,8 +291,35 @@ class BalancedEmbeddings(PoolFace, Embeddings):
 
     async def aembed_query(self, text: str) -> list[float]:
         """Async twin of ``embed_query``."""
-        return (await self._aembed_all([text]))[0]
+        return (await self._aembed_all(check_texts([text])))[0]
 
 
 def _tokens_of(result: EmbeddingResult) -> int | None:
     return result.tokens
+
+
+def _check_one_space(pool: PoolConfig) -> None:
+    """Every entry of an embeddings pool in one vector space, or ``PllmConfigError``.
+
+    An entry's space is its ``vector_space`` if it declares one, else its ``model``: vectors
+    of two models are not comparable even when their sizes match (``text-embedding-ada-002``
+    and ``text-embedding-3-small`` are both 1536 wide).
+    """
+    first = pool.providers[0]
+    space = first.vector_space or first.model
+    for i, p in enumerate(pool.providers[1:], start=1):
+        other = p.vector_space or p.model
+        if other != space:
+            raise PllmConfigError(
+                f"providers {first.id!r} ({_space_name(first)}) and {p.id!r} "
+                f"({_space_name(p)}) are in different vector spaces; one embeddings pool must "
+                "use one model, or entries serving one model under two names must declare the "
+                "same `vector_space:`",
+                field=f"providers[{i}]",
+            )
+
+
+def _space_name(p: ProviderConfig) -> str:
+    if p.vector_space:
+        return f"vector_space {p.vector_space!r}, model {p.model!r}"
+    return f"model {p.model!r}"

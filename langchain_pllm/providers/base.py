@@ -230,11 +230,15 @@ class Provider:
 
     # Embeddings --------------------------------------------------------------------------------
 
-    def embed(self, texts: list[str]) -> EmbeddingResult:
-        """Embed one batch (at most ``batch_limit`` texts)."""
+    def embed(self, texts: list[str], dimensions: int | None = None) -> EmbeddingResult:
+        """Embed one batch (at most ``batch_limit`` texts).
+
+        ``dimensions``: the vector size the face asks for (sent to vendors that take one);
+        given only when set, so a provider of your own may leave the argument out.
+        """
         raise NotImplementedError(f"{self.config.vendor} does not serve embeddings")
 
-    async def aembed(self, texts: list[str]) -> EmbeddingResult:
+    async def aembed(self, texts: list[str], dimensions: int | None = None) -> EmbeddingResult:
         """Async twin of ``embed``."""
         raise NotImplementedError(f"{self.config.vendor} does not serve embeddings")
 

@@ -249,22 +249,32 @@ class GoogleProvider(Provider):
 
     # Embeddings --------------------------------------------------------------------------------
 
-    def embed(self, texts: list[str]) -> EmbeddingResult:
+    def embed(self, texts: list[str], dimensions: int | None = None) -> EmbeddingResult:
         """One ``batchEmbedContents`` call (at most 100 texts)."""
         try:
-            resp = self.sync_client.models.embed_content(model=self.model, contents=texts)
-        except _SDK_ERRORS as e:
-            raise classify_google_error(e, self.id) from e
-        with parsing_reply(self.id):
-            return embedding_result_of(resp)
-
-    async def aembed(self, texts: list[str]) -> EmbeddingResult:
-        """One ``batchEmbedContents`` call, async."""
-        try:
-            resp = await self.async_client.aio.models.embed_content(
-                model=self.model, contents=texts
+            resp = self.sync_client.models.embed_content(
+                model=self.model, contents=texts, config=_embed_config(dimensions)
             )
         except _SDK_ERRORS as e:
             raise classify_google_error(e, self.id) from e
         with parsing_reply(self.id):
             return embedding_result_of(resp)
+
+    async def aembed(self, texts: list[str], dimensions: int | None = None) -> EmbeddingResult:
+        """One ``batchEmbedContents`` call, async."""
+        try:
+            resp = await self.async_client.aio.models.embed_content(
+                model=self.model, contents=texts, config=_embed_config(dimensions)
+            )
+        except _SDK_ERRORS as e:
+            raise classify_google_error(e, self.id) from e
+        with parsing_reply(self.id):
+            return embedding_result_of(resp)
+
+
+def _embed_config(dimensions: int | None) -> genai_types.EmbedContentConfig | None:
+    return (
+        None
+        if dimensions is None
+        else genai_types.EmbedContentConfig(output_dimensionality=dimensions)
+    )

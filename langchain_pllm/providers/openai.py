@@ -315,8 +315,11 @@ class OpenAIProvider(Provider):
 
     # Embeddings --------------------------------------------------------------------------------
 
-    def _embed_body(self, texts: list[str]) -> dict[str, Any]:
-        return {"model": self.model, "input": texts, "encoding_format": "base64"}
+    def _embed_body(self, texts: list[str], dimensions: int | None) -> dict[str, Any]:
+        body: dict[str, Any] = {"model": self.model, "input": texts, "encoding_format": "base64"}
+        if dimensions is not None:
+            body["dimensions"] = dimensions
+        return body
 
     @staticmethod
     def _embedding_result(resp: dict[str, Any]) -> EmbeddingResult:
@@ -327,21 +330,21 @@ class OpenAIProvider(Provider):
             tokens=usage.get("total_tokens", usage.get("prompt_tokens")),
         )
 
-    def embed(self, texts: list[str]) -> EmbeddingResult:
+    def embed(self, texts: list[str], dimensions: int | None = None) -> EmbeddingResult:
         """One embeddings call."""
+        body = self._embed_body(texts, dimensions)
         try:
-            resp = self.sync_client.post("/embeddings", body=self._embed_body(texts), cast_to=dict)
+            resp = self.sync_client.post("/embeddings", body=body, cast_to=dict)
         except _SDK_ERRORS as e:
             raise classify_openai_error(e, self.id) from e
         with parsing_reply(self.id):
             return self._embedding_result(resp)
 
-    async def aembed(self, texts: list[str]) -> EmbeddingResult:
+    async def aembed(self, texts: list[str], dimensions: int | None = None) -> EmbeddingResult:
         """One embeddings call, async."""
+        body = self._embed_body(texts, dimensions)
         try:
-            resp = await self.async_client.post(
-                "/embeddings", body=self._embed_body(texts), cast_to=dict
-            )
+            resp = await self.async_client.post("/embeddings", body=body, cast_to=dict)
         except _SDK_ERRORS as e:
             raise classify_openai_error(e, self.id) from e
         with parsing_reply(self.id):

@@ -467,20 +467,22 @@ class ZhipuProvider(Provider):
             tokens=getattr(usage, "total_tokens", None) if usage else None,
         )
 
-    def embed(self, texts: list[str]) -> EmbeddingResult:
+    def embed(self, texts: list[str], dimensions: int | None = None) -> EmbeddingResult:
         """One embeddings call (at most 64 texts for ``embedding-3``)."""
+        extra: dict[str, Any] = {} if dimensions is None else {"dimensions": dimensions}
         try:
-            resp = self.sync_client.embeddings.create(input=texts, model=self.model)
+            resp = self.sync_client.embeddings.create(input=texts, model=self.model, **extra)
         except _SDK_ERRORS as e:
             raise classify_zhipu_error(e, self.id) from e
         with parsing_reply(self.id):
             return self._embedding_result(resp)
 
-    async def aembed(self, texts: list[str]) -> EmbeddingResult:
+    async def aembed(self, texts: list[str], dimensions: int | None = None) -> EmbeddingResult:
         """One embeddings call, async, through the OpenAI-compatible endpoint."""
+        extra: dict[str, Any] = {} if dimensions is None else {"dimensions": dimensions}
         try:
             resp = await self.async_client.embeddings.create(
-                input=texts, model=self.model, encoding_format="float"
+                input=texts, model=self.model, encoding_format="float", **extra
             )
         except _SDK_ERRORS as e:
             raise classify_zhipu_error(e, self.id) from e

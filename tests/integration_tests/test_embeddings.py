@@ -209,26 +209,31 @@ def mixed_pool(srv: FakeOpenAIServer, wide_srv: FakeOpenAIServer) -> BalancedEmb
     )
 
 
-def test_dimension_mismatch_in_one_call_is_a_config_error(
+def test_a_key_answering_another_size_fails_over_in_one_call(
     srv: FakeOpenAIServer, wide_srv: FakeOpenAIServer
 ) -> None:
+    # Same model on both keys, but one answers vectors of another size: that key is failing
+    # (breaker count), its batch goes to the other key, and no size is ever mixed in.
     emb = mixed_pool(srv, wide_srv)
-    with pytest.raises(PllmConfigError) as info:
-        emb.embed_documents(TEXTS[:100])
-    assert "openai-0" in str(info.value)
-    assert "openai-1" in str(info.value)
+    vectors = emb.embed_documents(TEXTS[:100])
+    assert len({len(v) for v in vectors}) == 1
+    stats = emb.get_stats()
+    errors = sorted(s["error_count"] for s in stats.values())
+    assert errors[0] == 0 and errors[1] >= 1
     assert srv.requests  # both answered; the sizes disagreed
     assert wide_srv.requests
 
 
-async def test_dimension_mismatch_across_calls_is_a_config_error(
+async def test_a_key_answering_another_size_across_calls_fails_over(
     srv: FakeOpenAIServer, wide_srv: FakeOpenAIServer
 ) -> None:
     emb = mixed_pool(srv, wide_srv)
-    first = await emb.aembed_query("first")  # openai-0: 8 dimensions
+    first = await emb.aembed_query("first")  # openai-0: 8 dimensions, the pool's size now
     assert len(first) == DIMS
-    with pytest.raises(PllmConfigError):
-        await emb.aembed_query("second")  # openai-1: 16 dimensions, never mixed in
+    second = await emb.aembed_query("second")  # openai-1: 16 dimensions: failed over
+    assert second == pytest.approx(list(embedding_vector("second", DIMS)))
+    stats = emb.get_stats()
+    assert (stats["openai-0"]["error_count"], stats["openai-1"]["error_count"]) == (0, 1)
 
 
 def test_from_config_builds_the_embedding_pool(srv: FakeOpenAIServer) -> None:
