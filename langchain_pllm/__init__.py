@@ -8,7 +8,12 @@ from langchain_pllm._version import __version__
 from langchain_pllm.chat_models import BalancedChatModel
 from langchain_pllm.config import load_config
 from langchain_pllm.embeddings import BalancedEmbeddings
-from langchain_pllm.exceptions import NoProviderAvailableError, PllmConfigError
+from langchain_pllm.exceptions import (
+    InvalidCallError,
+    NoProviderAvailableError,
+    PllmConfigError,
+    ValidationFailedError,
+)
 from langchain_pllm.output_parsers import (
     JsonValidator,
     RegexValidator,
@@ -21,12 +26,14 @@ from langchain_pllm.providers import register_vendor
 __all__ = [
     "BalancedChatModel",
     "BalancedEmbeddings",
+    "InvalidCallError",
     "JsonValidator",
     "NoProviderAvailableError",
     "PllmConfigError",
     "PllmProgress",
     "RegexValidator",
     "TextValidator",
+    "ValidationFailedError",
     "ValidationResult",
     "__version__",
     "load_config",

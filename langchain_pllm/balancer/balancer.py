@@ -33,6 +33,7 @@ from langchain_core.exceptions import (
 )
 
 from langchain_pllm.balancer.picker import Member, Picker
+from langchain_pllm.balancer.reasons import blocked_reason
 from langchain_pllm.balancer.routes import ModelRoutes
 from langchain_pllm.clock import Clock
 from langchain_pllm.exceptions import NoProviderAvailableError, model_error
@@ -210,14 +211,22 @@ class Balancer:
 
     # Acquire / release -------------------------------------------------------------------------
 
-    def _no_provider(self, waited: float) -> NoProviderAvailableError:
-        states = {
-            m.config.id: self.state.snapshot(m.key, m.limits, self.clock.now()).state
-            for m in self.members
-        }
+    def _no_provider(self, waited: float, only: frozenset[int] | None) -> NoProviderAvailableError:
+        now = self.clock.now()
+        states: dict[str, str] = {}
+        reasons: list[str] = []
+        for m in self.members:
+            if only is not None and m.index not in only:
+                continue
+            snap = self.state.snapshot(m.key, m.limits, now)
+            states[m.config.id] = snap.state
+            if len(reasons) < 20:  # a pool of hundreds: the first keys tell the story
+                reasons.append(f"{m.config.id}: {blocked_reason(m, snap, now)}")
+        more = len(states) - len(reasons)
+        detail = "; ".join(reasons) + (f"; and {more} more" if more > 0 else "")
         return NoProviderAvailableError(
-            f"no provider had capacity within {waited:.3g}s: every provider stayed at its rate "
-            "limit, resting or with its breaker open",
+            f"no provider had capacity within {waited:.3g}s (max_wait {self.config.max_wait:g}s): "
+            f"{detail}",
             waited=waited,
             states=states,
         )
@@ -229,13 +238,13 @@ class Balancer:
             return req.deadline
         return min(req.deadline, now + self.config.max_wait)
 
-    def _gave_up(self, waited: float, last_error: BaseException | None) -> BaseException:
+    def _gave_up(self, req: _Attempts, waited: float) -> BaseException:
         # After a real failure, the caller gets that failure: "no capacity" would mask it (the
         # remaining keys are resting or open because of errors like it). Waiting is pointless
         # when nothing can free up before the deadline.
-        if last_error is not None:
-            return last_error
-        return self._no_provider(waited)
+        if req.last_error is not None:
+            return req.last_error
+        return self._no_provider(waited, req.only)
 
     def _wait_target(self, req: _Attempts, wake: float, now: float) -> float:
         """Nothing has capacity until ``wake``: the time to wait until, or raise."""
@@ -243,7 +252,7 @@ class Balancer:
             req.wait_start = now
             req.wait_until = self._wait_until(req, now)
         if now >= req.wait_until or (req.last_error is not None and wake > req.wait_until):
-            raise self._gave_up(now - req.wait_start, req.last_error)
+            raise self._gave_up(req, now - req.wait_start)
         return min(wake, req.wait_until)
 
     def _refused(self, m: Member, wake: float, now: float) -> None:

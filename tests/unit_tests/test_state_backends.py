@@ -201,9 +201,7 @@ class TestStateBackend:
         backend.release(b, Outcome.RATE_LIMITED, T0 + 1, BREAKER, retry_after=1.0)
         assert backend.snapshot(KEY, lim, T0 + 2).rest_until == T0 + 30
 
-    def test_neutral_is_not_an_error_of_the_key(
-        self, backend: StateBackend
-    ) -> None:
+    def test_neutral_is_not_an_error_of_the_key(self, backend: StateBackend) -> None:
         lim = limits()
         for _ in range(5):
             backend.release(take(backend, lim, T0), Outcome.NEUTRAL, T0, BREAKER)
