@@ -33,6 +33,7 @@ from langchain_pllm.config import PoolConfig
 from langchain_pllm.pool_face import AVOID_KWARG, Capability, PoolFace
 from langchain_pllm.preflight import check_conversation
 from langchain_pllm.providers.base import ChatRequest, estimate_tokens
+from langchain_pllm.providers.convert import media_kinds_in
 from langchain_pllm.validation import ValidatingRunnable
 
 __all__ = ["BalancedChatModel"]
@@ -271,7 +272,7 @@ class BalancedChatModel(PoolFace, BaseChatModel):
         if stop:
             params["stop"] = stop
         balancer = self.balancer_instance
-        route: dict[str, Any] = {"only": balancer.routes.members_for(model)}
+        route: dict[str, Any] = {"only": balancer.routes.select(model, media_kinds_in(messages))}
         if avoid_ids:
             route["avoid"] = {balancer.by_id[i].index for i in avoid_ids if i in balancer.by_id}
         request = ChatRequest(messages, params, self.timeout if timeout is None else timeout)

@@ -107,6 +107,7 @@ class AnthropicProvider(Provider):
     vendor = "anthropic"
     model_provider = "anthropic"
     supports_embeddings = False
+    media_kinds = frozenset({"image", "file"})
 
     def _build_sync_client(self) -> Any:
         return pooled_sdk_client(anthropic.Anthropic, self.config)

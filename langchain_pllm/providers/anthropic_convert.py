@@ -36,7 +36,7 @@ from langchain_core.messages import (
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.messages.tool import tool_call, tool_call_chunk
 
-from langchain_pllm.exceptions import model_error
+from langchain_pllm.exceptions import InvalidCallError, model_error
 from langchain_pllm.providers.convert import (
     CONTENT_FILTER,
     LENGTH,
@@ -115,6 +115,10 @@ def _content_blocks(content: str | Sequence[Any]) -> list[dict[str, Any]]:
             blocks.append(dict(block))  # already in Anthropic's own form
             continue
         media = media_of(block)
+        if media is not None and media.kind not in ("image", "file"):
+            # The face routes such a call to vendors that take it; reaching here means a caller
+            # used the provider directly: say so rather than drop the block.
+            raise InvalidCallError(f"Anthropic takes no {media.kind} blocks; remove the block")
         if media is not None:
             target = "image" if media.kind == "image" else "document"
             if media.data is not None:

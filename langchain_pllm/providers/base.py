@@ -144,6 +144,9 @@ class Provider:
     """Whether the vendor has an embeddings API; an embeddings pool refuses a vendor without."""
     embed_batch_limit: ClassVar[int] = 2048
     """Most texts the vendor takes in one embeddings request."""
+    media_kinds: ClassVar[frozenset[str]] = frozenset({"image"})
+    """Kinds of media block (``image``, ``file``, ``audio``, ``video``) the vendor takes in a
+    request; a call holding another kind goes only to keys whose vendor takes it."""
 
     def __init__(self, config: ProviderConfig) -> None:
         self.config = config

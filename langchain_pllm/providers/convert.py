@@ -31,6 +31,7 @@ from langchain_core.messages.utils import convert_to_openai_messages
 __all__ = [
     "CONTENT_FILTER",
     "LENGTH",
+    "MEDIA_KINDS",
     "STOP",
     "TOOL_CALLS",
     "TRANSLATED_PARAMS",
@@ -41,6 +42,7 @@ __all__ = [
     "error_object",
     "json_format_of",
     "make_usage",
+    "media_kinds_in",
     "media_of",
     "openai_function_of",
     "stable_tool_call_id",
@@ -109,8 +111,27 @@ def to_openai_messages(messages: Sequence[BaseMessage]) -> list[dict[str, Any]]:
         elif m.name is None and isinstance(m.content, str) and type(m) in _SIMPLE_ROLES:
             out.append({"role": _SIMPLE_ROLES[type(m)], "content": m.content})
         else:
-            out.extend(convert_to_openai_messages([m]))
+            for converted in convert_to_openai_messages([m]):
+                out.append(_url_objects(converted))
     return out
+
+
+def _url_objects(message: dict[str, Any]) -> dict[str, Any]:
+    """``image_url`` parts with their URL as an object, as the Chat Completions API wants.
+
+    LangChain passes ``{"type": "image_url", "image_url": "https://..."}`` (a bare string)
+    through unchanged; OpenAI refuses it with a 400 and ``zhipuai``'s sync client crashes on it.
+    """
+    content = message.get("content")
+    if isinstance(content, list):
+        for part in content:
+            if (
+                isinstance(part, dict)
+                and part.get("type") == "image_url"
+                and isinstance(part.get("image_url"), str)
+            ):
+                part["image_url"] = {"url": part["image_url"]}
+    return message
 
 
 # Messages that are only a role and a string, written without LangChain's general converter.
@@ -160,12 +181,18 @@ def _guess_mime(url: str) -> str | None:
     return guessed
 
 
-def media_of(block: Any) -> Media | None:
-    """Read an image or file block in any LangChain spelling; ``None`` if it is neither.
+MEDIA_KINDS = ("image", "file", "audio", "video")
+"""The kinds of media block ``media_of`` reads (a provider's ``media_kinds`` names a subset)."""
 
-    Accepted: OpenAI ``{"type": "image_url", "image_url": {"url": ...}}`` (data or http URLs),
-    v1 ``{"type": "image"|"file", "base64"|"url": ..., "mime_type": ...}`` and v0
-    ``{"type": "image"|"file", "source_type": "base64"|"url", "data"|"url": ...}``.
+
+def media_of(block: Any) -> Media | None:
+    """Read a media block in any LangChain spelling; ``None`` if it is none.
+
+    Accepted: OpenAI ``{"type": "image_url", "image_url": {"url": ...}}`` (data or http URLs,
+    the URL also as a bare string), Anthropic's own ``{"type": "image"|"document", "source":
+    {"type": "base64", "media_type", "data"} | {"type": "url", "url"}}``, v1
+    ``{"type": "image"|"file"|"audio"|"video", "base64"|"url": ..., "mime_type": ...}`` and v0
+    ``{"type": ..., "source_type": "base64"|"url", "data"|"url": ...}``.
     """
     if not isinstance(block, Mapping):
         return None
@@ -174,7 +201,15 @@ def media_of(block: Any) -> Media | None:
         ref = block.get("image_url")
         url = ref.get("url") if isinstance(ref, Mapping) else ref
         return _from_url("image", str(url), None) if url else None
-    if kind not in ("image", "file"):
+    source = block.get("source")
+    if kind in ("image", "document") and isinstance(source, Mapping):
+        target = "image" if kind == "image" else "file"
+        if source.get("type") == "base64" and source.get("data"):
+            return Media(target, source.get("media_type"), data=str(source["data"]))
+        if source.get("type") == "url" and source.get("url"):
+            return _from_url(target, str(source["url"]), source.get("media_type"))
+        return None
+    if kind not in MEDIA_KINDS:
         return None
     mime = block.get("mime_type")
     if block.get("base64"):
@@ -317,3 +352,20 @@ def make_usage(
     if reasoning:
         usage["output_token_details"] = OutputTokenDetails(reasoning=reasoning)
     return usage
+
+
+def media_kinds_in(messages: Sequence[BaseMessage]) -> frozenset[str]:
+    """The kinds of media the caller's messages hold (assistant history is not counted).
+
+    A plain-text conversation costs one ``isinstance`` a message.
+    """
+    kinds: set[str] = set()
+    for m in messages:
+        content = m.content
+        if isinstance(content, str) or isinstance(m, AIMessage):
+            continue
+        for block in content:
+            media = media_of(block)
+            if media is not None:
+                kinds.add(media.kind)
+    return frozenset(kinds)

@@ -150,6 +150,7 @@ class GoogleProvider(Provider):
     vendor = "google"
     model_provider = "google_genai"
     supports_embeddings = True
+    media_kinds = frozenset({"image", "file", "audio", "video"})
     embed_batch_limit = 100
 
     def _client(self) -> genai.Client:

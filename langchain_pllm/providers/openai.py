@@ -102,6 +102,7 @@ class OpenAIProvider(Provider):
     vendor = "openai"
     model_provider = "openai"
     supports_embeddings = True
+    media_kinds = frozenset({"image", "file", "audio"})
     embed_batch_limit = 2048
 
     def _build_sync_client(self) -> Any:
@@ -374,3 +375,4 @@ class DeepSeekProvider(OpenAIProvider):
     vendor = "deepseek"
     model_provider = "deepseek"
     supports_embeddings = False
+    media_kinds = frozenset()  # deepseek-chat reads text only

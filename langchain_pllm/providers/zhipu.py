@@ -207,6 +207,7 @@ class ZhipuProvider(Provider):
     vendor = "zhipu"
     model_provider = "zhipuai"
     supports_embeddings = True
+    media_kinds = frozenset({"image"})  # the GLM-4V models
     embed_batch_limit = 64
 
     def _build_sync_client(self) -> Any:
