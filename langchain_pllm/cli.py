@@ -270,7 +270,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=5, help="rounds (default 5)")
     p.set_defaults(func=bench)
     args = parser.parse_args(argv)
-    return int(args.func(args))
+    return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Run a command; a vendor's or the pool's error is one line on stderr, not a traceback.
+
+    Exit codes: 0 done, 1 a vendor or pool error (the key was refused, no key had capacity,
+    the call was wrong), 2 a config error (reported by the command itself), 130 interrupted.
+    """
+    from langchain_core.exceptions import ModelError
+
+    from langchain_pllm.exceptions import PllmConfigError, PllmError
+
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        print(f"pllm {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except PllmConfigError as e:
+        print(f"pllm {args.command}: config error: {e}", file=sys.stderr)
+        return 2
+    except (ModelError, PllmError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        print(f"pllm {args.command}: {type(e).__name__}: {first}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

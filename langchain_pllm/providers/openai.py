@@ -81,7 +81,8 @@ def classify_openai_error(exc: BaseException, provider_id: str) -> BaseException
     return exc
 
 
-_SDK_ERRORS = (openai.OpenAIError, json.JSONDecodeError)
+# UnicodeEncodeError: text the SDK cannot encode while writing the body (the caller's fault).
+_SDK_ERRORS = (openai.OpenAIError, json.JSONDecodeError, UnicodeEncodeError)
 
 
 def _usage(u: dict[str, Any] | None) -> UsageMetadata | None:
