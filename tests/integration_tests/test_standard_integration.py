@@ -337,8 +337,9 @@ class _MixedPoolChatTests(ChatModelIntegrationTests):
 
     @property
     def model_override_value(self) -> str | None:
-        # A call's `model=` goes to whichever vendor serves; the fakes answer any model name.
-        return "override-model"
+        # A call's `model=` picks the keys serving that model (it never rewrites another
+        # vendor's model name): one vendor's model is served by that vendor's key alone.
+        return CHAT_MODELS[self.vendors[-1]]
 
     def test_pool_is_mixed(self, model: BalancedChatModel) -> None:
         """Consecutive calls go to both vendors, first_vendor first, and answer alike."""
