@@ -391,6 +391,8 @@ class TestBalancedEmbeddingsIntegration(EmbeddingsIntegrationTests):
                     "api_key": f"key-{vendor}",
                     "model": EMBEDDING_MODELS[vendor],
                     "api_base": _servers[f"embedding-{vendor}"].base_url,
+                    # The fakes embed every text alike: one space under three model names.
+                    "vector_space": "fake-space",
                 }
                 for vendor in EMBEDDING_VENDORS
             ]
