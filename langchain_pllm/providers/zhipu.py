@@ -429,14 +429,22 @@ class ZhipuProvider(Provider):
         """Stream a chat completion through ``zhipuai``."""
         args = self._sync_args(request, True)
         state = _Stream()
+        raws = None
         try:
-            for raw in self.sync_client.chat.completions.create(**args):
+            raws = self.sync_client.chat.completions.create(**args)
+            for raw in raws:
                 with parsing_reply(self.id):
                     chunk = self._chunk(raw, state)
                 if chunk is not None:
                     yield chunk
         except _SDK_ERRORS as e:
             raise classify_zhipu_error(e, self.id) from e
+        finally:
+            # zhipuai's StreamResponse is no context manager: a stream left early (or past
+            # its deadline) must close its HTTP response here, or the connection stays open.
+            response = getattr(raws, "response", None)
+            if response is not None:
+                response.close()
         with parsing_reply(self.id):
             yield self._last_chunk(state)
 
