@@ -97,6 +97,11 @@ class BalancedChatModel(PoolFace, BaseChatModel):
             msg = model.invoke("Translate 'hello' into French.")
             msg.content                              # "Bonjour"
             msg.response_metadata["provider"]        # "openai-0": the key that served
+            model.invoke("hi", model="gpt-4o")       # only keys whose model or aliases match
+            model.invoke("hi", timeout=5)            # seconds per attempt, on every vendor
+
+        A wrong call (an empty conversation, a lone surrogate, a ``model=`` no key serves)
+        raises ``InvalidCallError`` before any key is tried; no key is blamed for it.
 
     Stream:
         .. code-block:: python
