@@ -37,7 +37,7 @@ from langchain_pllm.state.redis import RedisState
 if TYPE_CHECKING:
     from tests.redis_fixture import RedisServer
 
-pytest_plugins = ["tests.redis_fixture"]
+pytest_plugins = ["tests.redis_fixture", "tests.redis_cluster_fixture"]
 
 W = 60.0
 T0 = 1000.0
@@ -58,11 +58,12 @@ def take(state: StateBackend, lim: Limits, now: float, tokens: int = 0, key: str
     return r
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "cluster"])
 def backend(request: pytest.FixtureRequest) -> StateBackend:
     if request.param == "memory":
         return MemoryState()
-    url = request.getfixturevalue("redis_url")
+    # The cluster: three masters and three replicas, a password on every node.
+    url = request.getfixturevalue("redis_url" if request.param == "redis" else "cluster_url")
     # A generous timeout: a busy test machine must not make the backend fall back.
     return RedisState(url, server_time=False, timeout=5.0)
 
