@@ -210,6 +210,32 @@ class LocalCluster:
                     return next(n for n in self.nodes if n.port == port)
         raise RuntimeError(f"no master serves slot {slot}")
 
+    def move_slot_of(self, key: str) -> ClusterNode:
+        """Move ``key``'s slot, keys and all, to another master (a resharding); the new master.
+
+        The steps ``redis-cli --cluster reshard`` takes for one slot: importing and migrating
+        marks, ``MIGRATE`` of its keys, then every master learns the slot's new owner.
+        """
+        source = self.master_of(key)
+        target = next(n for n in self.masters() if n is not source)
+        slot = source.cli("cluster", "keyslot", key).strip()
+        source_id = source.cli("cluster", "myid").strip()
+        target_id = target.cli("cluster", "myid").strip()
+        target.cli("cluster", "setslot", slot, "importing", source_id)
+        source.cli("cluster", "setslot", slot, "migrating", target_id)
+        names = source.cli("cluster", "getkeysinslot", slot, "1000").split()
+        if names:
+            out = source.cli(
+                "migrate", "127.0.0.1", str(target.port), "", "0", "5000",
+                "auth", PASSWORD, "keys", *names,
+            )  # fmt: skip
+            if "OK" not in out:
+                raise RuntimeError(f"MIGRATE failed: {out}")
+        for node in self.masters():
+            node.cli("cluster", "setslot", slot, "node", target_id)
+        self._wait(lambda: self.master_of(key) is target, "move the slot")
+        return target
+
     def kill_and_wait_for_promotion(self, node: ClusterNode, timeout: float = 30) -> None:
         """SIGKILL a master and wait until its replica is master and the cluster is healthy."""
         node.kill()

@@ -56,10 +56,15 @@ import time
 import weakref
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from redis.exceptions import ClusterError, NoScriptError, RedisClusterException, RedisError
+from redis.exceptions import (
+    ClusterError,
+    NoScriptError,
+    RedisClusterException,
+    RedisError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.exceptions import TryAgainError
 
 from langchain_pllm.state.base import (
     BreakerPolicy,

@@ -6,8 +6,10 @@ A single server (``redis://``, ``rediss://``, ``unix://``) gets redis-py's ``Red
 its keys' slot. Every key of one provider sits in one hash slot (``pllm:{K}:...``, see
 ``redis_layout.py``) and the heartbeat is a single key, so no script and no call touches two
 slots. The cluster client follows ``MOVED`` and ``ASK`` (a resharding, a failover) by itself,
-within one call; a node that does not answer is an error at once, as for one server: no
-client-side retries, the local fallback is the retry (a retry would multiply the timeout).
+within one call. A node that does not answer: one server's client fails at once (no client-side
+retries: the local fallback is the retry, and a retry would multiply the timeout); a cluster's
+client re-reads the slot map from the other nodes and tries once more, so a call right after a
+failover reaches the promoted replica instead of falling back (at most two timeouts per call).
 
 This module knows URLs and client options only; ``RedisState`` runs the calls.
 """
@@ -35,6 +37,8 @@ _ASYNC_CONNECTIONS = 64
 # A cluster's async client fails a call above its per-node cap: a high cap, as bursts queue on
 # the event loop anyway.
 _CLUSTER_ASYNC_CONNECTIONS = 512
+# Tries after a node failed to answer, each on a freshly read slot map.
+_CLUSTER_RETRIES = 1
 
 SyncClient = redis.Redis | redis.cluster.RedisCluster
 AsyncClient = redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster
@@ -56,7 +60,7 @@ def sync_client(url: str, options: dict[str, Any]) -> SyncClient:
     """A blocking client for ``url`` with connection ``options`` (timeouts, decoding)."""
     if is_cluster(url):
         return redis.cluster.RedisCluster.from_url(
-            _redis_py_url(url), retry=Retry(NoBackoff(), 0), **options
+            _redis_py_url(url), retry=Retry(NoBackoff(), _CLUSTER_RETRIES), **options
         )
     return redis.Redis.from_url(url, retry=Retry(NoBackoff(), 0), **options)
 
@@ -72,7 +76,7 @@ def async_client(url: str, options: dict[str, Any], pool_timeout: float) -> Asyn
     if is_cluster(url):
         return redis.asyncio.cluster.RedisCluster.from_url(
             _redis_py_url(url),
-            retry=AsyncRetry(NoBackoff(), 0),
+            retry=AsyncRetry(NoBackoff(), _CLUSTER_RETRIES),
             max_connections=_CLUSTER_ASYNC_CONNECTIONS,
             **options,
         )

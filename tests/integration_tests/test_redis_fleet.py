@@ -138,12 +138,11 @@ if __name__ == "__main__":  # pragma: no cover
 # The test process -----------------------------------------------------------------------------
 
 import redis  # noqa: E402
+from redis.exceptions import RedisClusterException  # noqa: E402
 
 from langchain_pllm import BalancedChatModel  # noqa: E402
-from langchain_pllm.testing import FakeOpenAIServer, Fault, RecordedRequest  # noqa: E402
-
 from langchain_pllm.state.redis_client import sync_client  # noqa: E402
-from redis.exceptions import RedisClusterException  # noqa: E402
+from langchain_pllm.testing import FakeOpenAIServer, Fault, RecordedRequest  # noqa: E402
 
 if TYPE_CHECKING:
     from tests.redis_cluster_fixture import LocalCluster

@@ -35,6 +35,7 @@ from langchain_pllm.state.memory import MemoryState
 from langchain_pllm.state.redis import RedisState
 
 if TYPE_CHECKING:
+    from tests.redis_cluster_fixture import LocalCluster
     from tests.redis_fixture import RedisServer
 
 pytest_plugins = ["tests.redis_fixture", "tests.redis_cluster_fixture"]
@@ -428,6 +429,52 @@ class TestRedisLayout:
 
 def ours(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
     return [r for r in caplog.records if r.name == "langchain_pllm"]
+
+
+class TestRedisCluster:
+    """A real cluster (3 masters, 3 replicas, password): resharding and failover mid-use."""
+
+    def test_a_resharded_slot_is_followed_and_keeps_its_window(
+        self, redis_cluster: LocalCluster, cluster_url: str
+    ) -> None:
+        state, other = shared(cluster_url), shared(cluster_url)
+        lim = limits(rate=3)
+        for s in (state, other):
+            take(s, lim, T0)
+        starts_key = f"pllm:{{{KEY}}}:starts"
+        before = redis_cluster.master_of(starts_key)
+        after = redis_cluster.move_slot_of(starts_key)
+        assert after is not before
+        # Both clients still map the slot to the old master: MOVED, followed, no fallback.
+        take(state, lim, T0 + 1)
+        assert other.acquire(KEY, lim, 0, T0 + 1, BREAKER) == T0 + W
+        assert state.is_redis_available
+        assert other.is_redis_available
+        assert state.snapshot(KEY, lim, T0 + 1).window_used == 3
+
+    def test_a_killed_master_falls_back_then_its_promoted_replica_serves(
+        self, redis_cluster: LocalCluster, cluster_url: str, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        state = shared(cluster_url, timeout=0.3, retry_interval=0.2, local_share=0.5)
+        lim = limits(rate=4)
+        take(state, lim, T0)
+        redis_cluster.wait_healthy()  # the start reached the replica (asynchronous replication)
+        doomed = redis_cluster.master_of(f"pllm:{{{KEY}}}:starts")
+        with caplog.at_level(logging.INFO, logger="langchain_pllm"):
+            doomed.kill()
+            take(state, lim, T0 + 1)  # the local share: ceil(4 * 0.5) = 2
+            take(state, lim, T0 + 1)
+            assert state.acquire(KEY, lim, 0, T0 + 1, BREAKER) == T0 + 1 + W
+            assert not state.is_redis_available
+            redis_cluster.wait_healthy()  # the replica took over
+            time.sleep(0.25)  # the retry interval, in real time
+            # Back on the promoted replica: its copy of the start, and the 2 replayed ones.
+            take(state, lim, T0 + 2)
+            assert state.is_redis_available
+        assert state.acquire(KEY, lim, 0, T0 + 2, BREAKER) == T0 + W
+        assert state.snapshot(KEY, lim, T0 + 2).window_used == 4
+        levels = [r.levelno for r in ours(caplog)]
+        assert levels == [logging.WARNING, logging.INFO]
 
 
 class TestRedisAway:
