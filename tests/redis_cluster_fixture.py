@@ -52,14 +52,50 @@ def free_cluster_ports(count: int) -> list[int]:
     return ports
 
 
-class ClusterNode:
-    """One ``redis-server`` of the cluster."""
+def make_certificates(directory: str) -> dict[str, str]:
+    """A throwaway CA and a server certificate for 127.0.0.1 (``openssl``); their paths."""
+    paths = {
+        name: os.path.join(directory, f"{name}.pem") for name in ("ca", "ca-key", "cert", "key")
+    }
+    ext = os.path.join(directory, "san.cnf")
+    with open(ext, "w") as f:
+        f.write("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    steps = [
+        ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=pllm-test-ca",
+         "-keyout", paths["ca-key"], "-out", paths["ca"]],
+        ["req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
+         "-keyout", paths["key"], "-out", os.path.join(directory, "req.pem")],
+        ["x509", "-req", "-in", os.path.join(directory, "req.pem"), "-CA", paths["ca"],
+         "-CAkey", paths["ca-key"], "-CAcreateserial", "-days", "2", "-extfile", ext,
+         "-out", paths["cert"]],
+    ]  # fmt: skip
+    for step in steps:
+        subprocess.run(["openssl", *step], capture_output=True, check=True, timeout=60)
+    return paths
 
-    def __init__(self, port: int, root: str) -> None:
+
+class ClusterNode:
+    """One ``redis-server`` of the cluster (TLS only, when given certificates)."""
+
+    def __init__(self, port: int, root: str, tls: dict[str, str] | None = None) -> None:
         self.port = port
+        self.tls = tls
         self.dir = os.path.join(root, str(port))
         os.makedirs(self.dir, exist_ok=True)
         self.proc: subprocess.Popen[bytes] | None = None
+
+    def _listen_args(self) -> list[str]:
+        if self.tls is None:
+            return ["--port", str(self.port)]
+        return [
+            "--port", "0", "--tls-port", str(self.port),
+            "--tls-cluster", "yes", "--tls-replication", "yes", "--tls-auth-clients", "no",
+            "--tls-cert-file", self.tls["cert"], "--tls-key-file", self.tls["key"],
+            "--tls-ca-cert-file", self.tls["ca"],
+        ]  # fmt: skip
+
+    def _cli_args(self) -> list[str]:
+        return [] if self.tls is None else ["--tls", "--cacert", self.tls["ca"]]
 
     @property
     def running(self) -> bool:
@@ -71,7 +107,7 @@ class ClusterNode:
         self.proc = subprocess.Popen(
             [
                 "redis-server",
-                "--port", str(self.port),
+                *self._listen_args(),
                 "--bind", "127.0.0.1",
                 "--cluster-enabled", "yes",
                 "--cluster-config-file", "nodes.conf",
@@ -110,7 +146,16 @@ class ClusterNode:
     def cli(self, *args: str, timeout: float = 10) -> str:
         """``redis-cli`` against this node; its output."""
         done = subprocess.run(
-            ["redis-cli", "-p", str(self.port), "-a", PASSWORD, "--no-auth-warning", *args],
+            [
+                "redis-cli",
+                *self._cli_args(),
+                "-p",
+                str(self.port),
+                "-a",
+                PASSWORD,
+                "--no-auth-warning",
+                *args,
+            ],
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -133,16 +178,25 @@ class ClusterNode:
 
 
 class LocalCluster:
-    """Three masters and three replicas of ``redis-server`` on loopback, joined into a cluster."""
+    """Three masters and three replicas of ``redis-server`` on loopback, joined into a cluster.
 
-    def __init__(self) -> None:
+    Args:
+        tls: Serve TLS only (a throwaway CA made with ``openssl``), cluster bus and
+            replication included; the URL is then ``rediss+cluster://`` naming the CA.
+    """
+
+    def __init__(self, tls: bool = False) -> None:
         self._root = tempfile.mkdtemp(prefix="pllm-cluster-")
-        self.nodes = [ClusterNode(port, self._root) for port in free_cluster_ports(6)]
+        self.tls = make_certificates(self._root) if tls else None
+        self.nodes = [ClusterNode(port, self._root, self.tls) for port in free_cluster_ports(6)]
 
     @property
     def url(self) -> str:
         """``redis+cluster://:PASSWORD@127.0.0.1:PORT`` of the first node that runs."""
         node = next(n for n in self.nodes if n.running)
+        if self.tls is not None:
+            ca = self.tls["ca"]
+            return f"rediss+cluster://:{PASSWORD}@127.0.0.1:{node.port}?ssl_ca_certs={ca}"
         return f"redis+cluster://:{PASSWORD}@127.0.0.1:{node.port}"
 
     def start(self) -> LocalCluster:
@@ -151,7 +205,8 @@ class LocalCluster:
         self._wait(lambda: all(n.cli("ping").strip() == "PONG" for n in self.nodes), "start")
         done = subprocess.run(
             [
-                "redis-cli", "-a", PASSWORD, "--no-auth-warning", "--cluster", "create",
+                "redis-cli", *self.nodes[0]._cli_args(), "-a", PASSWORD, "--no-auth-warning",
+                "--cluster", "create",
                 *(f"127.0.0.1:{n.port}" for n in self.nodes),
                 "--cluster-replicas", "1", "--cluster-yes",
             ],

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import shutil
 import socket
 import threading
 import time
@@ -475,6 +476,29 @@ class TestRedisCluster:
         assert state.snapshot(KEY, lim, T0 + 2).window_used == 4
         levels = [r.levelno for r in ours(caplog)]
         assert levels == [logging.WARNING, logging.INFO]
+
+    async def test_tls_and_a_password_on_every_node(self) -> None:
+        """``rediss+cluster://`` with a password, TLS on clients, bus and replication."""
+        if shutil.which("openssl") is None:
+            pytest.skip("openssl is not installed: no certificates for a TLS cluster")
+        from tests.redis_cluster_fixture import LocalCluster
+
+        cluster = LocalCluster(tls=True)
+        try:
+            cluster.start()
+            url = cluster.url
+            assert url.startswith("rediss+cluster://:")
+            assert "ssl_ca_certs=" in url
+            a, b = shared(url), shared(url)
+            lim = limits(rate=2)
+            take(a, lim, T0)
+            lease = await b.aacquire(KEY, lim, 0, T0, BREAKER)
+            assert isinstance(lease, Lease)
+            assert a.acquire(KEY, lim, 0, T0, BREAKER) == T0 + W  # one window, over TLS
+            assert a.is_redis_available
+            assert b.is_redis_available
+        finally:
+            cluster.close()
 
 
 class TestRedisAway:
