@@ -46,7 +46,7 @@ __all__ = [
     "redact_url",
 ]
 
-_STATE_SCHEMES = ("redis://", "rediss://", "unix://")
+_STATE_SCHEMES = ("redis://", "rediss://", "unix://", "redis+cluster://", "rediss+cluster://")
 
 
 class _ConfigModel(BaseModel):
@@ -295,7 +295,8 @@ class BalancerConfig(_ConfigModel):
     health_check_interval: float = 300.0
     """Seconds an open breaker waits before one probe request may close it."""
     state: str = "memory"
-    """``memory`` (this process) or a ``redis://``, ``rediss://`` or ``unix://`` URL (shared)."""
+    """``memory`` (this process) or a ``redis://``, ``rediss://`` or ``unix://`` URL (shared);
+    ``redis+cluster://host:port`` (``rediss+cluster://`` with TLS) for a Redis Cluster."""
     window: float = 60.0
     """Length of the sliding rate-limit window, in seconds."""
     max_wait: float = 120.0
@@ -374,7 +375,8 @@ class BalancerConfig(_ConfigModel):
             # A Redis URL may carry a password: show it only when it plainly has none.
             shown = f", got {show(redact_url(url))}" if "@" not in url else ""
             raise fail(
-                f"state must be memory or a redis://, rediss:// or unix:// URL{shown}; {hint}"
+                "state must be memory or a redis://, rediss://, unix://, redis+cluster:// or "
+                f"rediss+cluster:// URL{shown}; {hint}"
             )
         return url
 

@@ -56,12 +56,15 @@ import time
 import weakref
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-import redis
-import redis.asyncio
-from redis.asyncio.retry import Retry as AsyncRetry
-from redis.backoff import NoBackoff
-from redis.exceptions import NoScriptError, RedisError
-from redis.retry import Retry
+from redis.exceptions import (
+    ClusterError,
+    NoScriptError,
+    RedisClusterException,
+    RedisError,
+    TryAgainError,
+)
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from langchain_pllm.state.base import (
     BreakerPolicy,
@@ -73,6 +76,13 @@ from langchain_pllm.state.base import (
 )
 from langchain_pllm.state.fallback import LocalFallback, Records
 from langchain_pllm.state.heartbeat import DEFAULT_INTERVAL, Heartbeat
+from langchain_pllm.state.redis_client import (
+    AsyncClient,
+    SyncClient,
+    async_client,
+    is_cluster,
+    sync_client,
+)
 from langchain_pllm.state.redis_layout import Call, RedisLayout, RedisLease
 from langchain_pllm.state.redis_scripts import (
     ACQUIRE,
@@ -93,7 +103,18 @@ __all__ = ["RedisState"]
 
 logger = logging.getLogger("langchain_pllm")
 
-_UNAVAILABLE = (RedisError, OSError)
+# A cluster's client raises RedisClusterException (no RedisError) when no node holds a slot.
+_UNAVAILABLE = (RedisError, RedisClusterException, OSError)
+# Errors that mean Redis did not answer (rather than a script's own error); CLUSTERDOWN and
+# TRYAGAIN while a cluster fails over count as not answering.
+_LOST = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    ClusterError,
+    TryAgainError,
+    RedisClusterException,
+    OSError,
+)
 _STATS_TTL = 86_400.0
 _URL_OPTIONS = ("lease_ttl", "key_prefix")
 
@@ -110,7 +131,8 @@ class RedisState(StateBackend):
     """Windows, breakers, leases and counters in Redis, shared by every process using it.
 
     Args:
-        url: ``redis://``, ``rediss://`` or ``unix://`` URL (redis-py's URL syntax).
+        url: ``redis://``, ``rediss://`` or ``unix://`` URL (redis-py's URL syntax), or
+            ``redis+cluster://`` / ``rediss+cluster://`` and any node of a Redis Cluster.
         timeout: Seconds allowed per Redis call (connect and reply) before falling back.
         local_share: Share of each limit this process takes while Redis is away; ``None``
             means one share per live process sharing this Redis (see ``fallback.py``).
@@ -152,11 +174,10 @@ class RedisState(StateBackend):
             "decode_responses": True,
             "health_check_interval": 0,
         }
-        # No client-side retries: a retry would multiply the timeout; the fallback is the retry.
-        self._client = redis.Redis.from_url(
-            url, retry=Retry(NoBackoff(), 0), **self._client_options
-        )
-        self._aclients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, redis.asyncio.Redis]
+        self.cluster = is_cluster(url)
+        """True for a Redis Cluster URL (``redis+cluster://``, ``rediss+cluster://``)."""
+        self._client: SyncClient = sync_client(url, self._client_options)
+        self._aclients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncClient]
         self._aclients = weakref.WeakKeyDictionary()
         self._aclients_lock = threading.Lock()
         self._layout = RedisLayout(key_prefix, lease_ttl, stats_ttl, server_time)
@@ -246,23 +267,16 @@ class RedisState(StateBackend):
         except NoScriptError:  # a restarted server forgot its scripts
             return client.eval(script.source, len(keys), *keys, *args)
 
-    def _aclient(self) -> redis.asyncio.Redis:
+    def _aclient(self) -> AsyncClient:
         loop = asyncio.get_running_loop()
         client = self._aclients.get(loop)
         if client is None:
             with self._aclients_lock:
                 client = self._aclients.get(loop)
                 if client is None:
-                    # A blocking pool queues bursts above its size instead of failing them
-                    # ("too many connections" would read as Redis being away).
-                    pool = redis.asyncio.BlockingConnectionPool.from_url(
-                        self.url,
-                        max_connections=64,
-                        timeout=max(1.0, 4 * self.timeout),
-                        retry=AsyncRetry(NoBackoff(), 0),
-                        **self._client_options,
+                    client = self._aclients[loop] = async_client(
+                        self.url, self._client_options, max(1.0, 4 * self.timeout)
                     )
-                    client = self._aclients[loop] = redis.asyncio.Redis(connection_pool=pool)
         return client
 
     async def _arun(self, script: Script, keys: tuple[str, ...], args: tuple[str, ...]) -> Any:
@@ -271,6 +285,44 @@ class RedisState(StateBackend):
             return await client.evalsha(script.sha, len(keys), *keys, *args)
         except NoScriptError:
             return await client.eval(script.source, len(keys), *keys, *args)
+
+    def _send_all(self, calls: list[tuple[Script, Call]]) -> list[Any]:
+        """Run scripts in one round trip; a script's own error comes back in its place.
+
+        One server takes them as one pipeline. A cluster takes them one by one: they touch
+        other slots, maybe other masters, and a rejoin is rare. An unreachable Redis raises.
+        """
+        if not self.cluster:
+            pipe = self._client.pipeline(transaction=False)
+            for script, (keys, args) in calls:
+                pipe.eval(script.source, len(keys), *keys, *args)
+            return pipe.execute(raise_on_error=False)
+        replies: list[Any] = []
+        for script, call in calls:
+            try:
+                replies.append(self._run(script, *call))
+            except _LOST:
+                raise
+            except RedisError as exc:
+                replies.append(exc)
+        return replies
+
+    async def _asend_all(self, calls: list[tuple[Script, Call]]) -> list[Any]:
+        """Async twin of ``_send_all``."""
+        if not self.cluster:
+            pipe = self._aclient().pipeline(transaction=False)
+            for script, (keys, args) in calls:
+                pipe.eval(script.source, len(keys), *keys, *args)
+            return await pipe.execute(raise_on_error=False)
+        replies: list[Any] = []
+        for script, call in calls:
+            try:
+                replies.append(await self._arun(script, *call))
+            except _LOST:
+                raise
+            except RedisError as exc:
+                replies.append(exc)
+        return replies
 
     def _seen(self, reply: Any) -> None:
         """A heartbeat's count of live processes: the fallback's shares follow it."""
@@ -335,11 +387,8 @@ class RedisState(StateBackend):
         """
         beat = True
         while (plan := self._rejoin_plan(now, beat)) is not None:
-            pipe = self._client.pipeline(transaction=False)
-            for script, (keys, args) in plan.calls:
-                pipe.eval(script.source, len(keys), *keys, *args)
             try:
-                replies = pipe.execute(raise_on_error=False)
+                replies = self._send_all(plan.calls)
             except BaseException as exc:
                 if self._rejoin_failed(plan, exc):
                     return False
@@ -352,11 +401,8 @@ class RedisState(StateBackend):
         """Async twin of ``_rejoin``."""
         beat = True
         while (plan := self._rejoin_plan(now, beat)) is not None:
-            pipe = self._aclient().pipeline(transaction=False)
-            for script, (keys, args) in plan.calls:
-                pipe.eval(script.source, len(keys), *keys, *args)
             try:
-                replies = await pipe.execute(raise_on_error=False)
+                replies = await self._asend_all(plan.calls)
             except BaseException as exc:
                 if self._rejoin_failed(plan, exc):
                     return False

@@ -21,6 +21,7 @@ decide when a request starts. The test requires the shortest such span to be at 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -137,14 +138,17 @@ if __name__ == "__main__":  # pragma: no cover
 # The test process -----------------------------------------------------------------------------
 
 import redis  # noqa: E402
+from redis.exceptions import RedisClusterException  # noqa: E402
 
 from langchain_pllm import BalancedChatModel  # noqa: E402
+from langchain_pllm.state.redis_client import sync_client  # noqa: E402
 from langchain_pllm.testing import FakeOpenAIServer, Fault, RecordedRequest  # noqa: E402
 
 if TYPE_CHECKING:
+    from tests.redis_cluster_fixture import LocalCluster
     from tests.redis_fixture import RedisServer
 
-pytest_plugins = ["tests.redis_fixture"]
+pytest_plugins = ["tests.redis_fixture", "tests.redis_cluster_fixture"]
 
 
 class Worker:
@@ -266,7 +270,7 @@ class ReservationLog:
     """
 
     def __init__(self, url: str, interval: float = WINDOW / 4) -> None:
-        self._client = redis.Redis.from_url(url, decode_responses=True)
+        self._client = sync_client(url, {"decode_responses": True})  # a cluster's too
         self._interval = interval
         self.entries: dict[str, dict[str, float]] = {}
         self._stop = threading.Event()
@@ -280,7 +284,9 @@ class ReservationLog:
 
     def _poll(self) -> None:
         while not self._stop.is_set():
-            self._collect()
+            # A cluster node killed by the test: read the others, and it again when promoted.
+            with contextlib.suppress(redis.RedisError, RedisClusterException):
+                self._collect()
             self._stop.wait(self._interval)
 
     def of(self, model: dict[str, Any], provider: str, kind: str) -> dict[str, float]:
@@ -572,3 +578,51 @@ def test_pllm_top_once_shows_the_whole_fleets_in_flight_and_window_use(
             assert row["errors"] == "0"
             keys = [k for k in keys if k != cells[0]]
     assert keys == [], done.stdout  # both rows were found
+
+
+def test_on_a_cluster_four_processes_keep_the_limit_through_a_killed_master(
+    fleet: list[Worker], server: FakeOpenAIServer, redis_cluster: LocalCluster, cluster_url: str
+) -> None:
+    """Redis Cluster (3 masters, 3 replicas, password): a master SIGKILLed mid-run.
+
+    While its replica takes over (about 2 s), each process that meets the dead node serves
+    from its local share (``local_share`` 1/4: the heartbeat's count may still be 1 this early
+    in a run) and replays those starts into Redis on its return; no request is lost. The
+    fallback is the whole state's, not the dead node's slots only, so every key of the pool
+    falls under the outage rule: at most its limit plus the fleet's local shares in any window
+    (of Redis's reservations, where every start is written, and of arrivals).
+    """
+    keys = ["sk-cluster-one", "sk-cluster-two", "sk-cluster-three"]
+    model = pool(server, cluster_url, keys, rate_limit=LIMIT, balancer={"local_share": 0.25})
+    balancer = BalancedChatModel(**model).balancer_instance
+    doomed = redis_cluster.master_of(f"pllm:{{{balancer.by_id[keys[0]].key}}}:starts")
+    seconds = WINDOWS * WINDOW
+    with ReservationLog(cluster_url) as reservations:
+        start_at = time.monotonic() + 0.5
+        for w in fleet:
+            w.send("hammer", model=model, threads=4, start_at=start_at, stop_at=start_at + seconds)
+        time.sleep(max(0.0, start_at + 1.0 - time.monotonic()))
+        killed_at = time.monotonic()
+        redis_cluster.kill_and_wait_for_promotion(doomed)
+        promoted_after = time.monotonic() - killed_at
+        results = [w.answer(timeout=seconds + 40) for w in fleet]
+    assert [r["errors"] for r in results] == [[]] * 4
+    assert sum(r["ok"] for r in results) == len(server.requests)  # no request lost
+    assert all(r.status == 200 for r in server.requests)
+    log = by_key(server)
+    outage_bound = LIMIT + 4 * -(-LIMIT // 4)  # Redis's limit, plus each process's share
+    for key in keys:
+        arrived = heaviest_span([(r.time, 1) for r in log[key]], WINDOW - LAG)
+        reserved = heaviest_span(
+            [(t, 1) for t in reservations.of(model, key, "starts").values()], WINDOW
+        )
+        print(
+            f"\ncluster {key}: master killed, replica promoted after {promoted_after:.2f}s; "
+            f"heaviest window of arrivals {arrived}, of Redis reservations {reserved} "
+            f"(limit {LIMIT}, outage bound {outage_bound}); {len(log[key])} requests"
+        )
+        assert arrived <= outage_bound, key
+        assert reserved <= outage_bound, key
+    assert any("unreachable" in message for w in fleet for _, message in w.call("logs")["logs"]), (
+        "no process noticed the outage"
+    )

@@ -543,6 +543,14 @@ def test_balancer_accepts_valid_values() -> None:
     assert balancer_from_mapping({"state": "rediss://h:6380/1"}).state == "rediss://h:6380/1"
 
 
+def test_balancer_accepts_a_cluster_url_and_hides_its_password() -> None:
+    for url in ("redis+cluster://:pw@h:7000", "rediss+cluster://user:pw@h:7000"):
+        balancer = balancer_from_mapping({"state": url})
+        assert balancer.state == url  # kept whole for connecting
+        assert "pw" not in repr(balancer)
+        assert "pw" not in str(balancer.model_dump())
+
+
 @pytest.mark.parametrize(
     ("key", "value", "expected"),
     [

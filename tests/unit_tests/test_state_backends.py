@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import shutil
 import socket
 import threading
 import time
@@ -35,9 +36,10 @@ from langchain_pllm.state.memory import MemoryState
 from langchain_pllm.state.redis import RedisState
 
 if TYPE_CHECKING:
+    from tests.redis_cluster_fixture import LocalCluster
     from tests.redis_fixture import RedisServer
 
-pytest_plugins = ["tests.redis_fixture"]
+pytest_plugins = ["tests.redis_fixture", "tests.redis_cluster_fixture"]
 
 W = 60.0
 T0 = 1000.0
@@ -58,11 +60,12 @@ def take(state: StateBackend, lim: Limits, now: float, tokens: int = 0, key: str
     return r
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "cluster"])
 def backend(request: pytest.FixtureRequest) -> StateBackend:
     if request.param == "memory":
         return MemoryState()
-    url = request.getfixturevalue("redis_url")
+    # The cluster: three masters and three replicas, a password on every node.
+    url = request.getfixturevalue("redis_url" if request.param == "redis" else "cluster_url")
     # A generous timeout: a busy test machine must not make the backend fall back.
     return RedisState(url, server_time=False, timeout=5.0)
 
@@ -425,6 +428,75 @@ class TestRedisLayout:
 
 def ours(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
     return [r for r in caplog.records if r.name == "langchain_pllm"]
+
+
+class TestRedisCluster:
+    """A real cluster (3 masters, 3 replicas, password): resharding and failover mid-use."""
+
+    def test_a_resharded_slot_is_followed_and_keeps_its_window(
+        self, redis_cluster: LocalCluster, cluster_url: str
+    ) -> None:
+        state, other = shared(cluster_url), shared(cluster_url)
+        lim = limits(rate=3)
+        for s in (state, other):
+            take(s, lim, T0)
+        starts_key = f"pllm:{{{KEY}}}:starts"
+        before = redis_cluster.master_of(starts_key)
+        after = redis_cluster.move_slot_of(starts_key)
+        assert after is not before
+        # Both clients still map the slot to the old master: MOVED, followed, no fallback.
+        take(state, lim, T0 + 1)
+        assert other.acquire(KEY, lim, 0, T0 + 1, BREAKER) == T0 + W
+        assert state.is_redis_available
+        assert other.is_redis_available
+        assert state.snapshot(KEY, lim, T0 + 1).window_used == 3
+
+    def test_a_killed_master_falls_back_then_its_promoted_replica_serves(
+        self, redis_cluster: LocalCluster, cluster_url: str, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        state = shared(cluster_url, timeout=0.3, retry_interval=0.2, local_share=0.5)
+        lim = limits(rate=4)
+        take(state, lim, T0)
+        redis_cluster.wait_healthy()  # the start reached the replica (asynchronous replication)
+        doomed = redis_cluster.master_of(f"pllm:{{{KEY}}}:starts")
+        with caplog.at_level(logging.INFO, logger="langchain_pllm"):
+            doomed.kill()
+            take(state, lim, T0 + 1)  # the local share: ceil(4 * 0.5) = 2
+            take(state, lim, T0 + 1)
+            assert state.acquire(KEY, lim, 0, T0 + 1, BREAKER) == T0 + 1 + W
+            assert not state.is_redis_available
+            redis_cluster.wait_healthy()  # the replica took over
+            time.sleep(0.25)  # the retry interval, in real time
+            # Back on the promoted replica: its copy of the start, and the 2 replayed ones.
+            take(state, lim, T0 + 2)
+            assert state.is_redis_available
+        assert state.acquire(KEY, lim, 0, T0 + 2, BREAKER) == T0 + W
+        assert state.snapshot(KEY, lim, T0 + 2).window_used == 4
+        levels = [r.levelno for r in ours(caplog)]
+        assert levels == [logging.WARNING, logging.INFO]
+
+    async def test_tls_and_a_password_on_every_node(self) -> None:
+        """``rediss+cluster://`` with a password, TLS on clients, bus and replication."""
+        if shutil.which("openssl") is None:
+            pytest.skip("openssl is not installed: no certificates for a TLS cluster")
+        from tests.redis_cluster_fixture import LocalCluster
+
+        cluster = LocalCluster(tls=True)
+        try:
+            cluster.start()
+            url = cluster.url
+            assert url.startswith("rediss+cluster://:")
+            assert "ssl_ca_certs=" in url
+            a, b = shared(url), shared(url)
+            lim = limits(rate=2)
+            take(a, lim, T0)
+            lease = await b.aacquire(KEY, lim, 0, T0, BREAKER)
+            assert isinstance(lease, Lease)
+            assert a.acquire(KEY, lim, 0, T0, BREAKER) == T0 + W  # one window, over TLS
+            assert a.is_redis_available
+            assert b.is_redis_available
+        finally:
+            cluster.close()
 
 
 class TestRedisAway:
