@@ -29,6 +29,7 @@ from pydantic import ConfigDict, Field, PrivateAttr
 
 from langchain_pllm.balancer import Balancer
 from langchain_pllm.balancer.picker import Member
+from langchain_pllm.balancer.recent import TokenUsage
 from langchain_pllm.config import PoolConfig
 from langchain_pllm.pool_face import AVOID_KWARG, Capability, PoolFace
 from langchain_pllm.preflight import check_conversation
@@ -524,7 +525,9 @@ def _pool_id(pool: PoolConfig) -> str:
 
 def _total_tokens(message: AIMessage | AIMessageChunk) -> int | None:
     usage = message.usage_metadata
-    return usage["total_tokens"] if usage else None
+    if not usage:
+        return None
+    return TokenUsage(usage["input_tokens"], usage["output_tokens"], usage["total_tokens"])
 
 
 def _result(message: AIMessage, member: Member, attempts: int) -> ChatResult:

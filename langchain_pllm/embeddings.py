@@ -20,6 +20,8 @@ from langchain_core.exceptions import ModelAPIError
 from pydantic import ConfigDict, Field, PrivateAttr
 
 from langchain_pllm.balancer import Balancer
+from langchain_pllm.balancer.metrics import operation
+from langchain_pllm.balancer.recent import TokenUsage
 from langchain_pllm.config import PoolConfig, ProviderConfig
 from langchain_pllm.exceptions import PllmConfigError, model_error
 from langchain_pllm.pool_face import Capability, PoolFace
@@ -197,9 +199,10 @@ class BalancedEmbeddings(PoolFace, Embeddings):
     def _embed_batch(
         self, balancer: Balancer, batch: list[str], report: BatchReport | None = None
     ) -> list[list[float]]:
-        result, _, attempts = balancer.call(
-            lambda p: self._embed(p, batch), tokens=self._tokens(batch), tokens_of=_tokens_of
-        )
+        with operation("embeddings"):
+            result, _, attempts = balancer.call(
+                lambda p: self._embed(p, batch), tokens=self._tokens(batch), tokens_of=_tokens_of
+            )
         vectors = result.vectors
         if report is not None:
             report.batch(len(batch), attempts)
@@ -253,9 +256,12 @@ class BalancedEmbeddings(PoolFace, Embeddings):
         report: BatchReport | None = None,
     ) -> list[list[float]]:
         async with gate:
-            result, _, attempts = await balancer.acall(
-                lambda p: self._aembed(p, batch), tokens=self._tokens(batch), tokens_of=_tokens_of
-            )
+            with operation("embeddings"):
+                result, _, attempts = await balancer.acall(
+                    lambda p: self._aembed(p, batch),
+                    tokens=self._tokens(batch),
+                    tokens_of=_tokens_of,
+                )
         vectors = result.vectors
         if report is not None:
             report.batch(len(batch), attempts)
@@ -295,7 +301,8 @@ class BalancedEmbeddings(PoolFace, Embeddings):
 
 
 def _tokens_of(result: EmbeddingResult) -> int | None:
-    return result.tokens
+    # Embeddings have input tokens only.
+    return None if result.tokens is None else TokenUsage(result.tokens, 0)
 
 
 def _check_one_space(pool: PoolConfig) -> None:

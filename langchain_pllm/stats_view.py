@@ -43,7 +43,17 @@ _HTML_COLOURS = {
 }
 BAR_WIDTH = 10
 # Columns left out first when a terminal is too narrow for the whole table.
-_DROP_ORDER = ("model", "vendor", "invalid", "cost", "tokens", "resting", "requests")
+_DROP_ORDER = (
+    "model",
+    "vendor",
+    "invalid",
+    "cost",
+    "latency p50/p95",
+    "req/s",
+    "tokens",
+    "resting",
+    "requests",
+)
 
 
 @dataclass(frozen=True)
@@ -110,6 +120,22 @@ def _tokens(row: Row) -> str:
     return f"{total} (in {_fmt(inp)} / out {_fmt(out)})"
 
 
+def _rate(row: Row) -> str:
+    rate = row.get("requests_per_second")
+    return "-" if not isinstance(rate, int | float) else f"{rate:.2f}"
+
+
+def _latency(row: Row) -> str:
+    p50, p95 = row.get("latency_p50"), row.get("latency_p95")
+    if not isinstance(p50, int | float) or not isinstance(p95, int | float):
+        return "-"
+    return f"{_millis(p50)} / {_millis(p95)}"
+
+
+def _millis(seconds: float) -> str:
+    return f"{seconds * 1000:.0f}ms" if seconds < 10 else f"{seconds:.1f}s"
+
+
 def _level(fraction: float) -> str:
     """How full a window is, as a style name shared by the terminal and HTML."""
     return "green" if fraction < 0.7 else "yellow" if fraction < 1.0 else "bold red"
@@ -138,6 +164,8 @@ _COLUMNS = (
     _Column("state", lambda r: _fmt(r.get("state")), left=True),
     _Column("in flight", lambda r: _fmt(r.get("active_requests"))),
     _Column("requests", lambda r: _fmt(r.get("total_requests"))),
+    _Column("req/s", _rate, shown=_any("requests_per_second")),
+    _Column("latency p50/p95", _latency, shown=_any("latency_p50")),
     # Here come the windows, one column per window name (see StatsTable.windows).
     _Column("tokens", _tokens),
     _Column("errors", lambda r: _fmt(r.get("error_count"))),

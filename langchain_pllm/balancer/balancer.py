@@ -32,6 +32,7 @@ from langchain_core.exceptions import (
     ModelTimeoutError,
 )
 
+from langchain_pllm.balancer.metrics import PoolObserver
 from langchain_pllm.balancer.picker import Member, Picker
 from langchain_pllm.balancer.reasons import blocked_reason
 from langchain_pllm.balancer.routes import ModelRoutes
@@ -208,6 +209,7 @@ class Balancer:
         self._lock = threading.Lock()
         self._waiters: list[Callable[[], None]] = []
         self._local = state.is_local
+        self.observer = PoolObserver(self.members, self.get_stats)
 
     # Acquire / release -------------------------------------------------------------------------
 
@@ -249,6 +251,7 @@ class Balancer:
     def _wait_target(self, req: _Attempts, wake: float, now: float) -> float:
         """Nothing has capacity until ``wake``: the time to wait until, or raise."""
         if req.wait_until is None:
+            self.observer.waited()
             req.wait_start = now
             req.wait_until = self._wait_until(req, now)
         if now >= req.wait_until or (req.last_error is not None and wake > req.wait_until):
@@ -283,6 +286,8 @@ class Balancer:
                     self._abandoned(c)
                     raise
                 if isinstance(r, Lease):
+                    if req.count:
+                        self.observer.retried(c)
                     return c, r
                 self._refused(c, r, now)
                 continue
@@ -309,6 +314,8 @@ class Balancer:
                     self._abandoned(c)
                     raise
                 if isinstance(r, Lease):
+                    if req.count:
+                        self.observer.retried(c)
                     return c, r
                 self._refused(c, r, now)
                 continue
@@ -320,7 +327,10 @@ class Balancer:
         ra = getattr(exc, "retry_after", None)
         return self.config.default_retry_after if ra is None else float(ra)
 
-    def _after_release(self, m: Member, outcome: Outcome) -> None:
+    def _after_release(
+        self, m: Member, lease: Lease, outcome: Outcome, used: int | None = None
+    ) -> None:
+        self.observer.attempt(m, lease, outcome, used, self.clock.now())
         with self._lock:
             self.picker.done(m, _PICKER_FAILED[outcome])
             waiters, self._waiters = self._waiters, []
@@ -343,7 +353,7 @@ class Balancer:
             tokens_used=tokens_used,
             retry_after=self._retry_after(outcome, exc),
         )
-        self._after_release(m, outcome)
+        self._after_release(m, lease, outcome, tokens_used)
 
     async def _arelease(
         self,
@@ -377,7 +387,7 @@ class Balancer:
                 retry_after=self._retry_after(outcome, exc),
             )
         finally:
-            self._after_release(m, outcome)
+            self._after_release(m, lease, outcome, tokens_used)
 
     # Calls -------------------------------------------------------------------------------------
 
@@ -572,6 +582,7 @@ class Balancer:
                 "tokens_in_window": snap.tokens_in_window,
                 "validation_failures": snap.validation_failures,
                 "resting_for": max(0.0, snap.rest_until - now),
+                **self.observer.stats(m, now),
             }
         return out
 
