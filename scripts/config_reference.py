@@ -91,7 +91,14 @@ def default_text(field: FieldInfo) -> str:
         return str(default).lower()
     if isinstance(default, str):
         return f'"{default}"'
+    if isinstance(default, tuple | list):
+        return "[" + ", ".join(default_text_value(v) for v in default) + "]"
     return repr(default)
+
+
+def default_text_value(value: Any) -> str:
+    """One value inside a default list, as YAML would show it."""
+    return f'"{value}"' if isinstance(value, str) else repr(value)
 
 
 def _cell(text: str) -> str:
