@@ -29,6 +29,7 @@ import argparse
 import asyncio
 import contextlib
 import gc
+import itertools
 import multiprocessing
 import os
 import resource
@@ -305,35 +306,78 @@ def _noop(provider: object) -> None:
     """A provider call that does nothing, to time the balancer alone."""
 
 
-def balancer_cost(pool_sizes: list[int], calls: int) -> list[tuple[int, float]]:
-    """Microseconds of `Balancer.call` around a call that does no I/O, per pool size."""
+PICK_VARIANTS = ("plain", "tiers", "affinity")
+
+
+def _timed(fn: Callable[[], Any], calls: int) -> float:
+    """Median over 5 runs of the microseconds one ``fn()`` takes."""
+    best = []
+    for _ in range(5):
+        began = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        best.append((time.perf_counter() - began) / calls)
+    return statistics.median(best) * 1e6
+
+
+def balancer_cost(pool_sizes: list[int], calls: int) -> list[tuple[int, dict[str, float]]]:
+    """Microseconds of `Balancer.call` around a call that does no I/O, per pool size.
+
+    Three pools per size: ``plain`` (one tier, no conversation); ``tiers`` (three tiers whose
+    first is spent, every key of it parked at its limit, so each pick walks past it); and
+    ``affinity`` (one tier, every call names one of 1,000 conversations, so the pick looks up
+    and takes the conversation's key).
+    """
     from langchain_pllm import BalancedChatModel
 
     out = []
     for keys in pool_sizes:
-        model = BalancedChatModel(
-            providers=[
-                {
+        micros: dict[str, float] = {}
+        for variant in PICK_VARIANTS:
+
+            def entry(i: int, variant: str = variant, keys: int = keys) -> dict[str, Any]:
+                e: dict[str, Any] = {
                     "vendor": "openai",
-                    "api_key": f"sk-pick{keys}-{i}",
+                    "api_key": f"sk-pick{keys}-{variant}-{i}",
                     "model": MODEL,
                     "api_base": "http://127.0.0.1:9/v1",
                 }
-                for i in range(keys)
-            ]
-        )
-        balancer = model.balancer_instance
+                if variant == "tiers" and keys > 1:
+                    e["tier"] = 1 + i * 3 // keys
+                    if e["tier"] == 1:
+                        e["rate_limit"] = 1  # spent after one call: parked for the window
+                return e
 
-        for _ in range(max(1000, 2 * keys)):
-            balancer.call(_noop)
-        best = []
-        for _ in range(5):
-            began = time.perf_counter()
-            for _ in range(calls):
-                balancer.call(_noop)
-            best.append((time.perf_counter() - began) / calls)
-        out.append((keys, statistics.median(best) * 1e6))
+            model = BalancedChatModel(providers=[entry(i) for i in range(keys)])
+            balancer = model.balancer_instance
+            turns = itertools.cycle([i.to_bytes(16, "big") for i in range(1000)])
+
+            def one(variant: str = variant, balancer: Any = balancer, turns: Any = turns) -> None:
+                if variant == "affinity":
+                    balancer.call(_noop, affinity=next(turns))
+                else:
+                    balancer.call(_noop)
+
+            for _ in range(max(1000, 2 * keys)):
+                one()
+            micros[variant] = _timed(one, calls)
+        out.append((keys, micros))
     return out
+
+
+def digest_cost(calls: int) -> float:
+    """Microseconds the chat face spends naming a conversation (a 2 kB system prompt, 3 turns)."""
+    from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
+
+    from langchain_pllm.conversation import conversation_digest
+
+    messages = [
+        SystemMessage("You are a careful agent. " * 80),
+        HumanMessage("Plan the study of the harbour."),
+        AIMessage("First, the tides."),
+        HumanMessage("Go on."),
+    ]
+    return _timed(lambda: conversation_digest("prefix", messages, None, None)[0], calls)
 
 
 # Report ----------------------------------------------------------------------------------------
@@ -451,10 +495,17 @@ def main() -> None:
         f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MB.\n"
     )
     print(table(contestants))
-    print("\n| keys in pool | `Balancer.call` around a no-I/O call, µs |")
-    print("|---:|---:|")
+    print(
+        "\n| keys in pool | `Balancer.call` around a no-I/O call, µs | three tiers, the first "
+        "spent | with affinity (1,000 conversations) |"
+    )
+    print("|---:|---:|---:|---:|")
     for keys, micros in pick:
-        print(f"| {keys:,} | {micros:.1f} |")
+        print(
+            f"| {keys:,} | {micros['plain']:.1f} | {micros['tiers']:.1f} "
+            f"| {micros['affinity']:.1f} |"
+        )
+    print(f"\nNaming a conversation (digest of its prompt prefix): {digest_cost(20000):.1f} µs")
 
 
 if __name__ == "__main__":

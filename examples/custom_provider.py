@@ -240,8 +240,9 @@ def main() -> None:
 
         # One 429 on team A's key: the request fails over to team B unseen by the caller.
         gateway.fault_for_key("sk-team-a", Fault(status=429, retry_after=30), times=1)
-        for _ in range(2):
-            reply = model.invoke("Say hello again.")
+        for i in range(2):
+            # Two prompts: one prompt sent twice is one conversation and keeps its key.
+            reply = model.invoke(f"Say hello again ({i}).")
             meta = reply.response_metadata
             print(f"invoke: {meta['provider']} after {meta['attempts']} attempt(s)")
 

@@ -31,10 +31,12 @@ from langchain_pllm.balancer import Balancer
 from langchain_pllm.balancer.picker import Member
 from langchain_pllm.balancer.recent import TokenUsage
 from langchain_pllm.config import PoolConfig
-from langchain_pllm.pool_face import AVOID_KWARG, Capability, PoolFace
+from langchain_pllm.conversation import conversation_digest, session_of
+from langchain_pllm.pool_face import AVOID_KWARG, SPILL_KWARG, Capability, PoolFace
 from langchain_pllm.preflight import check_conversation
 from langchain_pllm.providers.base import ChatRequest, estimate_tokens
 from langchain_pllm.providers.convert import media_kinds_in
+from langchain_pllm.spend import StreamSpend, reply_spend
 from langchain_pllm.validation import ValidatingRunnable
 
 __all__ = ["BalancedChatModel"]
@@ -244,7 +246,11 @@ class BalancedChatModel(PoolFace, BaseChatModel):
     # Generation --------------------------------------------------------------------------------
 
     def _request(
-        self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None,
+        kwargs: dict[str, Any],
+        run_manager: CallbackManagerForLLMRun | AsyncCallbackManagerForLLMRun | None = None,
     ) -> tuple[ChatRequest, int, dict[str, Any], Balancer]:
         """The request, its token reservation, the balancer's routing keywords, the balancer.
 
@@ -273,6 +279,9 @@ class BalancedChatModel(PoolFace, BaseChatModel):
         else:
             params.pop("timeout", None)
         params.pop("model", None)
+        # Balancer keywords, not vendor parameters: the conversation and whether to spill.
+        session = session_of(kwargs, run_manager.metadata if run_manager else None)
+        spill = kwargs.pop(SPILL_KWARG, None)
         if kwargs:
             params.update(kwargs)
         if stop:
@@ -283,6 +292,10 @@ class BalancedChatModel(PoolFace, BaseChatModel):
             route["avoid"] = {balancer.by_id[i].index for i in avoid_ids if i in balancer.by_id}
         request = ChatRequest(messages, params, self.timeout if timeout is None else timeout)
         tokens = estimate_tokens(messages, params.get("max_tokens")) if self._has_tpm else 0
+        route["spill"] = spill
+        route["affinity"], route["resume"] = conversation_digest(
+            self.balancer.affinity, messages, params.get("tools"), session
+        )
         return request, tokens, route, balancer
 
     def _generate(
@@ -294,10 +307,11 @@ class BalancedChatModel(PoolFace, BaseChatModel):
     ) -> ChatResult:
         if self.streaming:
             return generate_from_stream(self._stream(messages, stop, run_manager, **kwargs))
-        request, tokens, route, balancer = self._request(messages, stop, kwargs)
+        request, tokens, route, balancer = self._request(messages, stop, kwargs, run_manager)
         message, member, attempts = balancer.call(
             lambda p: p.chat(request), tokens=tokens, tokens_of=_total_tokens, **route
         )
+        balancer.count_spend(member, *_spend(message, member))
         return _result(message, member, attempts)
 
     async def _agenerate(
@@ -309,10 +323,11 @@ class BalancedChatModel(PoolFace, BaseChatModel):
     ) -> ChatResult:
         if self.streaming:
             return await agenerate_from_stream(self._astream(messages, stop, run_manager, **kwargs))
-        request, tokens, route, balancer = self._request(messages, stop, kwargs)
+        request, tokens, route, balancer = self._request(messages, stop, kwargs, run_manager)
         message, member, attempts = await balancer.acall(
             lambda p: p.achat(request), tokens=tokens, tokens_of=_total_tokens, **route
         )
+        await balancer.acount_spend(member, *_spend(message, member))
         return _result(message, member, attempts)
 
     def _stream(
@@ -322,21 +337,25 @@ class BalancedChatModel(PoolFace, BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
-        request, tokens, route, balancer = self._request(messages, stop, kwargs)
+        request, tokens, route, balancer = self._request(messages, stop, kwargs, run_manager)
         served: tuple[Member, int] | None = None
         blocks = False
         ids = _StreamId()
+        spend = StreamSpend()
         for chunk, member, attempts in balancer.stream(
             lambda p: p.stream(request), tokens=tokens, tokens_of=_total_tokens, **route
         ):
             served = (member, attempts)
+            spend.add(chunk.usage_metadata)
             blocks = isinstance(chunk.content, list)
             gen = ChatGenerationChunk(message=ids.stamp(chunk))
             if run_manager is not None:
                 run_manager.on_llm_new_token(gen.text, chunk=gen)
             yield gen
         if served is not None:
-            yield ChatGenerationChunk(message=ids.stamp(_last_chunk(*served, blocks)))
+            cost, cached = reply_spend(served[0].config.price, spend.usage)
+            balancer.count_spend(served[0], cost, cached)
+            yield ChatGenerationChunk(message=ids.stamp(_last_chunk(*served, blocks, cost)))
 
     async def _astream(
         self,
@@ -345,21 +364,25 @@ class BalancedChatModel(PoolFace, BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
-        request, tokens, route, balancer = self._request(messages, stop, kwargs)
+        request, tokens, route, balancer = self._request(messages, stop, kwargs, run_manager)
         served: tuple[Member, int] | None = None
         blocks = False
         ids = _StreamId()
+        spend = StreamSpend()
         async for chunk, member, attempts in balancer.astream(
             lambda p: p.astream(request), tokens=tokens, tokens_of=_total_tokens, **route
         ):
             served = (member, attempts)
+            spend.add(chunk.usage_metadata)
             blocks = isinstance(chunk.content, list)
             gen = ChatGenerationChunk(message=ids.stamp(chunk))
             if run_manager is not None:
                 await run_manager.on_llm_new_token(gen.text, chunk=gen)
             yield gen
         if served is not None:
-            yield ChatGenerationChunk(message=ids.stamp(_last_chunk(*served, blocks)))
+            cost, cached = reply_spend(served[0].config.price, spend.usage)
+            await balancer.acount_spend(served[0], cost, cached)
+            yield ChatGenerationChunk(message=ids.stamp(_last_chunk(*served, blocks, cost)))
 
     def _combine_llm_outputs(self, llm_outputs: list[dict[str, Any] | None]) -> dict[str, Any]:
         # Summed over a batch as ChatOpenAI does; the model name of the first reply.
@@ -530,6 +553,13 @@ def _total_tokens(message: AIMessage | AIMessageChunk) -> int | None:
     return TokenUsage(usage["input_tokens"], usage["output_tokens"], usage["total_tokens"])
 
 
+def _spend(message: AIMessage, member: Member) -> tuple[float | None, int]:
+    cost, cached = reply_spend(member.config.price, message.usage_metadata)
+    if cost is not None:
+        message.response_metadata["cost"] = cost
+    return cost, cached
+
+
 def _result(message: AIMessage, member: Member, attempts: int) -> ChatResult:
     meta = message.response_metadata
     meta["provider"] = member.config.id
@@ -582,19 +612,22 @@ class _StreamId:
         return chunk
 
 
-def _last_chunk(member: Member, attempts: int, blocks: bool) -> AIMessageChunk:
+def _last_chunk(
+    member: Member, attempts: int, blocks: bool, cost: float | None = None
+) -> AIMessageChunk:
     # Empty content of the stream's own kind: "" after a list of blocks would become a stray
     # empty text block under output_version="v1" (langchain_core's own rule in stream()).
+    meta: dict[str, Any] = {
+        "model_provider": member.provider.model_provider,
+        "provider": member.config.id,
+        "vendor": member.config.vendor,
+        "model_name": member.config.model,  # a call's model= picks keys, each sends its own
+        "attempts": attempts,
+    }
+    if cost is not None:
+        meta["cost"] = cost  # the whole reply's: the usage of every chunk is in
     return AIMessageChunk(
-        content=[] if blocks else "",
-        response_metadata={
-            "model_provider": member.provider.model_provider,
-            "provider": member.config.id,
-            "vendor": member.config.vendor,
-            "model_name": member.config.model,  # a call's model= picks keys, each sends its own
-            "attempts": attempts,
-        },
-        chunk_position="last",
+        content=[] if blocks else "", response_metadata=meta, chunk_position="last"
     )
 
 

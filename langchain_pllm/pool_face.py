@@ -31,11 +31,15 @@ from langchain_pllm.exceptions import PllmConfigError
 from langchain_pllm.providers import provider_class
 from langchain_pllm.stats_view import StatsTable
 
-__all__ = ["AVOID_KWARG", "PoolFace"]
+__all__ = ["AVOID_KWARG", "SPILL_KWARG", "PoolFace"]
 
 # Private call keyword of the chat face: provider ids to avoid for this call if any other can
 # serve. ``with_validation`` sends it after a failed check; the chat model reads it.
 AVOID_KWARG = "pllm_avoid"
+
+# Call keyword of the chat face: ``spill=False`` makes a request wait for its tier (the first)
+# rather than go to a higher one; ``None`` or absent: ``balancer.spill``.
+SPILL_KWARG = "spill"
 
 Capability = Literal["chat", "embeddings"]
 

@@ -160,7 +160,10 @@ _COLUMNS = (
     _Column("provider", lambda r: _fmt(r.get("provider")), left=True),
     _Column("vendor", lambda r: _fmt(r.get("vendor")), left=True),
     _Column("model", lambda r: _fmt(r.get("model")), left=True),
-    _Column("tier", lambda r: _fmt(r.get("tier")), shown=_any("tier")),
+    # Every key has a tier (1 by default): the column says something only when one differs.
+    _Column(
+        "tier", lambda r: _fmt(r.get("tier")), shown=_any("tier", lambda v: v not in (None, 1))
+    ),
     _Column("state", lambda r: _fmt(r.get("state")), left=True),
     _Column("in flight", lambda r: _fmt(r.get("active_requests"))),
     _Column("requests", lambda r: _fmt(r.get("total_requests"))),

@@ -32,6 +32,7 @@ from langchain_core.exceptions import (
     ModelTimeoutError,
 )
 
+from langchain_pllm.balancer.affinity import AffinityMap
 from langchain_pllm.balancer.metrics import PoolObserver
 from langchain_pllm.balancer.picker import Member, Picker
 from langchain_pllm.balancer.reasons import blocked_reason
@@ -84,25 +85,43 @@ class _Attempts:
     """One request's retry bookkeeping: attempts made, keys that failed it, the last error."""
 
     __slots__ = (
+        "affinity",
         "clock",
         "count",
         "deadline",
         "last_error",
         "limit",
         "only",
+        "prefer",
+        "resume",
         "retry",
+        "shared",
+        "spill",
         "tried",
         "wait_start",
         "wait_until",
     )
 
     def __init__(
-        self, balancer: Balancer, avoid: set[int] | None, only: frozenset[int] | None = None
+        self,
+        balancer: Balancer,
+        avoid: set[int] | None,
+        only: frozenset[int] | None = None,
+        affinity: bytes | None = None,
+        spill: bool | None = None,
+        resume: bool = True,
     ) -> None:
         self.clock = balancer.clock
         self.only = only  # the members serving the call's model=; None: all
         timeout = balancer.config.request_timeout
         self.deadline = self.clock.now() + timeout if timeout else math.inf
+        # The conversation's key, looked up once per request (``_recall``): a retry skips it
+        # like any key it tried.
+        self.affinity = affinity if balancer.affinity is not None else None
+        self.resume = resume  # False: the request starts its conversation (note, do not look up)
+        self.prefer: Member | None = None
+        self.shared: str | None = None  # the key a shared state named for the conversation
+        self.spill = balancer.config.spill if spill is None else spill
         self.limit = balancer.max_attempts
         self.tried: set[int] | None = set(avoid) if avoid else None
         self.count = 0
@@ -195,8 +214,14 @@ class Balancer:
         built = providers or [build_provider(p) for p in pool.providers]
         self.members = [Member(i, prov, prov.config, config.window) for i, prov in enumerate(built)]
         self.by_id = {m.config.id: m for m in self.members}
+        self.by_key = {m.key: m for m in self.members}
         self.picker = Picker(self.members)
         self.routes = ModelRoutes(self.members)
+        self.affinity = (
+            AffinityMap(config.affinity_size, config.affinity_ttl)
+            if config.affinity != "off"
+            else None
+        )
         self.breaker = BreakerPolicy(config.breaker_threshold, config.health_check_interval)
         policy = config.retry_policy
         self.max_attempts = (
@@ -274,7 +299,7 @@ class Balancer:
         while True:
             now = clock.now()
             with self._lock:
-                c = self.picker.candidate(req.tried or (), now, req.only)
+                c = self.picker.candidate(req.tried or (), now, req.only, req.prefer, req.spill)
                 if not isinstance(c, Member):
                     event = threading.Event()
                     self._waiters.append(event.set)
@@ -299,7 +324,7 @@ class Balancer:
         while True:
             now = clock.now()
             with self._lock:
-                c = self.picker.candidate(req.tried or (), now, req.only)
+                c = self.picker.candidate(req.tried or (), now, req.only, req.prefer, req.spill)
                 if not isinstance(c, Member):
                     event = asyncio.Event()
                     self._waiters.append(_async_setter(event))
@@ -326,6 +351,55 @@ class Balancer:
             return None
         ra = getattr(exc, "retry_after", None)
         return self.config.default_retry_after if ra is None else float(ra)
+
+    # Affinity ----------------------------------------------------------------------------------
+
+    # With a shared state the fleet's answer wins (another process may have moved the
+    # conversation); this process's map answers when the state knows nothing or is away. A
+    # shared state costs one read per request that continues a conversation, and one write
+    # when a conversation starts or moves.
+
+    def _recalled(self, req: _Attempts, shared: str | None) -> None:
+        req.shared = shared
+        key = shared
+        if key is None and self.affinity is not None and req.affinity is not None:
+            key = self.affinity.get(req.affinity, self.clock.now())
+        req.prefer = self.by_key.get(key) if key is not None else None
+
+    def _recall(self, req: _Attempts) -> None:
+        if req.affinity is not None and req.resume:
+            shared = None if self._local else self.state.recall_conversation(req.affinity)
+            self._recalled(req, shared)
+
+    async def _arecall(self, req: _Attempts) -> None:
+        if req.affinity is not None and req.resume:
+            shared = None if self._local else await self.state.arecall_conversation(req.affinity)
+            self._recalled(req, shared)
+
+    def _remembered(self, req: _Attempts, m: Member) -> bytes | None:
+        """Note locally that ``m`` served the conversation; the digest if the fleet must know."""
+        digest = req.affinity
+        if digest is None or self.affinity is None:
+            return None
+        changed = self.affinity.put(digest, m.key, self.clock.now())
+        if self._local:
+            return None
+        # A continuing turn knows what the fleet said; a first turn (not looked up) writes
+        # only what this process did not already hold, so a one-shot prompt repeated on one
+        # key costs no write.
+        if req.resume:
+            return None if req.shared == m.key else digest
+        return digest if changed else None
+
+    def _remember(self, req: _Attempts, m: Member) -> None:
+        digest = self._remembered(req, m)
+        if digest is not None:
+            self.state.remember_conversation(digest, m.key, self.config.affinity_ttl)
+
+    async def _aremember(self, req: _Attempts, m: Member) -> None:
+        digest = self._remembered(req, m)
+        if digest is not None:
+            await self.state.aremember_conversation(digest, m.key, self.config.affinity_ttl)
 
     def _after_release(
         self, m: Member, lease: Lease, outcome: Outcome, used: int | None = None
@@ -399,6 +473,9 @@ class Balancer:
         tokens_of: Callable[[T], int | None] | None = None,
         avoid: set[int] | None = None,
         only: frozenset[int] | None = None,
+        affinity: bytes | None = None,
+        resume: bool = True,
+        spill: bool | None = None,
     ) -> tuple[T, Member, int]:
         """Run ``fn`` on a chosen provider, retrying elsewhere as the policy allows.
 
@@ -408,11 +485,15 @@ class Balancer:
             tokens_of: Reads the real token usage off the result.
             avoid: Member indexes to avoid if any other can serve.
             only: Member indexes that may serve at all (``routes.members_for(model)``).
+            affinity: The conversation's digest: note the key that serves it.
+            resume: Whether the request continues the conversation: go back to its key.
+            spill: Whether the request may go to a higher tier (``None``: the config's).
 
         Returns:
             The result, the member that served it and the number of attempts made.
         """
-        req = _Attempts(self, avoid, only)
+        req = _Attempts(self, avoid, only, affinity, spill, resume)
+        self._recall(req)
         while True:
             m, lease = self._acquire(req, tokens)
             req.count += 1
@@ -429,6 +510,7 @@ class Balancer:
                     ATTEMPT_BUDGET.reset(token)
             used = tokens_of(result) if tokens_of else None
             self._release(m, lease, Outcome.SUCCESS, used)
+            self._remember(req, m)
             return result, m, req.count
 
     async def acall(
@@ -439,9 +521,13 @@ class Balancer:
         tokens_of: Callable[[T], int | None] | None = None,
         avoid: set[int] | None = None,
         only: frozenset[int] | None = None,
+        affinity: bytes | None = None,
+        resume: bool = True,
+        spill: bool | None = None,
     ) -> tuple[T, Member, int]:
         """Async twin of ``call``."""
-        req = _Attempts(self, avoid, only)
+        req = _Attempts(self, avoid, only, affinity, spill, resume)
+        await self._arecall(req)
         while True:
             m, lease = await self._aacquire(req, tokens)
             req.count += 1
@@ -458,6 +544,7 @@ class Balancer:
                     ATTEMPT_BUDGET.reset(token)
             used = tokens_of(result) if tokens_of else None
             await self._arelease(m, lease, Outcome.SUCCESS, used)
+            await self._aremember(req, m)
             return result, m, req.count
 
     def stream(
@@ -468,9 +555,13 @@ class Balancer:
         tokens_of: Callable[[C], int | None] | None = None,
         avoid: set[int] | None = None,
         only: frozenset[int] | None = None,
+        affinity: bytes | None = None,
+        resume: bool = True,
+        spill: bool | None = None,
     ) -> Iterator[tuple[C, Member, int]]:
         """Stream from a chosen provider; fail over only while nothing has been yielded."""
-        req = _Attempts(self, avoid, only)
+        req = _Attempts(self, avoid, only, affinity, spill, resume)
+        self._recall(req)
         while True:
             m, lease = self._acquire(req, tokens)
             req.count += 1
@@ -504,6 +595,7 @@ class Balancer:
                     continue
                 raise
             self._release(m, lease, Outcome.SUCCESS, used or None)
+            self._remember(req, m)
             return
 
     async def astream(
@@ -514,9 +606,13 @@ class Balancer:
         tokens_of: Callable[[C], int | None] | None = None,
         avoid: set[int] | None = None,
         only: frozenset[int] | None = None,
+        affinity: bytes | None = None,
+        resume: bool = True,
+        spill: bool | None = None,
     ) -> AsyncIterator[tuple[C, Member, int]]:
         """Async twin of ``stream``."""
-        req = _Attempts(self, avoid, only)
+        req = _Attempts(self, avoid, only, affinity, spill, resume)
+        await self._arecall(req)
         while True:
             m, lease = await self._aacquire(req, tokens)
             req.count += 1
@@ -549,6 +645,7 @@ class Balancer:
                     continue
                 raise
             await self._arelease(m, lease, Outcome.SUCCESS, used or None)
+            await self._aremember(req, m)
             return
 
     # Stats -------------------------------------------------------------------------------------
@@ -560,6 +657,16 @@ class Balancer:
     async def acount_validation_failure(self, member: Member) -> None:
         """Async twin of ``count_validation_failure``."""
         await self.state.acount_validation_failure(member.key)
+
+    def count_spend(self, member: Member, cost: float | None, cached_tokens: int) -> None:
+        """Add a reply's cost and cached input tokens to ``member``'s totals (if there are any)."""
+        if cost or cached_tokens:
+            self.state.count_spend(member.key, cost or 0.0, cached_tokens)
+
+    async def acount_spend(self, member: Member, cost: float | None, cached_tokens: int) -> None:
+        """Async twin of ``count_spend``."""
+        if cost or cached_tokens:
+            await self.state.acount_spend(member.key, cost or 0.0, cached_tokens)
 
     def get_stats(self) -> dict[str, dict[str, Any]]:
         """Per-provider stats as DESIGN.md section 2 lists them (plus a few extras)."""
@@ -582,6 +689,10 @@ class Balancer:
                 "tokens_in_window": snap.tokens_in_window,
                 "validation_failures": snap.validation_failures,
                 "resting_for": max(0.0, snap.rest_until - now),
+                "tier": cfg.tier,
+                # None for a key without a price: "no price" is not "free".
+                "cost": snap.cost if cfg.price is not None or snap.cost else None,
+                "cached_tokens": snap.cached_tokens,
                 **self.observer.stats(m, now),
             }
         return out

@@ -15,6 +15,18 @@ they may have capacity again, and return to ``ready`` when that time comes or wh
 own requests ends. So a pick is a few heap operations whatever the pool size, and 1,000 keys
 cost what 10 cost.
 
+Tiers: each tier (``tier: 1`` by default) has its own pair of heaps, and a pick walks the tiers
+in order, so a tier-2 key is taken only when no tier-1 key is ready (all parked: at a limit,
+resting, open, at their cap), and a tier-1 key that comes back is taken first again. A pool of
+one tier pays one loop step. Keys already tried by the request are passed over in every tier
+before any is taken again, so a retry stays in its tier while another key there can take it.
+
+Affinity: a pick may name a preferred member (the key that served the conversation last). It is
+taken, without touching the heaps, when it is in the tier the pick has reached, is not parked,
+was not tried, and has at most one request more in flight than the least loaded key of its tier;
+otherwise the pick goes on as usual. So affinity never overrides a limit, a rest, a breaker or a
+tier, and many conversations with one prefix do not pile onto one key.
+
 The picker is not thread-safe; the balancer calls it under its lock.
 """
 
@@ -49,6 +61,8 @@ class Member:
         "parked",
         "poll",
         "provider",
+        "rank",
+        "tier",
         "version",
         "vfinish",
         "weight",
@@ -61,6 +75,8 @@ class Member:
         self.key = config.key_fingerprint
         self.limits = Limits(config.rate_limit, config.tpm, config.max_concurrency, window)
         self.weight = config.weight
+        self.tier = config.tier
+        self.rank = 0  # place of ``tier`` among the pool's tiers, set by the picker
         self.active = 0
         self.failures = 0
         self.last_used = 0
@@ -71,12 +87,17 @@ class Member:
 
 
 class Picker:
-    """The ready and parked heaps over a fixed list of members."""
+    """The ready and parked heaps, one pair per tier, over a fixed list of members."""
 
     def __init__(self, members: list[Member]) -> None:
         self.members = members
-        self._ready: list[tuple[float, float, int, int, int]] = []
-        self._parked: list[tuple[float, int, int]] = []
+        tiers = sorted({m.tier for m in members})
+        for m in members:
+            m.rank = tiers.index(m.tier)
+        self.tiers = tiers
+        self._sizes = [sum(1 for m in members if m.rank == r) for r in range(len(tiers))]
+        self._ready: list[list[tuple[float, float, int, int, int]]] = [[] for _ in tiers]
+        self._parked: list[list[tuple[float, int, int]]] = [[] for _ in tiers]
         self._tick = itertools.count(1)
         self._vnow = 0.0
         for m in members:
@@ -84,35 +105,64 @@ class Picker:
 
     def _push(self, m: Member) -> None:
         m.version += 1
-        heapq.heappush(
-            self._ready, (m.active / m.weight, m.vfinish, m.last_used, m.index, m.version)
-        )
-        if len(self._ready) > 4 * len(self.members) + 64:
-            self._compact()
+        ready = self._ready[m.rank]
+        heapq.heappush(ready, (m.active / m.weight, m.vfinish, m.last_used, m.index, m.version))
+        if len(ready) > 4 * self._sizes[m.rank] + 64:
+            self._compact(m.rank)
 
-    def _compact(self) -> None:
+    def _compact(self, rank: int) -> None:
         # Drop stale entries so the heap stays O(n); amortised over many pushes.
         live = []
-        for entry in self._ready:
+        for entry in self._ready[rank]:
             m = self.members[entry[3]]
             if entry[4] == m.version and not m.parked:
                 live.append(entry)
         heapq.heapify(live)
-        self._ready = live
+        self._ready[rank] = live
 
     def _unpark_due(self, now: float) -> None:
-        parked = self._parked
-        while parked and parked[0][0] <= now:
-            _, index, version = heapq.heappop(parked)
-            m = self.members[index]
-            if m.parked and m.version == version:
-                m.parked = False
-                self._push(m)
+        for parked in self._parked:
+            while parked and parked[0][0] <= now:
+                _, index, version = heapq.heappop(parked)
+                m = self.members[index]
+                if m.parked and m.version == version:
+                    m.parked = False
+                    self._push(m)
+
+    def _least_load(self, rank: int) -> float:
+        """The load of the least loaded ready member of tier ``rank`` (stale tops dropped)."""
+        ready = self._ready[rank]
+        members = self.members
+        while ready:
+            entry = ready[0]
+            m = members[entry[3]]
+            if entry[4] == m.version and not m.parked:
+                return entry[0]
+            heapq.heappop(ready)
+        return math.inf
+
+    def _preferred(
+        self,
+        prefer: Member,
+        rank: int,
+        tried: Collection[int],
+        only: Collection[int] | None,
+    ) -> bool:
+        if prefer.rank != rank or prefer.parked or (tried and prefer.index in tried):
+            return False
+        if only is not None and prefer.index not in only:
+            return False
+        return prefer.active / prefer.weight <= self._least_load(rank) + 1.0 / prefer.weight
 
     def candidate(
-        self, tried: Collection[int], now: float, only: Collection[int] | None = None
+        self,
+        tried: Collection[int],
+        now: float,
+        only: Collection[int] | None = None,
+        prefer: Member | None = None,
+        spill: bool = True,
     ) -> Member | float:
-        """Take the best member not parked, preferring those not in ``tried``.
+        """Take the best member not parked, by tier, preferring those not in ``tried``.
 
         ``only``: the members a call may use at all (those serving its ``model=``); ``None``
         for every member. The others are stepped over and put back, so a small group in a
@@ -121,37 +171,56 @@ class Picker:
         The member's local ``active`` count is raised at once (so concurrent picks spread);
         the caller must follow with ``reject`` or ``done``.
 
+        Args:
+            tried: Member indexes this request already tried.
+            now: The clock's time.
+            only: The members the call may use at all (see above); ``None`` for every one.
+            prefer: The member affinity asks for, taken only as the module docstring says.
+            spill: Whether the pick may go past the first tier.
+
         Returns:
-            The member, or the earliest time a parked member may have capacity
-            (``math.inf`` if none is parked and none is ready).
+            The member, or the earliest time a parked member (of the tiers the pick may use)
+            may have capacity (``math.inf`` if none is parked and none is ready).
         """
         self._unpark_due(now)
-        ready = self._ready
         members = self.members
-        skipped: list[tuple[float, float, int, int, int]] = []
-        outside: list[tuple[float, float, int, int, int]] = []
+        ranks = len(self._ready) if spill else 1
         chosen: Member | None = None
-        while ready:
-            entry = heapq.heappop(ready)
-            m = members[entry[3]]
-            if entry[4] != m.version or m.parked:
-                continue
-            if only is not None and m.index not in only:
-                outside.append(entry)
-                continue
-            if tried and m.index in tried:
-                skipped.append(entry)
-                continue
-            chosen = m
-            break
-        if chosen is None and skipped:
-            chosen = members[skipped.pop(0)[3]]
-        for entry in skipped:
-            heapq.heappush(ready, entry)
-        for entry in outside:
-            heapq.heappush(ready, entry)
+        fallback: Member | None = None
+        for rank in range(ranks):
+            if prefer is not None and self._preferred(prefer, rank, tried, only):
+                chosen = prefer
+                break
+            ready = self._ready[rank]
+            skipped: list[tuple[float, float, int, int, int]] = []
+            outside: list[tuple[float, float, int, int, int]] = []
+            while ready:
+                entry = heapq.heappop(ready)
+                m = members[entry[3]]
+                if entry[4] != m.version or m.parked:
+                    continue
+                if only is not None and m.index not in only:
+                    outside.append(entry)
+                    continue
+                if tried and m.index in tried:
+                    skipped.append(entry)
+                    continue
+                chosen = m
+                break
+            for entry in skipped:
+                heapq.heappush(ready, entry)
+            for entry in outside:
+                heapq.heappush(ready, entry)
+            if chosen is not None:
+                break
+            if fallback is None and skipped:
+                fallback = members[skipped[0][3]]
         if chosen is None:
-            return self._parked[0][0] if self._parked else math.inf
+            # Every ready member was tried: the best of the lowest tier goes again (its heap
+            # entry turns stale below).
+            chosen = fallback
+        if chosen is None:
+            return self.next_wake(ranks)
         chosen.active += 1
         chosen.last_used = next(self._tick)
         start = max(self._vnow, chosen.vfinish)
@@ -171,7 +240,7 @@ class Picker:
             # not reach us, so look again soon, backing off from 50 ms to 1 s.
             m.poll = min(max(m.poll * 2.0, 0.05), 1.0)
             wake = now + m.poll
-        heapq.heappush(self._parked, (wake, m.index, m.version))
+        heapq.heappush(self._parked[m.rank], (wake, m.index, m.version))
 
     def undo(self, m: Member) -> None:
         """The pick of ``m`` was abandoned before the state answered (cancelled, or it raised)."""
@@ -194,6 +263,10 @@ class Picker:
         m.poll = 0.0
         self._push(m)
 
-    def next_wake(self) -> float:
-        """The earliest time a parked member may be ready."""
-        return self._parked[0][0] if self._parked else math.inf
+    def next_wake(self, ranks: int | None = None) -> float:
+        """The earliest time a parked member (of the first ``ranks`` tiers) may be ready."""
+        wake = math.inf
+        for parked in self._parked[:ranks]:
+            if parked and parked[0][0] < wake:
+                wake = parked[0][0]
+        return wake

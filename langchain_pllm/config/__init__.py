@@ -11,6 +11,7 @@ The package, one idea a module:
 - ``vendors``: the registry of vendor names, default endpoints and provider classes;
 - ``ids``: how providers are numbered (``openai-0``) and ids kept unique;
 - ``checks``: value checks and the wording of every error;
+- ``price``: ``Price``, per million tokens, and the cost of one reply;
 - ``models``: ``ProviderConfig``, ``PoolConfig``, ``BalancerConfig``, ``PllmConfig``;
 - ``build``: pools and balancer settings from plain entries (the faces' keyword arguments);
 - ``loading``: YAML, ``${VAR}`` expansion, ``use:`` and vendor sections, ``load_config``.
@@ -26,6 +27,7 @@ from langchain_pllm.config.models import (
     ProviderConfig,
     redact_url,
 )
+from langchain_pllm.config.price import Price
 from langchain_pllm.config.vendors import DEFAULT_API_BASE, VENDORS, vendor_names
 
 __all__ = [
@@ -34,6 +36,7 @@ __all__ = [
     "BalancerConfig",
     "PllmConfig",
     "PoolConfig",
+    "Price",
     "ProviderConfig",
     "balancer_from_mapping",
     "load_config",

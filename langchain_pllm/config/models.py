@@ -34,6 +34,7 @@ from langchain_pllm.config.checks import (
     unknown_vendor,
 )
 from langchain_pllm.config.ids import VendorCounter, find_duplicate_id, provider_id
+from langchain_pllm.config.price import Price
 from langchain_pllm.config.vendors import default_api_base, vendor_spec
 from langchain_pllm.urls import redact_url, url_problem
 
@@ -41,6 +42,7 @@ __all__ = [
     "BalancerConfig",
     "PllmConfig",
     "PoolConfig",
+    "Price",
     "ProviderConfig",
     "numbered",
     "redact_url",
@@ -102,6 +104,10 @@ class ProviderConfig(_ConfigModel):
     vector_space: str | None = None
     """Embeddings only: entries naming the same space may name different models (one open
     model served by two vendors under two names)."""
+    tier: int = 1
+    """Spending order: a tier-2 key serves only what no tier-1 key can start now, and so on."""
+    price: Price | None = None
+    """Per million tokens (``input``, ``output``, ``cached_input``): replies get a ``cost``."""
     id: str = Field(default="", validate_default=True)
     """Identity within a pool: ``name`` if given, else ``<vendor>-<index in its vendor list>``."""
 
@@ -177,6 +183,11 @@ class ProviderConfig(_ConfigModel):
         if value is None:
             return None
         return checked_int(value, info.field_name or "value", minimum=1)
+
+    @field_validator("tier", mode="before")
+    @classmethod
+    def _check_tier(cls, value: Any) -> int:
+        return checked_int(value, "tier", minimum=1)
 
     @field_validator("weight", mode="before")
     @classmethod
@@ -310,6 +321,15 @@ class BalancerConfig(_ConfigModel):
     local_share: float | None = None
     """Share of each limit one process takes while Redis is unreachable; ``None``: one share per
     live process sharing that Redis (counted by heartbeats)."""
+    affinity: Literal["prefix", "session", "off"] = "prefix"
+    """Conversations keep their key (its prompt cache): by prompt prefix or ``session_id``
+    (``prefix``), by ``session_id`` only (``session``), or not at all (``off``)."""
+    affinity_ttl: float = 3600.0
+    """Seconds a conversation's key is remembered after its last turn."""
+    affinity_size: int = 100_000
+    """Most conversations remembered per pool (least recently used are forgotten first)."""
+    spill: bool = True
+    """Whether a request may go to a higher tier when its own tier cannot start it now."""
 
     @field_validator("retry_policy", mode="before")
     @classmethod
@@ -323,6 +343,21 @@ class BalancerConfig(_ConfigModel):
             )
         return value
 
+    @field_validator("affinity", mode="before")
+    @classmethod
+    def _check_affinity(cls, value: Any) -> str:
+        choices = ("prefix", "session", "off")
+        if value is False:
+            return "off"  # YAML reads a bare `off` as false
+        if not isinstance(value, str) or value not in choices:
+            raise fail(f"affinity must be one of: {', '.join(choices)}, got {show(value)}")
+        return value
+
+    @field_validator("affinity_size", mode="before")
+    @classmethod
+    def _check_affinity_size(cls, value: Any) -> int:
+        return checked_int(value, "affinity_size", minimum=1)
+
     @field_validator("max_retries", mode="before")
     @classmethod
     def _check_max_retries(cls, value: Any) -> int:
@@ -333,7 +368,9 @@ class BalancerConfig(_ConfigModel):
     def _check_breaker_threshold(cls, value: Any) -> int:
         return checked_int(value, "breaker_threshold", minimum=1)
 
-    @field_validator("health_check_interval", "window", "redis_timeout", mode="before")
+    @field_validator(
+        "health_check_interval", "window", "redis_timeout", "affinity_ttl", mode="before"
+    )
     @classmethod
     def _check_positive(cls, value: Any, info: ValidationInfo) -> float:
         return checked_number(value, info.field_name or "value", positive=True)

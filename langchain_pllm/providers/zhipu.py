@@ -177,17 +177,21 @@ def _usage(u: Any) -> UsageMetadata | None:
         return None
     prompt = int(getattr(u, "prompt_tokens", 0) or 0)
     completion = int(getattr(u, "completion_tokens", 0) or 0)
-    prompt_details = getattr(u, "prompt_tokens_details", None)
-    completion_details = getattr(u, "completion_tokens_details", None)
     return make_usage(
         prompt,
         completion,
         getattr(u, "total_tokens", None),
-        cache_read=getattr(prompt_details, "cached_tokens", None) if prompt_details else None,
-        reasoning=(
-            getattr(completion_details, "reasoning_tokens", None) if completion_details else None
-        ),
+        cache_read=_detail(u, "prompt_tokens_details", "cached_tokens"),
+        reasoning=_detail(u, "completion_tokens_details", "reasoning_tokens"),
     )
+
+
+def _detail(u: Any, group: str, name: str) -> Any:
+    # zhipuai's CompletionUsage declares no details: they arrive as extra fields, plain dicts.
+    details = getattr(u, group, None)
+    if isinstance(details, dict):
+        return details.get(name)
+    return getattr(details, name, None) if details is not None else None
 
 
 def _finish(raw: str | None) -> str | None:

@@ -102,6 +102,8 @@ class KeySnapshot:
     error_count: int
     validation_failures: int
     rest_until: float
+    cost: float = 0.0  # spent at the providers' prices, in their currency
+    cached_tokens: int = 0  # input tokens the vendor served from its prompt cache
 
 
 class StateBackend:
@@ -139,6 +141,21 @@ class StateBackend:
         """Count an output that failed its validator."""
         raise NotImplementedError
 
+    def count_spend(self, key: str, cost: float, cached_tokens: int) -> None:
+        """Add a reply's cost (at the key's price) and its cached input tokens to the totals."""
+        raise NotImplementedError
+
+    def recall_conversation(self, digest: bytes) -> str | None:
+        """The key that served conversation ``digest`` last, as the whole fleet knows it.
+
+        ``None`` when unknown; an in-process state knows nothing beyond the balancer's own map
+        and answers ``None`` always.
+        """
+        return None
+
+    def remember_conversation(self, digest: bytes, key: str, ttl: float) -> None:
+        """Note that ``key`` served conversation ``digest``, for ``ttl`` seconds."""
+
     async def aacquire(
         self, key: str, limits: Limits, tokens: int, now: float, breaker: BreakerPolicy
     ) -> Lease | float:
@@ -165,6 +182,18 @@ class StateBackend:
     async def acount_validation_failure(self, key: str) -> None:
         """Async twin of ``count_validation_failure``."""
         self.count_validation_failure(key)
+
+    async def acount_spend(self, key: str, cost: float, cached_tokens: int) -> None:
+        """Async twin of ``count_spend``."""
+        self.count_spend(key, cost, cached_tokens)
+
+    async def arecall_conversation(self, digest: bytes) -> str | None:
+        """Async twin of ``recall_conversation``."""
+        return self.recall_conversation(digest)
+
+    async def aremember_conversation(self, digest: bytes, key: str, ttl: float) -> None:
+        """Async twin of ``remember_conversation``."""
+        self.remember_conversation(digest, key, ttl)
 
     @property
     def is_local(self) -> bool:

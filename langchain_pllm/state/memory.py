@@ -31,6 +31,8 @@ class _KeyState:
     __slots__ = (
         "active",
         "breaker",
+        "cached_tokens",
+        "cost",
         "error_count",
         "failures",
         "open_until",
@@ -59,6 +61,8 @@ class _KeyState:
         self.total_tokens = 0
         self.error_count = 0
         self.validation_failures = 0
+        self.cost = 0.0
+        self.cached_tokens = 0
 
     def expire(self, now: float, window: float) -> None:
         cutoff = now - window
@@ -193,12 +197,21 @@ class MemoryState(StateBackend):
                 error_count=s.error_count,
                 validation_failures=s.validation_failures,
                 rest_until=s.rest_until,
+                cost=s.cost,
+                cached_tokens=s.cached_tokens,
             )
 
     def count_validation_failure(self, key: str) -> None:
         """Count an output that failed its validator."""
         with self._lock:
             self._get(key).validation_failures += 1
+
+    def count_spend(self, key: str, cost: float, cached_tokens: int) -> None:
+        """Add a reply's cost and cached input tokens to the key's totals."""
+        with self._lock:
+            s = self._get(key)
+            s.cost += cost
+            s.cached_tokens += cached_tokens
 
 
 _BY_CLOCK: weakref.WeakKeyDictionary[object, MemoryState] = weakref.WeakKeyDictionary()

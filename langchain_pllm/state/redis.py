@@ -86,6 +86,7 @@ from langchain_pllm.state.redis_client import (
 from langchain_pllm.state.redis_layout import Call, RedisLayout, RedisLease
 from langchain_pllm.state.redis_scripts import (
     ACQUIRE,
+    COUNT_SPEND,
     COUNT_VALIDATION,
     HEARTBEAT,
     RELEASE,
@@ -605,6 +606,75 @@ class RedisState(StateBackend):
         except _UNAVAILABLE as exc:
             fallback.went_away(exc)
             fallback.local.count_validation_failure(key)
+
+    def count_spend(self, key: str, cost: float, cached_tokens: int) -> None:
+        """Add a reply's cost and cached tokens to the fleet's totals of ``key``.
+
+        Locally while Redis is away, like ``count_validation_failure`` (and not replayed).
+        """
+        fallback = self._fallback
+        if fallback.active:
+            fallback.local.count_spend(key, cost, cached_tokens)
+            return
+        try:
+            self._run(COUNT_SPEND, *self._layout.count_spend(key, cost, cached_tokens))
+        except _UNAVAILABLE as exc:
+            fallback.went_away(exc)
+            fallback.local.count_spend(key, cost, cached_tokens)
+
+    async def acount_spend(self, key: str, cost: float, cached_tokens: int) -> None:
+        """Async twin of ``count_spend``."""
+        fallback = self._fallback
+        if fallback.active:
+            fallback.local.count_spend(key, cost, cached_tokens)
+            return
+        try:
+            await self._arun(COUNT_SPEND, *self._layout.count_spend(key, cost, cached_tokens))
+        except _UNAVAILABLE as exc:
+            fallback.went_away(exc)
+            fallback.local.count_spend(key, cost, cached_tokens)
+
+    def recall_conversation(self, digest: bytes) -> str | None:
+        """The key that served conversation ``digest`` last, fleet-wide (``None``: Redis away)."""
+        if self._fallback.active:
+            return None  # the balancer's own map answers meanwhile
+        try:
+            found = self._client.get(self._layout.conversation_key(digest))
+        except _UNAVAILABLE as exc:
+            self._fallback.went_away(exc)
+            return None
+        return found if isinstance(found, str) else None
+
+    async def arecall_conversation(self, digest: bytes) -> str | None:
+        """Async twin of ``recall_conversation``."""
+        if self._fallback.active:
+            return None
+        try:
+            found = await self._aclient().get(self._layout.conversation_key(digest))
+        except _UNAVAILABLE as exc:
+            self._fallback.went_away(exc)
+            return None
+        return found if isinstance(found, str) else None
+
+    def remember_conversation(self, digest: bytes, key: str, ttl: float) -> None:
+        """Note fleet-wide that ``key`` served conversation ``digest``, for ``ttl`` seconds."""
+        if self._fallback.active:
+            return
+        try:
+            self._client.set(self._layout.conversation_key(digest), key, px=int(ttl * 1000))
+        except _UNAVAILABLE as exc:
+            self._fallback.went_away(exc)
+
+    async def aremember_conversation(self, digest: bytes, key: str, ttl: float) -> None:
+        """Async twin of ``remember_conversation``."""
+        if self._fallback.active:
+            return
+        try:
+            await self._aclient().set(
+                self._layout.conversation_key(digest), key, px=int(ttl * 1000)
+            )
+        except _UNAVAILABLE as exc:
+            self._fallback.went_away(exc)
 
     def close(self) -> None:
         """Close this process's sync connections (async ones close with their loops)."""

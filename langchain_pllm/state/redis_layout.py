@@ -95,6 +95,15 @@ class RedisLayout:
             )
         return names
 
+    def conversation_key(self, digest: bytes) -> str:
+        """The key holding which key served a conversation: one small string with a TTL.
+
+        Not a field of one hash: a hash field has no TTL of its own (before Redis 7.4), and a
+        key per conversation also spreads over a Cluster's slots. Named like a key's own keys
+        (``prefix:{id}:kind``), the id being the conversation's digest, never its text.
+        """
+        return f"{self.key_prefix}:{{c{digest.hex()}}}:conv"
+
     def window_ttl(self, window: float) -> str:
         """Milliseconds a window key lives after its newest entry."""
         ttl = self._window_ttls.get(window)
@@ -228,11 +237,21 @@ class RedisLayout:
             error_count=int(reply[6]),
             validation_failures=int(reply[7]),
             rest_until=0.0 if rest == "0" else self.to_local(rest, reply[9], now),
+            cost=float(reply[10]),
+            cached_tokens=int(reply[11]),
         )
 
     def count_validation(self, key: str) -> Call:
         """The ``COUNT_VALIDATION`` call counting one failed output on ``key``."""
         return (self.key_names(key)[3],), (self.stats_ttl_ms,)
+
+    def count_spend(self, key: str, cost: float, cached_tokens: int) -> Call:
+        """The ``COUNT_SPEND`` call adding one reply's cost and cached tokens to ``key``."""
+        return (self.key_names(key)[3],), (
+            repr(float(cost)),
+            str(int(cached_tokens)),
+            self.stats_ttl_ms,
+        )
 
     def replay(
         self,

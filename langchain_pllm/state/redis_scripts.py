@@ -12,6 +12,7 @@ import hashlib
 
 __all__ = [
     "ACQUIRE",
+    "COUNT_SPEND",
     "COUNT_VALIDATION",
     "HEARTBEAT",
     "RELEASE",
@@ -184,11 +185,22 @@ local sum = expire_tokens(tk, st, cutoff)
 if redis.call('EXISTS', st) == 1 then redis.call('HSET', st, 'token_sum', fmt(sum)) end
 redis.call('ZREMRANGEBYSCORE', leases, '-inf', clock)
 local h = redis.call('HMGET', st, 'breaker', 'open_until', 'total_requests', 'total_tokens',
-  'error_count', 'validation_failures', 'rest_until')
+  'error_count', 'validation_failures', 'rest_until', 'cost', 'cached_tokens')
 local state = h[1] or 'closed'
 if state == 'open' and now >= (tonumber(h[2]) or 0) then state = 'half_open' end
 return {state, redis.call('ZCARD', leases), redis.call('ZCARD', starts), fmt(sum),
-  h[3] or '0', h[4] or '0', h[5] or '0', h[6] or '0', h[7] or '0', clock}
+  h[3] or '0', h[4] or '0', h[5] or '0', h[6] or '0', h[7] or '0', clock, h[8] or '0',
+  h[9] or '0'}
+"""
+)
+
+# KEYS: state. ARGV: cost, cached tokens, state ttl ms.
+COUNT_SPEND = Script(
+    """
+redis.call('HINCRBYFLOAT', KEYS[1], 'cost', ARGV[1])
+redis.call('HINCRBY', KEYS[1], 'cached_tokens', ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return 1
 """
 )
 

@@ -43,6 +43,8 @@ LAYERS: dict[str, tuple[int, str]] = {
     "langchain_pllm.validation": (4, "faces"),
     "langchain_pllm.pool_face": (4, "faces"),
     "langchain_pllm.preflight": (4, "faces"),
+    "langchain_pllm.conversation": (4, "faces"),
+    "langchain_pllm.spend": (4, "faces"),
     "langchain_pllm.cli": (4, "faces"),
     "langchain_pllm.demo": (4, "faces"),
     "langchain_pllm.ping": (4, "faces"),
