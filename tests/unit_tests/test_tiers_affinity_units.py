@@ -76,20 +76,20 @@ def test_a_retry_prefers_an_untried_member_of_its_own_tier() -> None:
 def test_the_preferred_member_is_taken_when_ready_and_not_overloaded() -> None:
     ms = members(1, 1, 1)
     picker = Picker(ms)
-    assert pick(picker, (), 0.0, ms[2]) is ms[2]
-    assert pick(picker, (), 0.0, ms[2]) is ms[2]  # one more in flight than the least: still
-    assert pick(picker, (), 0.0, ms[2]) is not ms[2]  # two more: the usual pick
-    assert pick(picker, {2}, 0.0, ms[2]) is not ms[2]  # a retry skips it like any tried key
+    assert pick(picker, (), 0.0, prefer=ms[2]) is ms[2]
+    assert pick(picker, (), 0.0, prefer=ms[2]) is ms[2]  # one more in flight than the least: still
+    assert pick(picker, (), 0.0, prefer=ms[2]) is not ms[2]  # two more: the usual pick
+    assert pick(picker, {2}, 0.0, prefer=ms[2]) is not ms[2]  # a retry skips it like any tried key
 
 
 def test_affinity_never_overrides_a_park_or_a_tier() -> None:
     ms = members(1, 2)
     picker = Picker(ms)
-    assert pick(picker, (), 0.0, ms[1]) is ms[0]  # tier 1 has room: the tier wins
+    assert pick(picker, (), 0.0, prefer=ms[1]) is ms[0]  # tier 1 has room: the tier wins
     picker.reject(ms[0], 9.0, 0.0)
-    assert pick(picker, (), 0.0, ms[1]) is ms[1]
+    assert pick(picker, (), 0.0, prefer=ms[1]) is ms[1]
     picker.reject(ms[1], 5.0, 0.0)
-    assert picker.candidate((), 0.0, ms[1]) == 5.0  # parked: not taken
+    assert picker.candidate((), 0.0, prefer=ms[1]) == 5.0  # parked: not taken
 
 
 # The affinity map ----------------------------------------------------------------------------
