@@ -53,8 +53,13 @@ def agent_graph(model: BalancedChatModel, replies: list[AIMessage]) -> Any:
 def test_an_agent_over_a_mixed_pool_keeps_every_message(
     servers: dict[str, FakeVendorServer], streaming: bool
 ) -> None:
+    # Affinity off: by default a conversation keeps its key (its prompt cache); this test sends
+    # one conversation round every vendor to prove each turn's messages survive the mix.
     model = BalancedChatModel(
-        providers=[entry(servers, v) for v in VENDORS], streaming=streaming, clock=ManualClock()
+        providers=[entry(servers, v) for v in VENDORS],
+        streaming=streaming,
+        clock=ManualClock(),
+        balancer={"affinity": "off"},
     )
     replies: list[AIMessage] = []
     app = agent_graph(model, replies)
