@@ -35,6 +35,13 @@ from langchain_pllm.config.checks import (
 )
 from langchain_pllm.config.ids import VendorCounter, find_duplicate_id, provider_id
 from langchain_pllm.config.price import Price
+from langchain_pllm.config.quotas import (
+    QuotaLimits,
+    QuotaReset,
+    QuotaWindow,
+    parse_limits,
+    parse_quota_reset,
+)
 from langchain_pllm.config.vendors import default_api_base, vendor_spec
 from langchain_pllm.urls import redact_url, url_problem
 
@@ -108,6 +115,10 @@ class ProviderConfig(_ConfigModel):
     """Spending order: a tier-2 key serves only what no tier-1 key can start now, and so on."""
     price: Price | None = None
     """Per million tokens (``input``, ``output``, ``cached_input``): replies get a ``cost``."""
+    limits: QuotaLimits | None = None
+    """Limits as the vendor states them: windows per resource and a concurrency cap."""
+    quota_reset: QuotaReset | None = None
+    """When this key's one-day windows reset (``"00:00 America/Los_Angeles"``); rolling if unset."""
     id: str = Field(default="", validate_default=True)
     """Identity within a pool: ``name`` if given, else ``<vendor>-<index in its vendor list>``."""
 
@@ -188,6 +199,42 @@ class ProviderConfig(_ConfigModel):
     @classmethod
     def _check_tier(cls, value: Any) -> int:
         return checked_int(value, "tier", minimum=1)
+
+    @field_validator("limits", mode="before")
+    @classmethod
+    def _check_limits(cls, value: Any) -> QuotaLimits | None:
+        return None if value is None else parse_limits(value)
+
+    @field_validator("quota_reset", mode="before")
+    @classmethod
+    def _check_quota_reset(cls, value: Any) -> QuotaReset | None:
+        return None if value is None else parse_quota_reset(value)
+
+    @field_serializer("limits")
+    def _serialize_limits(self, value: QuotaLimits | None) -> dict[str, Any] | None:
+        if value is None:
+            return None
+        out: dict[str, Any] = {}
+        for w in value.windows:
+            out.setdefault(w.resource, []).append(f"{w.limit:g}/{w.period:g} seconds")
+        if value.concurrency is not None:
+            out["concurrency"] = value.concurrency
+        return out
+
+    @field_serializer("quota_reset")
+    def _serialize_quota_reset(self, value: QuotaReset | None) -> str | None:
+        return None if value is None else f"{value.at:%H:%M} {value.zone}"
+
+    @property
+    def quota_windows(self) -> tuple[QuotaWindow, ...]:
+        """The windows of the ``limits:`` block (``rate_limit``/``tpm`` are not among them)."""
+        return self.limits.windows if self.limits is not None else ()
+
+    @property
+    def concurrency(self) -> int | None:
+        """The lower of ``max_concurrency`` and ``limits.concurrency``."""
+        caps = [c for c in (self.max_concurrency, self.limits and self.limits.concurrency) if c]
+        return min(caps) if caps else None
 
     @field_validator("weight", mode="before")
     @classmethod
@@ -330,6 +377,8 @@ class BalancerConfig(_ConfigModel):
     """Most conversations remembered per pool (least recently used are forgotten first)."""
     spill: bool = True
     """Whether a request may go to a higher tier when its own tier cannot start it now."""
+    exhausted_rest: float = 3600.0
+    """Seconds a spent key (money or daily quota gone) rests when its reset time is unknown."""
 
     @field_validator("retry_policy", mode="before")
     @classmethod
@@ -369,7 +418,12 @@ class BalancerConfig(_ConfigModel):
         return checked_int(value, "breaker_threshold", minimum=1)
 
     @field_validator(
-        "health_check_interval", "window", "redis_timeout", "affinity_ttl", mode="before"
+        "health_check_interval",
+        "window",
+        "redis_timeout",
+        "affinity_ttl",
+        "exhausted_rest",
+        mode="before",
     )
     @classmethod
     def _check_positive(cls, value: Any, info: ValidationInfo) -> float:
