@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import threading
 import time
+from datetime import datetime
 from typing import ClassVar
 
 __all__ = ["DEFAULT_CLOCK", "Clock", "ManualClock", "MonotonicClock"]
@@ -31,6 +32,10 @@ class Clock:
     def now(self) -> float:
         """Return the current time in seconds (monotonic; the origin is arbitrary)."""
         raise NotImplementedError
+
+    def wall(self) -> float:
+        """Return the wall time in epoch seconds: what calendar resets (a day's quota) read."""
+        return time.time()
 
     def wait(self, event: threading.Event, deadline: float) -> None:
         """Block until ``event`` is set or the clock reaches ``deadline``."""
@@ -66,9 +71,22 @@ class ManualClock(Clock):
     time, and time never runs backwards.
     """
 
-    def __init__(self, start: float = 1000.0) -> None:
+    def __init__(self, start: float = 1000.0, *, wall: datetime | None = None) -> None:
+        """Start at ``start`` seconds; ``wall`` (an aware datetime) is the wall time then.
+
+        Without ``wall`` the wall time starts at the real time of construction. Either way
+        ``advance`` and waits move the wall time with the virtual time.
+        """
+        if wall is not None and wall.tzinfo is None:
+            raise ValueError("ManualClock(wall=...) needs an aware datetime (with tzinfo)")
         self._now = start
+        self._start = start
+        self._wall_start = wall.timestamp() if wall is not None else time.time()
         self._lock = threading.Lock()
+
+    def wall(self) -> float:
+        """Return the virtual wall time: ``wall`` moved on by every ``advance`` and wait."""
+        return self._wall_start + (self._now - self._start)
 
     def now(self) -> float:
         """Return the virtual time."""

@@ -82,7 +82,10 @@ class PoolFace(BaseModel):
         data["balancer"] = balancer
         super().__init__(**data)
         self._pool = pool
-        self._has_tpm = any(p.tpm for p in pool.providers)
+        # Token estimates are worth computing only when some key counts tokens.
+        self._has_tpm = any(
+            p.tpm or any(w.resource != "requests" for w in p.quota_windows) for p in pool.providers
+        )
 
     def model_post_init(self, context: Any, /) -> None:
         """Run the bases' post-init hooks too (``BaseLanguageModel`` records ``lc_versions``)."""

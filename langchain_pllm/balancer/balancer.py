@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import logging
 import math
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -35,18 +36,21 @@ from langchain_core.exceptions import (
 from langchain_pllm.balancer.affinity import AffinityMap
 from langchain_pllm.balancer.metrics import PoolObserver
 from langchain_pllm.balancer.picker import Member, Picker
+from langchain_pllm.balancer.quota import DayPeriods, window_stats
 from langchain_pllm.balancer.reasons import blocked_reason
 from langchain_pllm.balancer.routes import ModelRoutes
 from langchain_pllm.clock import Clock
 from langchain_pllm.exceptions import NoProviderAvailableError, model_error
 from langchain_pllm.providers import build_provider
 from langchain_pllm.providers.base import ATTEMPT_BUDGET, Provider
-from langchain_pllm.state.base import BreakerPolicy, Lease, Outcome, StateBackend
+from langchain_pllm.state.base import BreakerPolicy, Lease, Outcome, Periods, StateBackend
 
 if TYPE_CHECKING:
     from langchain_pllm.config import BalancerConfig, PoolConfig
 
 __all__ = ["Balancer", "outcome_of"]
+
+logger = logging.getLogger("langchain_pllm")
 
 T = TypeVar("T")
 C = TypeVar("C")
@@ -57,6 +61,9 @@ _TRANSIENT = (ModelAPIError, ModelConnectionError, ModelTimeoutError)
 
 def outcome_of(exc: BaseException) -> tuple[Outcome, bool]:
     """How an exception from a provider call counts for its key, and whether to retry elsewhere."""
+    if getattr(exc, "quota_exhausted", False):
+        # The provider marked a spent key (money or a daily quota gone): fail over at once.
+        return Outcome.EXHAUSTED, True
     if isinstance(exc, ModelRateLimitError):
         return Outcome.RATE_LIMITED, True
     if isinstance(exc, _TRANSIENT):
@@ -78,6 +85,7 @@ _PICKER_FAILED = {
     Outcome.RATE_LIMITED: None,
     Outcome.NEUTRAL: None,
     Outcome.CANCELLED: None,
+    Outcome.EXHAUSTED: None,
 }
 
 
@@ -235,6 +243,13 @@ class Balancer:
         self._waiters: list[Callable[[], None]] = []
         self._local = state.is_local
         self.observer = PoolObserver(self.members, self.get_stats)
+        # Keys with calendar day windows (quota_reset): their current day, from the wall clock.
+        self._days = {
+            m.index: DayPeriods(m.limits, m.config.quota_reset)
+            for m in self.members
+            if m.limits.calendar and m.config.quota_reset is not None
+        }
+        self._spent_logged: set[int] = set()  # spent keys already logged in this episode
 
     # Acquire / release -------------------------------------------------------------------------
 
@@ -306,7 +321,9 @@ class Balancer:
             if isinstance(c, Member):
                 try:
                     c.provider.prepare(False)
-                    r = self.state.acquire(c.key, c.limits, tokens, now, self.breaker)
+                    r = self.state.acquire(
+                        c.key, c.limits, tokens, now, self.breaker, **self._quota_args(c, now)
+                    )
                 except BaseException:
                     self._abandoned(c)
                     raise
@@ -331,10 +348,13 @@ class Balancer:
             if isinstance(c, Member):
                 try:
                     c.provider.prepare(True)
+                    extra = self._quota_args(c, now)
                     if self._local:
-                        r = self.state.acquire(c.key, c.limits, tokens, now, self.breaker)
+                        r = self.state.acquire(c.key, c.limits, tokens, now, self.breaker, **extra)
                     else:
-                        r = await self.state.aacquire(c.key, c.limits, tokens, now, self.breaker)
+                        r = await self.state.aacquire(
+                            c.key, c.limits, tokens, now, self.breaker, **extra
+                        )
                 except BaseException:
                     self._abandoned(c)
                     raise
@@ -346,7 +366,23 @@ class Balancer:
                 continue
             await clock.await_event(event, self._wait_target(req, c, now))
 
-    def _retry_after(self, outcome: Outcome, exc: BaseException | None) -> float | None:
+    def _periods(self, m: Member, now: float) -> Periods | None:
+        days = self._days.get(m.index) if self._days else None
+        return days.periods(now, self.clock.wall()) if days is not None else None
+
+    def _quota_args(self, m: Member, now: float) -> dict[str, Any]:
+        # Only keys with calendar days send periods, so a state written before them still works.
+        periods = self._periods(m, now) if self._days else None
+        return {"periods": periods} if periods is not None else {}
+
+    def _retry_after(self, m: Member, outcome: Outcome, exc: BaseException | None) -> float | None:
+        if outcome is Outcome.EXHAUSTED:
+            # Until the key's day resets when it has calendar days, else the configured rest.
+            days = self._days.get(m.index)
+            if days is not None:
+                now = self.clock.now()
+                return days.next_reset(now, self.clock.wall()) - now
+            return self.config.exhausted_rest
         if outcome is not Outcome.RATE_LIMITED:
             return None
         ra = getattr(exc, "retry_after", None)
@@ -410,6 +446,15 @@ class Balancer:
             waiters, self._waiters = self._waiters, []
         for wake in waiters:
             wake()
+        if outcome is Outcome.EXHAUSTED:
+            if m.index not in self._spent_logged:
+                self._spent_logged.add(m.index)
+                logger.warning(
+                    "provider %s: key spent (money or quota gone); resting it, then one probe",
+                    m.config.id,
+                )
+        elif outcome is Outcome.SUCCESS and self._spent_logged:
+            self._spent_logged.discard(m.index)
 
     def _release(
         self,
@@ -425,7 +470,7 @@ class Balancer:
             self.clock.now(),
             self.breaker,
             tokens_used=tokens_used,
-            retry_after=self._retry_after(outcome, exc),
+            retry_after=self._retry_after(m, outcome, exc),
         )
         self._after_release(m, lease, outcome, tokens_used)
 
@@ -458,7 +503,7 @@ class Balancer:
                 self.clock.now(),
                 self.breaker,
                 tokens_used=tokens_used,
-                retry_after=self._retry_after(outcome, exc),
+                retry_after=self._retry_after(m, outcome, exc),
             )
         finally:
             self._after_release(m, lease, outcome, tokens_used)
@@ -673,7 +718,7 @@ class Balancer:
         now = self.clock.now()
         out: dict[str, dict[str, Any]] = {}
         for m in self.members:
-            snap = self.state.snapshot(m.key, m.limits, now)
+            snap = self.state.snapshot(m.key, m.limits, now, **self._quota_args(m, now))
             cfg = m.config
             out[cfg.id] = {
                 "vendor": cfg.vendor,
@@ -688,13 +733,15 @@ class Balancer:
                 "tpm": cfg.tpm,
                 "tokens_in_window": snap.tokens_in_window,
                 "validation_failures": snap.validation_failures,
-                "resting_for": max(0.0, snap.rest_until - now),
+                "resting_for": max(0.0, snap.rest_until - now, snap.exhausted_until - now),
                 "tier": cfg.tier,
                 # None for a key without a price: "no price" is not "free".
                 "cost": snap.cost if cfg.price is not None or snap.cost else None,
                 "cached_tokens": snap.cached_tokens,
                 **self.observer.stats(m, now),
             }
+            if m.limits.windows:
+                out[cfg.id]["windows"] = window_stats(m.limits, snap, now)
         return out
 
 

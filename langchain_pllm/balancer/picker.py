@@ -38,7 +38,7 @@ import math
 from collections.abc import Collection
 from typing import TYPE_CHECKING
 
-from langchain_pllm.state.base import Limits
+from langchain_pllm.balancer.quota import limits_of
 
 if TYPE_CHECKING:
     from langchain_pllm.config import ProviderConfig
@@ -73,7 +73,7 @@ class Member:
         self.provider = provider
         self.config = config
         self.key = config.key_fingerprint
-        self.limits = Limits(config.rate_limit, config.tpm, config.max_concurrency, window)
+        self.limits = limits_of(config, window)
         self.weight = config.weight
         self.tier = config.tier
         self.rank = 0  # place of ``tier`` among the pool's tiers, set by the picker

@@ -11,6 +11,7 @@ import math
 import threading
 import weakref
 from collections import deque
+from collections.abc import Mapping
 
 from langchain_pllm.state.base import (
     BreakerPolicy,
@@ -18,13 +19,17 @@ from langchain_pllm.state.base import (
     Lease,
     Limits,
     Outcome,
+    Periods,
     StateBackend,
+    ask_of,
     settled_tokens,
 )
+from langchain_pllm.state.windows import Windows
 
 __all__ = ["MemoryState", "memory_state_for"]
 
-CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
+CLOSED, OPEN, HALF_OPEN, EXHAUSTED = "closed", "open", "half_open", "exhausted"
+_RESTING = (OPEN, EXHAUSTED)  # states that wait for ``open_until``, then let one probe through
 
 
 class _KeyState:
@@ -37,6 +42,7 @@ class _KeyState:
         "failures",
         "open_until",
         "probe_out",
+        "quota",
         "rest_until",
         "starts",
         "token_sum",
@@ -63,6 +69,13 @@ class _KeyState:
         self.validation_failures = 0
         self.cost = 0.0
         self.cached_tokens = 0
+        self.quota: Windows | None = None  # the ``limits:`` windows, built on first use
+
+    def windows(self, limits: Limits) -> Windows:
+        quota = self.quota
+        if quota is None or (quota.specs is not limits.windows and quota.specs != limits.windows):
+            quota = self.quota = Windows(limits)
+        return quota
 
     def expire(self, now: float, window: float) -> None:
         cutoff = now - window
@@ -95,14 +108,22 @@ class MemoryState(StateBackend):
         return s
 
     def acquire(
-        self, key: str, limits: Limits, tokens: int, now: float, breaker: BreakerPolicy
+        self,
+        key: str,
+        limits: Limits,
+        tokens: int,
+        now: float,
+        breaker: BreakerPolicy,
+        *,
+        ask: Mapping[str, float] | None = None,
+        periods: Periods | None = None,
     ) -> Lease | float:
-        """Check breaker, rest, concurrency, request window and token window; reserve all."""
+        """Check breaker, rest, concurrency and every window; reserve all."""
         with self._lock:
             s = self._get(key)
             probe = False
             if s.breaker is not CLOSED:
-                if s.breaker is OPEN:
+                if s.breaker in _RESTING:
                     if now < s.open_until:
                         return s.open_until
                     s.breaker = HALF_OPEN
@@ -117,6 +138,13 @@ class MemoryState(StateBackend):
             s.expire(now, limits.window)
             if limits.rate_limit is not None and len(s.starts) >= limits.rate_limit:
                 return s.starts[0] + limits.window
+            quota = amounts = None
+            if limits.windows:
+                quota = s.windows(limits)
+                amounts = [ask_of(w, tokens, ask) for w in limits.windows]
+                wake = quota.wake(amounts, now, periods)
+                if wake is not None:
+                    return wake
             entry = None
             if limits.tpm is not None:
                 # A request larger than the whole budget may still run alone in an empty window,
@@ -131,7 +159,8 @@ class MemoryState(StateBackend):
             s.total_requests += 1
             if probe:
                 s.probe_out = True
-            return Lease(key, now, tokens, probe, entry)
+            held = quota.take(amounts, now, periods) if quota is not None and amounts else None
+            return Lease(key, now, tokens, probe, entry, held)
 
     def release(
         self,
@@ -142,11 +171,15 @@ class MemoryState(StateBackend):
         *,
         tokens_used: int | None = None,
         retry_after: float | None = None,
+        usage: Mapping[str, float] | None = None,
     ) -> None:
         """Settle the lease and move the breaker."""
         with self._lock:
             s = self._get(lease.key)
             s.active -= 1
+            held = lease.quota
+            if isinstance(held, list) and s.quota is not None:
+                s.quota.settle(held, outcome, real_usage(usage, tokens_used))
             entry = lease.extra
             used, spent = settled_tokens(lease, outcome, tokens_used)
             if spent:
@@ -172,6 +205,11 @@ class MemoryState(StateBackend):
             elif outcome is Outcome.RATE_LIMITED:
                 s.error_count += 1
                 s.rest_until = max(s.rest_until, now + (retry_after or 0.0))
+            elif outcome is Outcome.EXHAUSTED:
+                # Not a failure of the key's health: no breaker count, a long rest, then a probe.
+                s.error_count += 1
+                s.breaker = EXHAUSTED
+                s.open_until = now + (retry_after or 0.0)
             # NEUTRAL (the request's own fault) says nothing about the key: not an error of it.
 
     @staticmethod
@@ -179,13 +217,15 @@ class MemoryState(StateBackend):
         s.breaker = OPEN
         s.open_until = now + breaker.interval
 
-    def snapshot(self, key: str, limits: Limits, now: float) -> KeySnapshot:
+    def snapshot(
+        self, key: str, limits: Limits, now: float, periods: Periods | None = None
+    ) -> KeySnapshot:
         """Read one key's state."""
         with self._lock:
             s = self._get(key)
             s.expire(now, limits.window)
             state = s.breaker
-            if state is OPEN and now >= s.open_until:
+            if state in _RESTING and now >= s.open_until:
                 state = HALF_OPEN
             return KeySnapshot(
                 state=state,
@@ -199,6 +239,8 @@ class MemoryState(StateBackend):
                 rest_until=s.rest_until,
                 cost=s.cost,
                 cached_tokens=s.cached_tokens,
+                exhausted_until=s.open_until if state is EXHAUSTED else 0.0,
+                windows=s.windows(limits).stats(now, periods) if limits.windows else (),
             )
 
     def count_validation_failure(self, key: str) -> None:
@@ -212,6 +254,14 @@ class MemoryState(StateBackend):
             s = self._get(key)
             s.cost += cost
             s.cached_tokens += cached_tokens
+
+
+def real_usage(usage: Mapping[str, float] | None, tokens_used: int | None) -> dict[str, float]:
+    """The real amounts per resource of a finished request (``tokens`` from ``tokens_used``)."""
+    out = dict(usage) if usage else {}
+    if tokens_used is not None:
+        out.setdefault("tokens", tokens_used)
+    return out
 
 
 _BY_CLOCK: weakref.WeakKeyDictionary[object, MemoryState] = weakref.WeakKeyDictionary()

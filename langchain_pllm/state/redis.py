@@ -54,6 +54,7 @@ import secrets
 import threading
 import time
 import weakref
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from redis.exceptions import (
@@ -72,6 +73,7 @@ from langchain_pllm.state.base import (
     Lease,
     Limits,
     Outcome,
+    Periods,
     StateBackend,
 )
 from langchain_pllm.state.fallback import LocalFallback, Records
@@ -439,9 +441,21 @@ class RedisState(StateBackend):
             await self._adisown(key, lease_id, now, breaker)
 
     def acquire(
-        self, key: str, limits: Limits, tokens: int, now: float, breaker: BreakerPolicy
+        self,
+        key: str,
+        limits: Limits,
+        tokens: int,
+        now: float,
+        breaker: BreakerPolicy,
+        *,
+        ask: Mapping[str, float] | None = None,
+        periods: Periods | None = None,
     ) -> Lease | float:
-        """Check every limit and reserve in one atomic script (see ``MemoryState.acquire``)."""
+        """Check every limit and reserve in one atomic script (see ``MemoryState.acquire``).
+
+        Not yet here: the ``limits:`` windows (``limits.windows``); only ``rate_limit``,
+        ``tpm`` and the concurrency cap are shared across the fleet.
+        """
         fallback = self._fallback
         if fallback.active and not self._usable(now):
             return fallback.acquire(key, limits, tokens, now, breaker)
@@ -461,7 +475,15 @@ class RedisState(StateBackend):
             raise
 
     async def aacquire(
-        self, key: str, limits: Limits, tokens: int, now: float, breaker: BreakerPolicy
+        self,
+        key: str,
+        limits: Limits,
+        tokens: int,
+        now: float,
+        breaker: BreakerPolicy,
+        *,
+        ask: Mapping[str, float] | None = None,
+        periods: Periods | None = None,
     ) -> Lease | float:
         """Async twin of ``acquire``; a lease granted after the caller was cancelled is freed."""
         fallback = self._fallback
@@ -524,6 +546,7 @@ class RedisState(StateBackend):
         *,
         tokens_used: int | None = None,
         retry_after: float | None = None,
+        usage: Mapping[str, float] | None = None,
     ) -> None:
         """Settle the lease and move the breaker in one script."""
         call = self._release_plan(lease, outcome, now, breaker, tokens_used, retry_after)
@@ -543,6 +566,7 @@ class RedisState(StateBackend):
         *,
         tokens_used: int | None = None,
         retry_after: float | None = None,
+        usage: Mapping[str, float] | None = None,
     ) -> None:
         """Async twin of ``release``."""
         call = self._release_plan(lease, outcome, now, breaker, tokens_used, retry_after)
@@ -555,7 +579,9 @@ class RedisState(StateBackend):
 
     # snapshot and counters ---------------------------------------------------------------------
 
-    def snapshot(self, key: str, limits: Limits, now: float) -> KeySnapshot:
+    def snapshot(
+        self, key: str, limits: Limits, now: float, periods: Periods | None = None
+    ) -> KeySnapshot:
         """Read a key's fleet-wide state (this process's own while Redis is away)."""
         fallback = self._fallback
         if fallback.active and not self._usable(now):
@@ -567,7 +593,9 @@ class RedisState(StateBackend):
             return fallback.snapshot(key, limits, now)
         return self._layout.snapshot_of(reply, now)
 
-    async def asnapshot(self, key: str, limits: Limits, now: float) -> KeySnapshot:
+    async def asnapshot(
+        self, key: str, limits: Limits, now: float, periods: Periods | None = None
+    ) -> KeySnapshot:
         """Async twin of ``snapshot``."""
         fallback = self._fallback
         if fallback.active and not await self._ausable(now):

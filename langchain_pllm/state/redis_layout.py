@@ -239,6 +239,9 @@ class RedisLayout:
             rest_until=0.0 if rest == "0" else self.to_local(rest, reply[9], now),
             cost=float(reply[10]),
             cached_tokens=int(reply[11]),
+            exhausted_until=(
+                self.to_local(reply[12], reply[9], now) if reply[0] == "exhausted" else 0.0
+            ),
         )
 
     def count_validation(self, key: str) -> Call:

@@ -75,8 +75,9 @@ ACQUIRE = Script(
 local starts, tk, leases, st = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local h = redis.call('HMGET', st, 'breaker', 'open_until', 'probe', 'probe_until', 'rest_until')
 local probe = 0
-if h[1] == 'open' or h[1] == 'half_open' then
-  if h[1] == 'open' then
+if h[1] == 'open' or h[1] == 'half_open' or h[1] == 'exhausted' then
+  -- An exhausted (spent) key rests like an open breaker, then lets one probe through.
+  if h[1] == 'open' or h[1] == 'exhausted' then
     if now < (tonumber(h[2]) or 0) then return {0, h[2], clock} end
     redis.call('HSET', st, 'breaker', 'half_open')
     redis.call('HDEL', st, 'probe', 'probe_until')
@@ -167,6 +168,10 @@ elseif outcome == 3 then
   if rest > (tonumber(redis.call('HGET', st, 'rest_until')) or 0) then
     redis.call('HSET', st, 'rest_until', fmt(rest))
   end
+elseif outcome == 6 then
+  -- A spent key: no breaker count; it rests retry_after, fleet-wide, then one probe.
+  redis.call('HINCRBY', st, 'error_count', 1)
+  redis.call('HSET', st, 'breaker', 'exhausted', 'open_until', fmt(now + tonumber(ARGV[11])))
 end
 redis.call('PEXPIRE', st, ARGV[12])
 return 1
@@ -187,10 +192,12 @@ redis.call('ZREMRANGEBYSCORE', leases, '-inf', clock)
 local h = redis.call('HMGET', st, 'breaker', 'open_until', 'total_requests', 'total_tokens',
   'error_count', 'validation_failures', 'rest_until', 'cost', 'cached_tokens')
 local state = h[1] or 'closed'
-if state == 'open' and now >= (tonumber(h[2]) or 0) then state = 'half_open' end
+if (state == 'open' or state == 'exhausted') and now >= (tonumber(h[2]) or 0) then
+  state = 'half_open'
+end
 return {state, redis.call('ZCARD', leases), redis.call('ZCARD', starts), fmt(sum),
   h[3] or '0', h[4] or '0', h[5] or '0', h[6] or '0', h[7] or '0', clock, h[8] or '0',
-  h[9] or '0'}
+  h[9] or '0', h[2] or '0'}
 """
 )
 
