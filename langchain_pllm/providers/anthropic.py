@@ -8,7 +8,7 @@ response: its ``type`` stands for the status it would have had.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
 import anthropic
@@ -16,7 +16,6 @@ import httpx2
 from langchain_core.exceptions import (
     ModelAPIError,
     ModelConnectionError,
-    ModelPermissionDeniedError,
     ModelTimeoutError,
 )
 from langchain_core.messages import AIMessage, AIMessageChunk
@@ -32,9 +31,11 @@ from langchain_pllm.providers.convert import JsonFormat, error_object
 from langchain_pllm.providers.errors import (
     caller_fault,
     class_for_status,
+    mark_spent,
     overflow_or,
     parsing_reply,
     retry_after_of,
+    spent_class,
 )
 
 __all__ = ["AnthropicProvider", "classify_anthropic_error"]
@@ -54,6 +55,11 @@ _ERROR_TYPE_STATUS = {
 }
 
 
+# 429s that are spent money dressed as rate limits (the SDK's EnforcedSpendLimitReachedError and
+# ContractSpendLimitReachedError, subclasses of its RateLimitError).
+_SPENT_CODES = frozenset({"enforced_spend_limit_reached", "contract_spend_limit_reached"})
+
+
 def classify_anthropic_error(exc: BaseException, provider_id: str) -> BaseException:
     """Map an ``anthropic`` SDK (or transport) exception onto a LangChain model error."""
     caller = caller_fault(exc, provider_id)
@@ -66,16 +72,21 @@ def classify_anthropic_error(exc: BaseException, provider_id: str) -> BaseExcept
         status = exc.status_code
         if status < 400:  # an error event inside a 200 stream
             status = _ERROR_TYPE_STATUS.get(error_type, 500)
-        # A key without credit is dead for now, like a key without permission.
-        cls = ModelPermissionDeniedError if status == 402 else class_for_status(status)
-        cls = overflow_or(cls, text)
-        return model_error(
-            cls,
-            f"{provider_id}: HTTP {status}: {error_type or 'error'}: {text}",
-            cause=exc,
-            retry_after=retry_after_of(exc.response.headers),
-            status_code=status,
-            provider=provider_id,
+        # A key without credit is spent: it rests until its money may be back, then one probe.
+        details = error.get("details")
+        code = details.get("error_code") if isinstance(details, Mapping) else None
+        spent = status == 402 or code in _SPENT_CODES or "credit balance" in text.lower()
+        cls = spent_class(spent, overflow_or(class_for_status(status), text))
+        return mark_spent(
+            model_error(
+                cls,
+                f"{provider_id}: HTTP {status}: {error_type or 'error'}: {text}",
+                cause=exc,
+                retry_after=retry_after_of(exc.response.headers),
+                status_code=status,
+                provider=provider_id,
+            ),
+            spent,
         )
     if isinstance(exc, (anthropic.APITimeoutError, httpx2.TimeoutException)):
         return model_error(

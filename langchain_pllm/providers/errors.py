@@ -11,7 +11,7 @@ import contextlib
 import email.utils
 import time
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from langchain_core.exceptions import (
     ContextOverflowError,
@@ -27,13 +27,17 @@ from langchain_core.exceptions import (
 
 from langchain_pllm.exceptions import InvalidCallError, model_error
 
+E = TypeVar("E", bound=BaseException)
+
 __all__ = [
     "CONTEXT_OVERFLOW_HINTS",
     "caller_fault",
     "class_for_status",
     "is_context_overflow",
+    "mark_spent",
     "parsing_reply",
     "retry_after_of",
+    "says_balance",
 ]
 
 CONTEXT_OVERFLOW_HINTS = (
@@ -63,6 +67,33 @@ def class_for_status(status: int) -> type[ModelError]:
         # 529 is Anthropic's "overloaded": a server-side condition like 503.
         return ModelAPIError
     return ModelInvalidRequestError
+
+
+# Words of a vendor's message saying the money is gone (SiliconFlow's 403 and Zhipu's 429 have
+# no documented code for it; their text does).
+_BALANCE_HINTS = ("balance", "余额", "arrears", "欠费", "recharge", "top up")
+
+
+def says_balance(message: str) -> bool:
+    """Whether an error message says the account's balance is gone."""
+    low = message.lower()
+    return any(hint in low for hint in _BALANCE_HINTS)
+
+
+def mark_spent(err: E, spent: bool) -> E:
+    """Mark ``err`` as a spent key (money or a quota gone) when ``spent``.
+
+    The balancer reads only LangChain's error classes and this one attribute,
+    ``quota_exhausted``: such a key rests until its quota resets, never counts toward its
+    breaker, and the request fails over at once.
+    """
+    err.quota_exhausted = spent  # type: ignore[attr-defined]
+    return err
+
+
+def spent_class(spent: bool, cls: type[ModelError]) -> type[ModelError]:
+    """The class of a spent-key error: a rate limit (retryable elsewhere), whatever its status."""
+    return ModelRateLimitError if spent else cls
 
 
 def is_context_overflow(message: str) -> bool:

@@ -38,9 +38,11 @@ from langchain_pllm.providers.convert import error_object
 from langchain_pllm.providers.errors import (
     caller_fault,
     class_for_status,
+    mark_spent,
     overflow_or,
     parsing_reply,
     retry_after_of,
+    spent_class,
 )
 from langchain_pllm.providers.google_convert import (
     GeminiStreamReader,
@@ -69,6 +71,20 @@ def _status_retry_after(exc: genai_errors.APIError) -> float | None:
     return None
 
 
+def _day_quota_spent(exc: genai_errors.APIError) -> bool:
+    """Whether a 429's ``QuotaFailure`` names a per-day quota: the day's quota is gone.
+
+    One 429 may list several violations (per minute and per day together); any per-day one
+    means the key cannot serve before the day resets, whatever else is listed.
+    """
+    for item in error_object(exc.details).get("details") or ():
+        if isinstance(item, Mapping) and str(item.get("@type", "")).endswith("QuotaFailure"):
+            for violation in item.get("violations") or ():
+                if isinstance(violation, Mapping) and "PerDay" in str(violation.get("quotaId")):
+                    return True
+    return False
+
+
 def classify_google_error(exc: BaseException, provider_id: str) -> BaseException:
     """Map a ``google-genai`` (or transport) exception onto a LangChain model error."""
     caller = caller_fault(exc, provider_id)
@@ -77,16 +93,20 @@ def classify_google_error(exc: BaseException, provider_id: str) -> BaseException
     if isinstance(exc, genai_errors.APIError):
         status = int(exc.code or 500)
         text = str(exc.message or "")
-        cls = overflow_or(class_for_status(status), text)
+        spent = status == 429 and _day_quota_spent(exc)
+        cls = spent_class(spent, overflow_or(class_for_status(status), text))
         if cls is ModelInvalidRequestError and _OVERFLOW.search(text):
             cls = ContextOverflowError
-        return model_error(
-            cls,
-            f"{provider_id}: HTTP {status}: {exc.status or 'error'}: {text}",
-            cause=exc,
-            retry_after=_status_retry_after(exc) if status == 429 else None,
-            status_code=status,
-            provider=provider_id,
+        return mark_spent(
+            model_error(
+                cls,
+                f"{provider_id}: HTTP {status}: {exc.status or 'error'}: {text}",
+                cause=exc,
+                retry_after=_status_retry_after(exc) if status == 429 else None,
+                status_code=status,
+                provider=provider_id,
+            ),
+            spent,
         )
     if isinstance(exc, (httpx2.TimeoutException, asyncio.TimeoutError)):
         return model_error(

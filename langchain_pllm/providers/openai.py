@@ -32,9 +32,12 @@ from langchain_pllm.providers.convert import make_usage, to_openai_messages
 from langchain_pllm.providers.errors import (
     caller_fault,
     class_for_status,
+    mark_spent,
     overflow_or,
     parsing_reply,
     retry_after_of,
+    says_balance,
+    spent_class,
 )
 
 __all__ = ["DeepSeekProvider", "OpenAIProvider", "SiliconFlowProvider", "classify_openai_error"]
@@ -51,14 +54,18 @@ def classify_openai_error(exc: BaseException, provider_id: str) -> BaseException
     if isinstance(exc, openai.APIStatusError):
         status = exc.status_code
         message = f"{provider_id}: HTTP {status}: {exc.message}"
-        cls = overflow_or(class_for_status(status), f"{exc.message} {exc.code or ''}")
-        return model_error(
-            cls,
-            message,
-            cause=exc,
-            retry_after=retry_after_of(exc.response.headers),
-            status_code=status,
-            provider=provider_id,
+        spent = _is_spent(exc)
+        cls = spent_class(spent, overflow_or(class_for_status(status), f"{exc.message} {exc.code}"))
+        return mark_spent(
+            model_error(
+                cls,
+                message,
+                cause=exc,
+                retry_after=retry_after_of(exc.response.headers),
+                status_code=status,
+                provider=provider_id,
+            ),
+            spent,
         )
     if isinstance(exc, openai.APITimeoutError):
         return model_error(
@@ -83,6 +90,16 @@ def classify_openai_error(exc: BaseException, provider_id: str) -> BaseException
 
 # UnicodeEncodeError: text the SDK cannot encode while writing the body (the caller's fault).
 _SDK_ERRORS = (openai.OpenAIError, json.JSONDecodeError, UnicodeEncodeError)
+
+
+def _is_spent(exc: openai.APIStatusError) -> bool:
+    """OpenAI's 429 ``insufficient_quota``, DeepSeek's 402, SiliconFlow's 403 about balance."""
+    status = exc.status_code
+    if status == 402:
+        return True
+    if status == 429:
+        return "insufficient_quota" in (exc.code, exc.type)
+    return status == 403 and says_balance(str(exc.message))
 
 
 def _usage(u: dict[str, Any] | None) -> UsageMetadata | None:

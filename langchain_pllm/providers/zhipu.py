@@ -31,7 +31,6 @@ from langchain_core.exceptions import (
     ModelAPIError,
     ModelConnectionError,
     ModelError,
-    ModelPermissionDeniedError,
     ModelTimeoutError,
 )
 from langchain_core.messages import AIMessage, AIMessageChunk
@@ -60,9 +59,12 @@ from langchain_pllm.providers.convert import (
 from langchain_pllm.providers.errors import (
     caller_fault,
     class_for_status,
+    mark_spent,
     overflow_or,
     parsing_reply,
     retry_after_of,
+    says_balance,
+    spent_class,
 )
 from langchain_pllm.providers.openai import classify_openai_error
 
@@ -92,16 +94,20 @@ _ASYNC_KWARGS = frozenset(
 )
 
 _CONTEXT_OVERFLOW_CODES = frozenset({"1261"})
-_DEAD_KEY_CODES = frozenset({"1113"})  # account in arrears
+# Spent keys: 1113 account in arrears, 1304 the day's calls used up, 1308 and 1310 a plan's
+# 5-hour / weekly / monthly quota used up; a 429 whose text says the balance is gone.
+_SPENT_CODES = frozenset({"1113", "1304", "1308", "1310"})
 _FINISH_REASONS = {"sensitive": CONTENT_FILTER}
+
+
+def _is_spent(status: int, code: str | None, text: str) -> bool:
+    return code in _SPENT_CODES or (status == 429 and says_balance(text))
 
 
 def _zhipu_class(status: int, code: str | None, text: str) -> type[ModelError]:
     if code in _CONTEXT_OVERFLOW_CODES:
         return ContextOverflowError
-    if code in _DEAD_KEY_CODES:
-        return ModelPermissionDeniedError
-    return overflow_or(class_for_status(status), text)
+    return spent_class(_is_spent(status, code, text), overflow_or(class_for_status(status), text))
 
 
 def classify_zhipu_error(exc: BaseException, provider_id: str) -> BaseException:
@@ -121,24 +127,30 @@ def classify_zhipu_error(exc: BaseException, provider_id: str) -> BaseException:
         if error.get("code") is not None:
             code = str(error["code"])
         text = str(error.get("message") or text)
-        return model_error(
-            _zhipu_class(status, code, text),
-            f"{provider_id}: HTTP {status}: code {code}: {text}",
-            cause=exc,
-            retry_after=retry_after_of(exc.response.headers),
-            status_code=status,
-            provider=provider_id,
+        return mark_spent(
+            model_error(
+                _zhipu_class(status, code, text),
+                f"{provider_id}: HTTP {status}: code {code}: {text}",
+                cause=exc,
+                retry_after=retry_after_of(exc.response.headers),
+                status_code=status,
+                provider=provider_id,
+            ),
+            _is_spent(status, code, text),
         )
     if isinstance(exc, openai.APIStatusError):
         status = exc.status_code
         code = str(exc.code) if exc.code is not None else None
-        return model_error(
-            _zhipu_class(status, code, exc.message),
-            f"{provider_id}: HTTP {status}: code {code}: {exc.message}",
-            cause=exc,
-            retry_after=retry_after_of(exc.response.headers),
-            status_code=status,
-            provider=provider_id,
+        return mark_spent(
+            model_error(
+                _zhipu_class(status, code, exc.message),
+                f"{provider_id}: HTTP {status}: code {code}: {exc.message}",
+                cause=exc,
+                retry_after=retry_after_of(exc.response.headers),
+                status_code=status,
+                provider=provider_id,
+            ),
+            _is_spent(status, code, exc.message),
         )
     if isinstance(exc, openai.OpenAIError):
         return classify_openai_error(exc, provider_id)
