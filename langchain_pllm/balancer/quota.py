@@ -54,7 +54,8 @@ class DayPeriods:
 
     def periods(self, now: float, wall: float) -> Periods:
         """Per window of the key: the current day for a one-day window, ``None`` otherwise."""
-        day = (self._name, self.next_reset(now, wall))
+        end = self.next_reset(now, wall)  # first: it may roll to a new day and its name
+        day = (self._name, end)
         return tuple(day if flag else None for flag in self._flags)
 
 

@@ -92,8 +92,14 @@ def mark_spent(err: E, spent: bool) -> E:
 
 
 def spent_class(spent: bool, cls: type[ModelError]) -> type[ModelError]:
-    """The class of a spent-key error: a rate limit (retryable elsewhere), whatever its status."""
-    return ModelRateLimitError if spent else cls
+    """The class of a spent-key error: the status's own, but never "your request is wrong".
+
+    A 400 or 402 for money is the key's condition, not the request's: it reaches a caller (when
+    every key is spent) as a permission error. 429s stay rate limits, 403s permission errors.
+    """
+    if spent and issubclass(cls, ModelInvalidRequestError):
+        return ModelPermissionDeniedError
+    return cls
 
 
 def is_context_overflow(message: str) -> bool:

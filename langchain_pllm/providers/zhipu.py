@@ -31,6 +31,7 @@ from langchain_core.exceptions import (
     ModelAPIError,
     ModelConnectionError,
     ModelError,
+    ModelPermissionDeniedError,
     ModelTimeoutError,
 )
 from langchain_core.messages import AIMessage, AIMessageChunk
@@ -97,6 +98,7 @@ _CONTEXT_OVERFLOW_CODES = frozenset({"1261"})
 # Spent keys: 1113 account in arrears, 1304 the day's calls used up, 1308 and 1310 a plan's
 # 5-hour / weekly / monthly quota used up; a 429 whose text says the balance is gone.
 _SPENT_CODES = frozenset({"1113", "1304", "1308", "1310"})
+_DEAD_KEY_CODES = frozenset({"1113"})  # account in arrears: a permission error to a caller
 _FINISH_REASONS = {"sensitive": CONTENT_FILTER}
 
 
@@ -107,6 +109,8 @@ def _is_spent(status: int, code: str | None, text: str) -> bool:
 def _zhipu_class(status: int, code: str | None, text: str) -> type[ModelError]:
     if code in _CONTEXT_OVERFLOW_CODES:
         return ContextOverflowError
+    if code in _DEAD_KEY_CODES:
+        return ModelPermissionDeniedError
     return spent_class(_is_spent(status, code, text), overflow_or(class_for_status(status), text))
 
 
