@@ -86,15 +86,11 @@ def test_every_window_must_have_room_and_the_refusal_names_the_latest_wake() -> 
 
 def test_token_windows_reserve_an_estimate_and_settle_to_the_real_use() -> None:
     state = MemoryState()
-    lim = limits_of(
-        provider(limits={"tokens": "100/minute", "output_tokens": "80/minute"}), 60.0
-    )
+    lim = limits_of(provider(limits={"tokens": "100/minute", "output_tokens": "80/minute"}), 60.0)
     lease = state.acquire(KEY, lim, 80, 0.0, BREAKER)
     assert isinstance(lease, Lease)
     assert state.acquire(KEY, lim, 80, 1.0, BREAKER) == 60.0  # 80 + 80 > 100
-    state.release(
-        lease, Outcome.SUCCESS, 2.0, BREAKER, tokens_used=30, usage={"output_tokens": 10}
-    )
+    state.release(lease, Outcome.SUCCESS, 2.0, BREAKER, tokens_used=30, usage={"output_tokens": 10})
     snap = state.snapshot(KEY, lim, 2.0)
     assert [used for used, _ in snap.windows] == [30, 10]
     assert isinstance(state.acquire(KEY, lim, 40, 3.0, BREAKER), Lease)  # 30 + 40 fits

@@ -254,6 +254,25 @@ class TestStateBackend:
             10,
         )  # the tripped one spent nothing
 
+    def test_a_spent_key_rests_then_one_probe_and_never_counts_to_the_breaker(
+        self, backend: StateBackend
+    ) -> None:
+        lim = limits()
+        for episode in range(4):  # more than the breaker threshold
+            t = T0 + episode * 100.0
+            lease = take(backend, lim, t)
+            assert lease.probe is (episode > 0)
+            backend.release(lease, Outcome.EXHAUSTED, t, BREAKER, retry_after=100.0)
+            snap = backend.snapshot(KEY, lim, t + 1)
+            assert (snap.state, snap.exhausted_until) == ("exhausted", t + 100.0)
+            assert backend.acquire(KEY, lim, 0, t + 99, BREAKER) == t + 100.0
+        later = T0 + 400.0
+        assert backend.snapshot(KEY, lim, later).state == "half_open"
+        probe = take(backend, lim, later)
+        assert backend.acquire(KEY, lim, 0, later, BREAKER) == math.inf  # one probe
+        backend.release(probe, Outcome.SUCCESS, later, BREAKER)
+        assert backend.snapshot(KEY, lim, later).state == "closed"
+
     def test_threads_never_get_more_than_the_limit(self, backend: StateBackend) -> None:
         lim = limits(rate=25)
         granted: list[Lease] = []
@@ -303,6 +322,16 @@ class TestRedisSharesOneTruth:
         assert b.acquire(KEY, lim, 0, T0 + 3, BREAKER) == T0 + W  # requests: 3 of 3
         snap = b.snapshot(KEY, lim, T0 + 3)
         assert (snap.window_used, snap.tokens_in_window, snap.active_requests) == (3, 100, 3)
+
+    def test_a_spent_key_found_by_one_process_rests_in_every_process(self, redis_url: str) -> None:
+        a, b = shared(redis_url), shared(redis_url)
+        lim = limits()
+        a.release(take(a, lim, T0), Outcome.EXHAUSTED, T0, BREAKER, retry_after=3600.0)
+        assert b.snapshot(KEY, lim, T0 + 1).state == "exhausted"
+        assert b.acquire(KEY, lim, 0, T0 + 1, BREAKER) == T0 + 3600.0
+        probe = take(b, lim, T0 + 3600.0)
+        assert probe.probe
+        assert a.acquire(KEY, lim, 0, T0 + 3600.0, BREAKER) == math.inf
 
     def test_breaker_opened_by_one_is_open_for_all_with_one_probe_in_the_fleet(
         self, redis_url: str

@@ -1,0 +1,177 @@
+"""Quotas over real HTTP: many windows per key, calendar days, spent keys of every vendor.
+
+The official SDKs talk to the fake vendor servers; time is a ``ManualClock`` (its wall time for
+calendar days), so minutes and days pass in microseconds.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from langchain_pllm import BalancedChatModel
+from langchain_pllm.clock import ManualClock
+from langchain_pllm.testing import (
+    FakeAnthropicServer,
+    FakeGeminiServer,
+    FakeOpenAIServer,
+    FakeVendorServer,
+    FakeZhipuServer,
+    Fault,
+)
+
+LA = ZoneInfo("America/Los_Angeles")
+
+
+def _served_by(model: BalancedChatModel) -> str:
+    return str(model.invoke("hi").response_metadata["provider"])
+
+
+def test_a_key_with_two_request_windows_never_exceeds_either(
+    fake_openai_server: FakeOpenAIServer,
+) -> None:
+    srv = fake_openai_server
+    clock = ManualClock()
+    base = {"vendor": "openai", "model": "gpt-4o-mini", "api_base": srv.base_url}
+    model = BalancedChatModel(
+        providers=[
+            {**base, "api_key": "sk-small", "name": "small",
+             "limits": {"requests": ["3/second", "10/minute"]}},
+            {**base, "api_key": "sk-big", "name": "big"},
+        ],
+        clock=clock,
+    )  # fmt: skip
+    served: list[tuple[float, str]] = []
+    for _ in range(40):
+        served.append((clock.now(), _served_by(model)))
+        clock.advance(0.25)
+    keys = [r.api_key for r in srv.requests]
+    assert keys == ["sk-small" if p == "small" else "sk-big" for _, p in served]
+    small = [t for t, p in served if p == "small"]
+    assert len(small) == 10  # all of the minute, and no more
+    assert len(served) - len(small) == 30  # the other key takes the rest
+    for t in small:  # never more than 3 in any second
+        assert sum(1 for u in small if t <= u < t + 1.0) <= 3
+    windows = model.get_stats()["small"]["windows"]
+    assert [(w["limit"], w["period"], w["used"]) for w in windows] == [(3, 1, 0), (10, 60, 10)]
+
+
+def test_a_key_at_its_day_quota_waits_for_midnight_in_los_angeles(
+    fake_openai_server: FakeOpenAIServer,
+) -> None:
+    srv = fake_openai_server
+    clock = ManualClock(wall=datetime(2026, 11, 1, 22, 0, tzinfo=LA))  # DST ends at 02:00
+    base = {"vendor": "openai", "model": "gpt-4o-mini", "api_base": srv.base_url}
+    model = BalancedChatModel(
+        providers=[
+            {**base, "api_key": "sk-day", "name": "day", "limits": {"requests": "2/day"},
+             "quota_reset": "00:00 America/Los_Angeles"},
+            {**base, "api_key": "sk-other", "name": "other"},
+        ],
+        clock=clock,
+    )  # fmt: skip
+    assert [_served_by(model) for _ in range(4)] == ["day", "other", "day", "other"]
+    assert [_served_by(model) for _ in range(2)] == ["other", "other"]
+    stats = model.get_stats()["day"]["windows"][0]
+    assert stats["calendar"] and stats["used"] == 2
+    assert stats["resets_in"] == pytest.approx(2 * 3600)
+    clock.advance(2 * 3600 - 1)
+    assert [_served_by(model) for _ in range(2)] == ["other", "other"]
+    clock.advance(1)  # midnight, 2026-11-02 in Los Angeles
+    assert _served_by(model) == "day"
+    assert model.get_stats()["day"]["windows"][0]["used"] == 1
+
+
+@pytest.fixture
+def caplog_warnings(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
+    with caplog.at_level(logging.WARNING, logger="langchain_pllm"):
+        yield caplog
+
+
+def test_a_spent_key_gets_one_request_per_rest_and_never_opens_its_breaker(
+    fake_openai_server: FakeOpenAIServer, caplog_warnings: pytest.LogCaptureFixture
+) -> None:
+    srv = fake_openai_server
+    srv.spend_key("sk-spent")  # 429 insufficient_quota, no Retry-After
+    clock = ManualClock()
+    base = {"vendor": "openai", "model": "gpt-4o-mini", "api_base": srv.base_url}
+    model = BalancedChatModel(
+        providers=[
+            {**base, "api_key": "sk-spent", "name": "spent"},
+            {**base, "api_key": "sk-ok", "name": "ok"},
+        ],
+        clock=clock,
+    )
+    rest = 3600.0  # balancer.exhausted_rest's default
+    for _hour in range(5):  # five rests: more than the breaker threshold of 3
+        for _ in range(10):
+            reply = model.invoke("hi")
+            assert reply.response_metadata["provider"] == "ok"
+            clock.advance(1.0)
+        stats = model.get_stats()["spent"]
+        assert stats["state"] == "exhausted"
+        assert stats["resting_for"] == pytest.approx(rest - 10.0)
+        clock.advance(rest - 10.0)
+    spent_calls = [r for r in srv.requests if r.api_key == "sk-spent"]
+    assert len(spent_calls) == 5  # exactly one probe per rest
+    logged = [r for r in caplog_warnings.records if "key spent" in r.getMessage()]
+    assert len(logged) == 1  # once, not once per probe
+    srv.refill_key("sk-spent")
+    assert _served_by(model) == "spent"  # the probe after the rest finds money again
+    assert model.get_stats()["spent"]["state"] == "closed"
+
+
+def _pool(srv: FakeVendorServer, vendor: str, model: str) -> list[dict[str, Any]]:
+    base = {"vendor": vendor, "model": model, "api_base": srv.base_url}
+    return [
+        {**base, "api_key": "key-spent", "name": "spent"},
+        {**base, "api_key": "key-ok", "name": "ok"},
+    ]
+
+
+SPENT_CASES = [
+    ("deepseek", lambda: FakeOpenAIServer(flavor="deepseek"), None),  # 402
+    ("siliconflow", lambda: FakeOpenAIServer(flavor="siliconflow"), None),  # 403 balance
+    ("anthropic", FakeAnthropicServer, None),  # 400 credit balance too low
+    ("anthropic", FakeAnthropicServer, Fault(status=402, error_type="billing_error")),
+    ("google", FakeGeminiServer, None),  # 429 QuotaFailure PerDay
+    ("zhipu", FakeZhipuServer, None),  # 1113 arrears
+    ("zhipu", FakeZhipuServer, "1304"),  # the day's calls used up
+]
+
+
+@pytest.mark.parametrize(("vendor", "make", "variant"), SPENT_CASES)
+def test_every_vendors_spent_key_error_makes_the_key_exhausted(
+    vendor: str, make: Any, variant: Any
+) -> None:
+    clock = ManualClock()
+    with make() as srv:
+        fault = variant
+        if isinstance(variant, str):
+            fault = srv.spent_fault(code=variant)
+        srv.spend_key("key-spent", fault)
+        model = BalancedChatModel(providers=_pool(srv, vendor, "m-1"), clock=clock)
+        for _ in range(3):
+            reply = model.invoke("hi")
+            assert reply.response_metadata["provider"] == "ok"
+            assert reply.response_metadata["attempts"] in (1, 2)
+            clock.advance(1.0)
+        assert sum(1 for r in srv.requests if r.api_key == "key-spent") == 1
+        stats = model.get_stats()["spent"]
+    assert stats["state"] == "exhausted"
+    assert stats["resting_for"] == pytest.approx(3600.0 - 3.0)
+
+
+def test_a_per_minute_gemini_quota_is_a_rate_limit_not_a_spent_key(
+    fake_gemini_server: FakeGeminiServer,
+) -> None:
+    srv = fake_gemini_server
+    srv.fault_for_key("key-spent", srv.quota_fault(per="minute"), times=1)
+    model = BalancedChatModel(providers=_pool(srv, "google", "gemini-x"), clock=ManualClock())
+    assert _served_by(model) == "ok"
+    assert model.get_stats()["spent"]["state"] == "closed"
