@@ -155,7 +155,8 @@ def test_spent_key_rests_then_lets_one_probe_through_and_never_counts_to_the_bre
         assert snap.exhausted_until == t + 100.0
         assert state.acquire(KEY, lim, 0, t + 99, BREAKER) == t + 100.0
     probe = state.acquire(KEY, lim, 0, 500.0, BREAKER)
-    assert isinstance(probe, Lease) and probe.probe
+    assert isinstance(probe, Lease)
+    assert probe.probe
     assert state.acquire(KEY, lim, 0, 500.0, BREAKER) == float("inf")  # one probe at a time
     state.release(probe, Outcome.SUCCESS, 501.0, BREAKER)
     assert state.snapshot(KEY, lim, 501.0).state == "closed"
