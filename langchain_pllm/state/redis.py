@@ -453,14 +453,15 @@ class RedisState(StateBackend):
     ) -> Lease | float:
         """Check every limit and reserve in one atomic script (see ``MemoryState.acquire``).
 
-        Not yet here: the ``limits:`` windows (``limits.windows``); only ``rate_limit``,
-        ``tpm`` and the concurrency cap are shared across the fleet.
+        While Redis is away the local fallback keeps ``rate_limit``, ``tpm`` and the
+        concurrency cap only, not the ``limits:`` windows.
         """
         fallback = self._fallback
         if fallback.active and not self._usable(now):
             return fallback.acquire(key, limits, tokens, now, breaker)
         lease_id = self._new_lease_id()
-        keys, args = self._layout.acquire(key, limits, tokens, now, lease_id)
+        plan = self._layout.quota_plan(key, limits, tokens, now, ask, periods)
+        keys, args = self._layout.acquire(key, limits, tokens, now, lease_id, plan)
         try:
             if self._heartbeat.due():
                 self._seen(self._run(HEARTBEAT, *self._heartbeat.call()))
@@ -469,7 +470,7 @@ class RedisState(StateBackend):
             fallback.went_away(exc)
             return fallback.acquire(key, limits, tokens, now, breaker)
         try:
-            return self._layout.acquired(key, limits, tokens, now, lease_id, reply)
+            return self._layout.acquired(key, limits, tokens, now, lease_id, reply, plan)
         except BaseException:
             self._disown(key, lease_id, now, breaker)
             raise
@@ -490,7 +491,8 @@ class RedisState(StateBackend):
         if fallback.active and not await self._ausable(now):
             return fallback.acquire(key, limits, tokens, now, breaker)
         lease_id = self._new_lease_id()
-        keys, args = self._layout.acquire(key, limits, tokens, now, lease_id)
+        plan = self._layout.quota_plan(key, limits, tokens, now, ask, periods)
+        keys, args = self._layout.acquire(key, limits, tokens, now, lease_id, plan)
         try:
             if self._heartbeat.due():
                 self._seen(await self._arun(HEARTBEAT, *self._heartbeat.call()))
@@ -514,7 +516,7 @@ class RedisState(StateBackend):
             fallback.went_away(exc)
             return fallback.acquire(key, limits, tokens, now, breaker)
         try:
-            return self._layout.acquired(key, limits, tokens, now, lease_id, reply)
+            return self._layout.acquired(key, limits, tokens, now, lease_id, reply, plan)
         except BaseException:
             await self._adisown(key, lease_id, now, breaker)
             raise
@@ -529,13 +531,16 @@ class RedisState(StateBackend):
         breaker: BreakerPolicy,
         tokens_used: int | None,
         retry_after: float | None,
+        usage: Mapping[str, float] | None = None,
     ) -> Call | None:
         """What ``release`` sends to Redis; ``None`` for a fallback lease, settled here at once."""
         extra = lease.extra
         if not isinstance(extra, RedisLease):
             self._fallback.release(lease, outcome, now, breaker, tokens_used, retry_after)
             return None
-        return self._layout.release(lease, extra, outcome, now, breaker, tokens_used, retry_after)
+        return self._layout.release(
+            lease, extra, outcome, now, breaker, tokens_used, retry_after, usage
+        )
 
     def release(
         self,
@@ -549,7 +554,7 @@ class RedisState(StateBackend):
         usage: Mapping[str, float] | None = None,
     ) -> None:
         """Settle the lease and move the breaker in one script."""
-        call = self._release_plan(lease, outcome, now, breaker, tokens_used, retry_after)
+        call = self._release_plan(lease, outcome, now, breaker, tokens_used, retry_after, usage)
         if call is None or (self._fallback.active and not self._usable(now)):
             return
         try:
@@ -569,7 +574,7 @@ class RedisState(StateBackend):
         usage: Mapping[str, float] | None = None,
     ) -> None:
         """Async twin of ``release``."""
-        call = self._release_plan(lease, outcome, now, breaker, tokens_used, retry_after)
+        call = self._release_plan(lease, outcome, now, breaker, tokens_used, retry_after, usage)
         if call is None or (self._fallback.active and not await self._ausable(now)):
             return
         try:
@@ -587,7 +592,7 @@ class RedisState(StateBackend):
         if fallback.active and not self._usable(now):
             return fallback.snapshot(key, limits, now)
         try:
-            reply = self._run(SNAPSHOT, *self._layout.snapshot(key, limits, now))
+            reply = self._run(SNAPSHOT, *self._layout.snapshot(key, limits, now, periods))
         except _UNAVAILABLE as exc:
             fallback.went_away(exc)
             return fallback.snapshot(key, limits, now)
@@ -601,7 +606,7 @@ class RedisState(StateBackend):
         if fallback.active and not await self._ausable(now):
             return fallback.snapshot(key, limits, now)
         try:
-            reply = await self._arun(SNAPSHOT, *self._layout.snapshot(key, limits, now))
+            reply = await self._arun(SNAPSHOT, *self._layout.snapshot(key, limits, now, periods))
         except _UNAVAILABLE as exc:
             fallback.went_away(exc)
             return fallback.snapshot(key, limits, now)

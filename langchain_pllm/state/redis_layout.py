@@ -13,7 +13,11 @@ itself) under a prefix (``pllm`` by default), all in one Redis Cluster hash slot
 - ``pllm:{K}:leases``: ZSET of requests in flight (member: lease id, score: expiry), swept on
   every acquire, so a killed process leaks nothing once its leases expire;
 - ``pllm:{K}:state``: HASH of breaker (state, failures, open-until, the one probe's lease id and
-  expiry), rest-until, the token sum of the window and the fleet-wide counters.
+  expiry), rest-until, the token sum of the window and the fleet-wide counters;
+- ``pllm:{K}:q:<resource>:<seconds>``: a rolling window of the ``limits:`` block, a ZSET like
+  ``tokens`` (its sum in the state hash, under the window key's name);
+- ``pllm:{K}:q:<resource>:day:<period>``: a calendar day's counter, named by the day (computed
+  in Python from the wall clock), expiring a minute after the day ends: one window for the fleet.
 
 Window keys expire a minute after their last entry could matter; the hash a day after its last
 use (longer if a breaker interval or ``Retry-After`` needs it).
@@ -26,6 +30,7 @@ into the caller's clock. Without it, the passed ``now`` is used as is, so tests 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 from langchain_pllm.state.base import (
@@ -34,6 +39,9 @@ from langchain_pllm.state.base import (
     Lease,
     Limits,
     Outcome,
+    Periods,
+    ask_of,
+    settled_amount,
     settled_tokens,
 )
 
@@ -46,14 +54,30 @@ Call = tuple[tuple[str, ...], tuple[str, ...]]
 """One script's keys and arguments."""
 
 
+_fmt = repr  # amounts travel as repr: the release must name the very member the acquire added
+
+
+QuotaStep = tuple[str, str, str, float, str, float]
+"""One ``limits:`` window in a call: key name, kind ('r'/'c'), span, amount, resource, limit."""
+
+
 class RedisLease:
-    """What a Redis lease needs at release: its id and where its token entry sits."""
+    """What a Redis lease needs at release: its id and where its window entries sit."""
 
-    __slots__ = ("id", "token_start")
+    __slots__ = ("id", "quota", "start", "token_start")
 
-    def __init__(self, lease_id: str, token_start: str) -> None:
+    def __init__(
+        self,
+        lease_id: str,
+        token_start: str,
+        quota: tuple[tuple[str, str, str, float, str], ...] = (),
+        start: str = "",
+    ) -> None:
         self.id = lease_id
         self.token_start = token_start  # the entry's score; '' when the key has no tpm
+        # Per ``limits:`` window to settle: key, kind, reserved as sent, reserved, resource.
+        self.quota = quota
+        self.start = start  # the score of the lease's rolling-window entries
 
 
 class RedisLayout:
@@ -129,10 +153,49 @@ class RedisLayout:
 
     # acquire -----------------------------------------------------------------------------------
 
-    def acquire(self, key: str, limits: Limits, tokens: int, now: float, lease_id: str) -> Call:
+    def quota_plan(
+        self,
+        key: str,
+        limits: Limits,
+        tokens: int,
+        now: float,
+        ask: Mapping[str, float] | None,
+        periods: Periods | None,
+    ) -> list[QuotaStep]:
+        """Per ``limits:`` window: key name, kind, span, amount, resource, limit."""
+        base = f"{self.key_prefix}:{{{key}}}:q:"
+        plan = []
+        for i, spec in enumerate(limits.windows):
+            period = periods[i] if periods else None
+            amount = ask_of(spec, tokens, ask)
+            if period is not None:
+                name = f"{base}{spec.resource}:day:{period[0]}"
+                span = _fmt(max(0.0, period[1] - now))
+                plan.append((name, "c", span, amount, spec.resource, spec.limit))
+            else:
+                name = f"{base}{spec.resource}:{spec.period:g}"
+                span = _fmt(float(spec.period))
+                plan.append((name, "r", span, amount, spec.resource, spec.limit))
+        return plan
+
+    def acquire(
+        self,
+        key: str,
+        limits: Limits,
+        tokens: int,
+        now: float,
+        lease_id: str,
+        plan: list[QuotaStep] | None = None,
+    ) -> Call:
         """The ``ACQUIRE`` call reserving ``tokens`` on ``key`` as ``lease_id``."""
         lease_ttl, lease_key_ttl = self._lease_args
-        return self.key_names(key), (
+        quota_keys: tuple[str, ...] = ()
+        quota_args: list[str] = [str(len(plan or ()))]
+        for name, kind, span, amount, resource, limit in plan or ():
+            quota_keys += (name,)
+            strict = "1" if resource == "requests" else "0"
+            quota_args += (kind, _fmt(float(limit)), span, _fmt(amount), strict)
+        return self.key_names(key) + quota_keys, (
             self.now_arg(now),
             repr(float(limits.window)),
             str(-1 if limits.rate_limit is None else limits.rate_limit),
@@ -144,15 +207,30 @@ class RedisLayout:
             self.window_ttl(limits.window),
             self.stats_ttl_ms,
             lease_key_ttl,
+            *quota_args,
         )
 
     def acquired(
-        self, key: str, limits: Limits, tokens: int, now: float, lease_id: str, reply: Any
+        self,
+        key: str,
+        limits: Limits,
+        tokens: int,
+        now: float,
+        lease_id: str,
+        reply: Any,
+        plan: list[QuotaStep] | None = None,
     ) -> Lease | float:
         """``ACQUIRE``'s reply: the lease, or the time to try again in the caller's clock."""
         if reply[0] == 1:
             token_start = reply[1] if limits.tpm is not None else ""
-            return Lease(key, now, int(tokens), reply[2] == 1, RedisLease(lease_id, token_start))
+            # Request windows never settle: a start counts whatever the outcome.
+            quota = tuple(
+                (name, kind, _fmt(amount), amount, resource)
+                for name, kind, _, amount, resource, _ in plan or ()
+                if resource != "requests"
+            )
+            held = RedisLease(lease_id, token_start, quota, str(reply[1]))
+            return Lease(key, now, int(tokens), reply[2] == 1, held)
         return self.to_local(reply[1], reply[2], now)
 
     # release -----------------------------------------------------------------------------------
@@ -166,14 +244,26 @@ class RedisLayout:
         breaker: BreakerPolicy,
         tokens_used: int | None,
         retry_after: float | None,
+        usage: Mapping[str, float] | None = None,
     ) -> Call:
         """The ``RELEASE`` call settling a Redis lease (the settlement of ``settled_tokens``)."""
         used, spent = settled_tokens(lease, outcome, tokens_used)
-        return self._release(
+        keys, args = self._release(
             lease.key, now, extra.id, outcome, probe=lease.probe, token_start=extra.token_start,
             reserved=lease.tokens, used=used, spent=spent, breaker=breaker,
             retry_after=retry_after,
         )  # fmt: skip
+        if not extra.quota:
+            return keys, args
+        real = dict(usage) if usage else {}
+        if tokens_used is not None:
+            real.setdefault("tokens", tokens_used)
+        more: list[str] = []
+        for name, kind, sent, reserved, resource in extra.quota:
+            settled = settled_amount(reserved, outcome, real.get(resource))[0]
+            keys += (name,)
+            more += (kind, extra.start, sent, sent if settled == reserved else _fmt(float(settled)))
+        return keys, (*args, *more)
 
     def disown(self, key: str, lease_id: str, now: float, breaker: BreakerPolicy) -> Call:
         """A ``CANCELLED`` release of a lease known only by its id.
@@ -220,13 +310,22 @@ class RedisLayout:
 
     # snapshot, counters, replay ----------------------------------------------------------------
 
-    def snapshot(self, key: str, limits: Limits, now: float) -> Call:
+    def snapshot(self, key: str, limits: Limits, now: float, periods: Periods | None) -> Call:
         """The ``SNAPSHOT`` call reading ``key``."""
-        return self.key_names(key), (self.now_arg(now), repr(float(limits.window)))
+        plan = self.quota_plan(key, limits, 0, now, None, periods)
+        keys = self.key_names(key) + tuple(p[0] for p in plan)
+        args: list[str] = [self.now_arg(now), repr(float(limits.window))]
+        for _, kind, span, *_ in plan:
+            args += (kind, span)
+        return keys, tuple(args)
 
     def snapshot_of(self, reply: Any, now: float) -> KeySnapshot:
         """``SNAPSHOT``'s reply, times in the caller's clock."""
         rest = reply[8]
+        windows = tuple(
+            (float(reply[i]), self.to_local(reply[i + 1], reply[9], now))
+            for i in range(13, len(reply), 2)
+        )
         return KeySnapshot(
             state=reply[0],
             active_requests=int(reply[1]),
@@ -242,6 +341,7 @@ class RedisLayout:
             exhausted_until=(
                 self.to_local(reply[12], reply[9], now) if reply[0] == "exhausted" else 0.0
             ),
+            windows=windows,
         )
 
     def count_validation(self, key: str) -> Call:

@@ -15,6 +15,7 @@ __all__ = [
     "COUNT_SPEND",
     "COUNT_VALIDATION",
     "HEARTBEAT",
+    "QUOTA",
     "RELEASE",
     "REPLAY",
     "SNAPSHOT",
@@ -64,13 +65,39 @@ local function expire_tokens(tk, st, cutoff)
 end
 """
 
-# KEYS: starts, tokens, leases, state.
+# The ``limits:`` windows. A rolling window is a ZSET of ``<lease id>|<amount>`` scored by start,
+# its sum kept in the state hash under the window key's own name (an empty ZSET: a sum of 0); a
+# calendar window is one counter per period, its name carrying the period, expiring at its end.
+# Per window the scripts get: kind ('r' or 'c'), limit, span (the period, or the seconds left
+# in the calendar period), amount, strict ('1' for requests: never more than the limit).
+QUOTA = """
+local function quota_sum(kind, qk, st, cutoff)
+  if kind == 'c' then return tonumber(redis.call('GET', qk)) or 0 end
+  local sum = tonumber(redis.call('HGET', st, qk)) or 0
+  local gone = redis.call('ZRANGEBYSCORE', qk, '-inf', cutoff)
+  for i = 1, #gone do sum = sum - tonumber(string.match(gone[i], '|([^|]+)$')) end
+  if #gone > 0 then redis.call('ZREMRANGEBYSCORE', qk, '-inf', cutoff) end
+  if redis.call('ZCARD', qk) == 0 then sum = 0 end
+  return sum
+end
+local function quota_wake(kind, qk, sum, amount, limit, strict, span)
+  if sum + amount <= limit or (not strict and sum <= 0) then return nil end
+  if kind == 'c' then return now + span end
+  local first = redis.call('ZRANGE', qk, 0, 0, 'WITHSCORES')
+  if first[2] then return tonumber(first[2]) + span end
+  return now + span
+end
+"""
+
+# KEYS: starts, tokens, leases, state, then one per ``limits:`` window.
 # ARGV: now ('' = server clock), window, rate_limit, tpm, max_concurrency (-1 = none), tokens,
-#       lease id, lease ttl, window key ttl ms, state ttl ms, lease key ttl ms.
+#       lease id, lease ttl, window key ttl ms, state ttl ms, lease key ttl ms, number of
+#       ``limits:`` windows, then 5 per window (see QUOTA).
 # Returns {1, start, probe} or {0, wake time or 'inf', now}.
 ACQUIRE = Script(
     PRELUDE
     + EXPIRE_TOKENS
+    + QUOTA
     + """
 local starts, tk, leases, st = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local h = redis.call('HMGET', st, 'breaker', 'open_until', 'probe', 'probe_until', 'rest_until')
@@ -101,6 +128,19 @@ if rate >= 0 and redis.call('ZCARD', starts) >= rate then
   if not first[2] then return {0, 'inf', clock} end
   return {0, fmt(tonumber(first[2]) + window), clock}
 end
+local nq = tonumber(ARGV[12]) or 0
+local qsums = {}
+local latest = nil
+for i = 1, nq do
+  local b = 12 + (i - 1) * 5
+  local kind, span = ARGV[b + 1], tonumber(ARGV[b + 3])
+  local sum = quota_sum(kind, KEYS[4 + i], st, fmt(now - span))
+  qsums[i] = sum
+  local wake = quota_wake(kind, KEYS[4 + i], sum, tonumber(ARGV[b + 4]), tonumber(ARGV[b + 2]),
+    ARGV[b + 5] == '1', span)
+  if wake and (latest == nil or wake > latest) then latest = wake end
+end
+if latest then return {0, fmt(latest), clock} end
 local id = ARGV[7]
 local tpm = tonumber(ARGV[4])
 if tpm >= 0 then
@@ -117,6 +157,18 @@ if tpm >= 0 then
   redis.call('PEXPIRE', tk, ARGV[9])
   redis.call('HSET', st, 'token_sum', fmt(sum + tokens))
 end
+for i = 1, nq do
+  local b = 12 + (i - 1) * 5
+  local qk, span = KEYS[4 + i], tonumber(ARGV[b + 3])
+  local ttl = math.ceil((span + 60) * 1000)
+  if ARGV[b + 1] == 'c' then
+    redis.call('INCRBYFLOAT', qk, ARGV[b + 4])
+  else
+    redis.call('ZADD', qk, clock, id .. '|' .. ARGV[b + 4])
+    redis.call('HSET', st, qk, fmt(qsums[i] + tonumber(ARGV[b + 4])))
+  end
+  redis.call('PEXPIRE', qk, ttl)
+end
 redis.call('ZADD', starts, clock, id)
 redis.call('PEXPIRE', starts, ARGV[9])
 local expiry = fmt(now + tonumber(ARGV[8]))
@@ -131,9 +183,10 @@ return {1, clock, probe}
 """
 )
 
-# KEYS: tokens, leases, state.
+# KEYS: tokens, leases, state, then one per ``limits:`` window to settle.
 # ARGV: now, lease id, outcome, probe (0/1), token entry start ('' = none), reserved tokens,
-#       settled tokens, add to total_tokens (0/1), threshold, interval, retry_after, state ttl ms.
+#       settled tokens, add to total_tokens (0/1), threshold, interval, retry_after, state ttl ms,
+#       then per window to settle: kind ('r'/'c'), entry start, reserved, settled.
 RELEASE = Script(
     PRELUDE
     + """
@@ -148,6 +201,20 @@ if ARGV[5] ~= '' and ARGV[6] ~= ARGV[7] then
   end
 end
 if ARGV[8] == '1' then redis.call('HINCRBY', st, 'total_tokens', ARGV[7]) end
+for i = 4, #KEYS do
+  local b = 12 + (i - 4) * 4
+  local qk, reserved, settled = KEYS[i], ARGV[b + 3], ARGV[b + 4]
+  if reserved ~= settled then
+    local delta = tonumber(settled) - tonumber(reserved)
+    if ARGV[b + 1] == 'c' then
+      -- The counter of the period reserved in: a past period's change harms no one.
+      if redis.call('EXISTS', qk) == 1 then redis.call('INCRBYFLOAT', qk, delta) end
+    elseif redis.call('ZREM', qk, id .. '|' .. reserved) == 1 then
+      redis.call('ZADD', qk, ARGV[b + 2], id .. '|' .. settled)
+      redis.call('HINCRBYFLOAT', st, qk, delta)
+    end
+  end
+end
 local outcome = tonumber(ARGV[3])
 local probe = ARGV[4] == '1'
 if probe and redis.call('HGET', st, 'probe') == id then
@@ -178,10 +245,12 @@ return 1
 """
 )
 
-# KEYS: starts, tokens, leases, state. ARGV: now, window.
+# KEYS: starts, tokens, leases, state, then one per ``limits:`` window.
+# ARGV: now, window, then per window: kind, span.
 SNAPSHOT = Script(
     PRELUDE
     + EXPIRE_TOKENS
+    + QUOTA
     + """
 local starts, tk, leases, st = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local cutoff = fmt(now - tonumber(ARGV[2]))
@@ -195,9 +264,25 @@ local state = h[1] or 'closed'
 if (state == 'open' or state == 'exhausted') and now >= (tonumber(h[2]) or 0) then
   state = 'half_open'
 end
-return {state, redis.call('ZCARD', leases), redis.call('ZCARD', starts), fmt(sum),
+local reply = {state, redis.call('ZCARD', leases), redis.call('ZCARD', starts), fmt(sum),
   h[3] or '0', h[4] or '0', h[5] or '0', h[6] or '0', h[7] or '0', clock, h[8] or '0',
   h[9] or '0', h[2] or '0'}
+for i = 5, #KEYS do
+  local b = 2 + (i - 5) * 2
+  local kind, span = ARGV[b + 1], tonumber(ARGV[b + 2])
+  local qsum = quota_sum(kind, KEYS[i], st, fmt(now - span))
+  local reset = now
+  if kind == 'c' then
+    reset = now + span
+  else
+    if redis.call('EXISTS', st) == 1 then redis.call('HSET', st, KEYS[i], fmt(qsum)) end
+    local first = redis.call('ZRANGE', KEYS[i], 0, 0, 'WITHSCORES')
+    if first[2] then reset = tonumber(first[2]) + span end
+  end
+  reply[#reply + 1] = fmt(qsum)
+  reply[#reply + 1] = fmt(reset)
+end
+return reply
 """
 )
 

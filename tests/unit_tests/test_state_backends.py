@@ -24,12 +24,14 @@ import redis
 
 from langchain_pllm.clock import ManualClock, MonotonicClock
 from langchain_pllm.config import BalancerConfig
+from langchain_pllm.config.quotas import QuotaWindow
 from langchain_pllm.state import state_for
 from langchain_pllm.state.base import (
     BreakerPolicy,
     Lease,
     Limits,
     Outcome,
+    Periods,
     StateBackend,
 )
 from langchain_pllm.state.memory import MemoryState
@@ -52,6 +54,16 @@ def limits(
     rate: int | None = None, tpm: int | None = None, conc: int | None = None, window: float = W
 ) -> Limits:
     return Limits(rate, tpm, conc, window)
+
+
+def quota_limits(*windows: QuotaWindow, calendar: bool = False) -> Limits:
+    return Limits(None, None, None, W, windows, calendar)
+
+
+def take_in(state: StateBackend, lim: Limits, now: float, periods: Periods) -> Lease:
+    r = state.acquire(KEY, lim, 0, now, BREAKER, periods=periods)
+    assert isinstance(r, Lease), f"refused until {r}"
+    return r
 
 
 def take(state: StateBackend, lim: Limits, now: float, tokens: int = 0, key: str = KEY) -> Lease:
@@ -272,6 +284,41 @@ class TestStateBackend:
         assert backend.acquire(KEY, lim, 0, later, BREAKER) == math.inf  # one probe
         backend.release(probe, Outcome.SUCCESS, later, BREAKER)
         assert backend.snapshot(KEY, lim, later).state == "closed"
+
+    def test_every_limits_window_must_have_room(self, backend: StateBackend) -> None:
+        lim = quota_limits(QuotaWindow("requests", 2, 1.0), QuotaWindow("requests", 3, W))
+        for t in (T0, T0 + 0.1):
+            backend.release(take(backend, lim, t), Outcome.SUCCESS, t, BREAKER)
+        assert backend.acquire(KEY, lim, 0, T0 + 0.2, BREAKER) == T0 + 1.0
+        take(backend, lim, T0 + 1.0)
+        assert backend.acquire(KEY, lim, 0, T0 + 2.5, BREAKER) == T0 + W
+        snap = backend.snapshot(KEY, lim, T0 + 2.5)
+        assert snap.windows == ((0, T0 + 2.5), (3, T0 + W))
+        take(backend, lim, T0 + W)
+
+    def test_limits_token_windows_settle_to_the_real_use(self, backend: StateBackend) -> None:
+        lim = quota_limits(QuotaWindow("tokens", 100, W), QuotaWindow("output_tokens", 80, W))
+        lease = take(backend, lim, T0, tokens=80)
+        assert backend.acquire(KEY, lim, 80, T0 + 1, BREAKER) == T0 + W
+        backend.release(
+            lease, Outcome.SUCCESS, T0 + 2, BREAKER, tokens_used=30, usage={"output_tokens": 10}
+        )
+        assert [u for u, _ in backend.snapshot(KEY, lim, T0 + 2).windows] == [30, 10]
+        failed = take(backend, lim, T0 + 3, tokens=40)
+        backend.release(failed, Outcome.FAILURE, T0 + 3, BREAKER)  # spent nothing
+        assert [u for u, _ in backend.snapshot(KEY, lim, T0 + 3).windows] == [30, 10]
+        assert [u for u, _ in backend.snapshot(KEY, lim, T0 + W + 1).windows] == [0, 0]
+
+    def test_a_calendar_window_is_one_counter_per_period(self, backend: StateBackend) -> None:
+        lim = quota_limits(QuotaWindow("requests", 2, 86_400.0), calendar=True)
+        day1, day2 = ((("d1", T0 + 10.0),), (("d2", T0 + 86_410.0),))
+        for t in (T0, T0 + 1):
+            take_in(backend, lim, t, day1)
+        assert backend.acquire(KEY, lim, 0, T0 + 2, BREAKER, periods=day1) == T0 + 10.0
+        assert backend.snapshot(KEY, lim, T0 + 2, day1).windows == ((2, T0 + 10.0),)
+        take_in(backend, lim, T0 + 10, day2)
+        take_in(backend, lim, T0 + 11, day2)
+        assert backend.acquire(KEY, lim, 0, T0 + 12, BREAKER, periods=day2) == T0 + 86_410.0
 
     def test_threads_never_get_more_than_the_limit(self, backend: StateBackend) -> None:
         lim = limits(rate=25)
