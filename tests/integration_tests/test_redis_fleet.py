@@ -278,7 +278,7 @@ class ReservationLog:
 
     def _collect(self) -> None:
         for name in self._client.scan_iter("pllm:*"):
-            if name.endswith((":starts", ":tokens")):
+            if name.endswith((":starts", ":tokens")) or ":q:requests:" in name:
                 members = self._client.zrange(name, 0, -1, withscores=True)
                 self.entries.setdefault(name, {}).update(cast("list[tuple[str, float]]", members))
 
@@ -290,7 +290,7 @@ class ReservationLog:
             self._stop.wait(self._interval)
 
     def of(self, model: dict[str, Any], provider: str, kind: str) -> dict[str, float]:
-        """The entries of one provider's ``starts`` or ``tokens`` ZSET."""
+        """The entries of one provider's ``starts``, ``tokens`` or ``q:requests:<s>`` ZSET."""
         fingerprint = BalancedChatModel(**model).balancer_instance.by_id[provider].key
         return self.entries.get(f"pllm:{{{fingerprint}}}:{kind}", {})
 
@@ -420,6 +420,37 @@ def test_four_processes_never_exceed_tpm_and_use_it_fully(
         reserved = [(t, int(member.rsplit("|", 1)[1])) for member, t in tokens.items()]
         arrivals = [(r.time, (r.usage or {})["total_tokens"]) for r in log[key]]
         _check_window(key, arrivals, tpm, reserved)
+
+
+def test_four_processes_hold_a_pair_of_request_windows_exactly(
+    fleet: list[Worker], server: FakeOpenAIServer, redis_url: str
+) -> None:
+    model = pool(server, redis_url, ["sk-pair"], limits={"requests": ["4/second", "10/4 seconds"]})
+    with ReservationLog(redis_url) as reservations:
+        results = hammer(fleet, model, 6.0, threads=2)
+    assert [r["errors"] for r in results] == [[]] * 4
+    arrivals = [r.time for r in by_key(server)["sk-pair"]]
+    per_second = list(reservations.of(model, "sk-pair", "q:requests:1").values())
+    per_four = list(reservations.of(model, "sk-pair", "q:requests:4").values())
+    assert len(per_second) == len(per_four) == len(arrivals)  # one entry per request in each
+    assert heaviest_span([(t, 1) for t in per_second], 1.0) == 4  # exact, and used
+    assert heaviest_span([(t, 1) for t in per_four], 4.0) == 10
+    assert len(arrivals) >= 14  # the longer window frees again 4 s after its first starts
+
+
+def test_a_spent_key_found_by_one_process_rests_in_every_process(
+    fleet: list[Worker], server: FakeOpenAIServer, redis_url: str
+) -> None:
+    keys = ["sk-spent-fleet", "sk-fine"]
+    model = pool(server, redis_url, keys)
+    server.spend_key("sk-spent-fleet")
+    for w in fleet:
+        for _ in range(2):
+            assert w.call("invoke", model=model)["provider"] == "sk-fine"
+    assert sum(r.api_key == "sk-spent-fleet" for r in server.requests) == 1
+    states = [w.call("stats", model=model)["stats"]["sk-spent-fleet"] for w in fleet]
+    assert {s["state"] for s in states} == {"exhausted"}
+    assert all(3000 < s["resting_for"] <= 3600 for s in states)
 
 
 def test_a_breaker_opened_by_one_process_is_open_in_the_others_with_one_probe(
