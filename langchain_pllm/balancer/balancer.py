@@ -43,6 +43,7 @@ from langchain_pllm.clock import Clock
 from langchain_pllm.exceptions import NoProviderAvailableError, model_error
 from langchain_pllm.providers import build_provider
 from langchain_pllm.providers.base import ATTEMPT_BUDGET, Provider
+from langchain_pllm.providers.rate_headers import HEADER_REST
 from langchain_pllm.state.base import BreakerPolicy, Lease, Outcome, Periods, StateBackend
 
 if TYPE_CHECKING:
@@ -330,6 +331,7 @@ class Balancer:
                 if isinstance(r, Lease):
                     if req.count:
                         self.observer.retried(c)
+                    HEADER_REST.set(None)  # this attempt's reply headers report afresh
                     return c, r
                 self._refused(c, r, now)
                 continue
@@ -361,6 +363,7 @@ class Balancer:
                 if isinstance(r, Lease):
                     if req.count:
                         self.observer.retried(c)
+                    HEADER_REST.set(None)  # this attempt's reply headers report afresh
                     return c, r
                 self._refused(c, r, now)
                 continue
@@ -383,6 +386,9 @@ class Balancer:
                 now = self.clock.now()
                 return days.next_reset(now, self.clock.wall()) - now
             return self.config.exhausted_rest
+        if outcome is Outcome.SUCCESS:
+            # The reply's rate-limit headers said a resource is used up: rest until its reset.
+            return HEADER_REST.get()
         if outcome is not Outcome.RATE_LIMITED:
             return None
         ra = getattr(exc, "retry_after", None)

@@ -8,6 +8,7 @@ response: its ``type`` stands for the status it would have had.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
@@ -37,6 +38,7 @@ from langchain_pllm.providers.errors import (
     retry_after_of,
     spent_class,
 )
+from langchain_pllm.providers.rate_headers import anthropic_rest, report
 
 __all__ = ["AnthropicProvider", "classify_anthropic_error"]
 
@@ -159,7 +161,9 @@ class AnthropicProvider(Provider):
         """One Messages API call."""
         payload, json_format = self._payload(request)
         try:
-            resp = self.sync_client.messages.create(**payload)
+            raw = self.sync_client.messages.with_raw_response.create(**payload)
+            report(anthropic_rest(raw.headers))
+            resp = raw.parse()
         except _SDK_ERRORS as e:
             raise classify_anthropic_error(e, self.id) from e
         return self._message(resp, json_format)
@@ -168,7 +172,11 @@ class AnthropicProvider(Provider):
         """One Messages API call, async."""
         payload, json_format = self._payload(request)
         try:
-            resp = await self.async_client.messages.create(**payload)
+            raw = await self.async_client.messages.with_raw_response.create(**payload)
+            report(anthropic_rest(raw.headers))
+            resp = raw.parse()
+            if inspect.isawaitable(resp):  # the async raw response parses in a coroutine
+                resp = await resp
         except _SDK_ERRORS as e:
             raise classify_anthropic_error(e, self.id) from e
         return self._message(resp, json_format)
@@ -179,6 +187,7 @@ class AnthropicProvider(Provider):
         reader = self._stream_reader(payload, json_format)
         try:
             with self.sync_client.messages.create(**payload, stream=True) as events:
+                report(anthropic_rest(events.response.headers))
                 for event in events:
                     with parsing_reply(self.id):
                         chunk = reader.chunk(event)
@@ -196,6 +205,7 @@ class AnthropicProvider(Provider):
         reader = self._stream_reader(payload, json_format)
         try:
             events = await self.async_client.messages.create(**payload, stream=True)
+            report(anthropic_rest(events.response.headers))
             async with events:
                 async for event in events:
                     with parsing_reply(self.id):

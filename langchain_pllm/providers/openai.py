@@ -15,6 +15,7 @@ import sys
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import httpx2
 import openai
 from langchain_core.exceptions import ModelAPIError, ModelConnectionError, ModelTimeoutError
 from langchain_core.messages import AIMessage, AIMessageChunk
@@ -39,6 +40,7 @@ from langchain_pllm.providers.errors import (
     says_balance,
     spent_class,
 )
+from langchain_pllm.providers.rate_headers import openai_rest, report
 
 __all__ = ["DeepSeekProvider", "OpenAIProvider", "SiliconFlowProvider", "classify_openai_error"]
 
@@ -265,25 +267,35 @@ class OpenAIProvider(Provider):
         """One Chat Completions call."""
         body = self._payload(request, False)
         try:
-            resp = self.sync_client.post(
-                "/chat/completions", body=body, options=self._options(request), cast_to=dict
+            raw = self.sync_client.post(
+                "/chat/completions",
+                body=body,
+                options=self._options(request),
+                cast_to=httpx2.Response,
             )
         except _SDK_ERRORS as e:
             raise classify_openai_error(e, self.id) from e
-        with parsing_reply(self.id):
-            return self._message(resp)
+        return self._raw_message(raw)
 
     async def achat(self, request: ChatRequest) -> AIMessage:
         """One Chat Completions call, async."""
         body = self._payload(request, False)
         try:
-            resp = await self.async_client.post(
-                "/chat/completions", body=body, options=self._options(request), cast_to=dict
+            raw = await self.async_client.post(
+                "/chat/completions",
+                body=body,
+                options=self._options(request),
+                cast_to=httpx2.Response,
             )
         except _SDK_ERRORS as e:
             raise classify_openai_error(e, self.id) from e
+        return self._raw_message(raw)
+
+    def _raw_message(self, raw: httpx2.Response) -> AIMessage:
+        # The raw response costs no more than cast_to=dict and carries the rate-limit headers.
+        report(openai_rest(raw.headers))
         with parsing_reply(self.id):
-            return self._message(resp)
+            return self._message(json.loads(raw.content))
 
     def stream(self, request: ChatRequest) -> Iterator[AIMessageChunk]:
         """Stream a Chat Completions call."""
@@ -298,6 +310,7 @@ class OpenAIProvider(Provider):
                 stream=True,
                 stream_cls=openai.Stream[dict],
             ) as events:
+                report(openai_rest(events.response.headers))
                 for raw in events:
                     with parsing_reply(self.id):
                         chunk, usage = self._chunk(raw, usage)
@@ -321,6 +334,7 @@ class OpenAIProvider(Provider):
                 stream=True,
                 stream_cls=openai.AsyncStream[dict],
             )
+            report(openai_rest(events.response.headers))
             async with events:
                 async for raw in events:
                     with parsing_reply(self.id):

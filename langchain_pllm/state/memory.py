@@ -191,6 +191,8 @@ class MemoryState(StateBackend):
                 s.probe_out = False
             if outcome is Outcome.SUCCESS:
                 s.failures = 0
+                if retry_after:  # the vendor's headers said a resource is used up
+                    s.rest_until = max(s.rest_until, now + retry_after)
                 if s.breaker is not CLOSED and lease.probe:
                     s.breaker = CLOSED
             elif outcome is Outcome.FAILURE:

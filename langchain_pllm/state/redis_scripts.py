@@ -220,6 +220,13 @@ local probe = ARGV[4] == '1'
 if probe and redis.call('HGET', st, 'probe') == id then
   redis.call('HDEL', st, 'probe', 'probe_until')
 end
+if outcome == 0 or outcome == 3 then
+  -- A 429's Retry-After, or a success whose headers said a resource is used up: rest.
+  local rest = now + tonumber(ARGV[11])
+  if tonumber(ARGV[11]) > 0 and rest > (tonumber(redis.call('HGET', st, 'rest_until')) or 0) then
+    redis.call('HSET', st, 'rest_until', fmt(rest))
+  end
+end
 if outcome == 0 then
   redis.call('HSET', st, 'failures', 0)
   if probe then redis.call('HSET', st, 'breaker', 'closed') end
@@ -231,10 +238,6 @@ elseif outcome == 1 or outcome == 2 then
   end
 elseif outcome == 3 then
   redis.call('HINCRBY', st, 'error_count', 1)
-  local rest = now + tonumber(ARGV[11])
-  if rest > (tonumber(redis.call('HGET', st, 'rest_until')) or 0) then
-    redis.call('HSET', st, 'rest_until', fmt(rest))
-  end
 elseif outcome == 6 then
   -- A spent key: no breaker count; it rests retry_after, fleet-wide, then one probe.
   redis.call('HINCRBY', st, 'error_count', 1)

@@ -23,6 +23,7 @@ from langchain_pllm.testing import (
     FakeVendorServer,
     FakeZhipuServer,
     Fault,
+    RateBudget,
 )
 
 LA = ZoneInfo("America/Los_Angeles")
@@ -176,3 +177,71 @@ def test_a_per_minute_gemini_quota_is_a_rate_limit_not_a_spent_key(
     model = BalancedChatModel(providers=_pool(srv, "google", "gemini-x"), clock=ManualClock())
     assert _served_by(model) == "ok"
     assert model.get_stats()["spent"]["state"] == "closed"
+
+
+@pytest.mark.parametrize("mode", ["invoke", "stream", "ainvoke", "astream"])
+async def test_remaining_requests_0_rests_the_key_until_the_header_reset(
+    fake_openai_server: FakeOpenAIServer, mode: str
+) -> None:
+    srv = fake_openai_server
+    srv.set_budget(RateBudget().pin("requests", limit=60, remaining=0, reset=20), "sk-a")
+    clock = ManualClock()
+    model = BalancedChatModel(providers=_pool_of(srv, "openai", ["sk-a", "sk-b"]), clock=clock)
+
+    async def call() -> str:
+        if mode == "invoke":
+            return str(model.invoke("hi").response_metadata["provider"])
+        if mode == "ainvoke":
+            return str((await model.ainvoke("hi")).response_metadata["provider"])
+        chunks = (
+            list(model.stream("hi")) if mode == "stream" else [c async for c in model.astream("hi")]
+        )
+        return str(chunks[-1].response_metadata["provider"])
+
+    assert await call() == "sk-a"  # the reply says: no requests left for 20 s
+    assert model.get_stats()["sk-a"]["resting_for"] == pytest.approx(20.0, abs=0.01)
+    for _ in range(3):
+        assert await call() == "sk-b"
+        clock.advance(6.0)  # 18 s
+    clock.advance(1.9)
+    assert await call() == "sk-b"
+    clock.advance(0.2)
+    srv.set_budget(None, "sk-a")
+    assert {await call(), await call()} == {"sk-a", "sk-b"}
+
+
+@pytest.mark.parametrize("resource", ["input_tokens", "output_tokens"])
+def test_anthropic_token_headers_rest_the_key(
+    fake_anthropic_server: FakeAnthropicServer, resource: str
+) -> None:
+    srv = fake_anthropic_server
+    srv.set_budget(RateBudget().pin(resource, limit=8000, remaining=0, reset=30), "sk-a")
+    clock = ManualClock()
+    model = BalancedChatModel(
+        providers=_pool_of(srv, "anthropic", ["sk-a", "sk-b"], "claude-x"), clock=clock
+    )
+    assert _served_by(model) == "sk-a"
+    assert model.get_stats()["sk-a"]["resting_for"] == pytest.approx(30.0, abs=1.5)
+    assert [_served_by(model) for _ in range(3)] == ["sk-b"] * 3
+    clock.advance(31.5)
+    srv.set_budget(None, "sk-a")
+    assert {_served_by(model), _served_by(model)} == {"sk-a", "sk-b"}
+
+
+def test_headers_with_room_left_change_nothing(fake_openai_server: FakeOpenAIServer) -> None:
+    srv = fake_openai_server
+    srv.set_budget(RateBudget(requests=100, tokens=100_000))
+    model = BalancedChatModel(
+        providers=_pool_of(srv, "openai", ["sk-a", "sk-b"]), clock=ManualClock()
+    )
+    assert [_served_by(model) for _ in range(4)] == ["sk-a", "sk-b", "sk-a", "sk-b"]
+    assert model.get_stats()["sk-a"]["resting_for"] == 0.0
+
+
+def _pool_of(
+    srv: FakeVendorServer, vendor: str, keys: list[str], model: str = "gpt-4o-mini"
+) -> list[dict[str, Any]]:
+    return [
+        {"vendor": vendor, "model": model, "api_base": srv.base_url, "api_key": k, "name": k}
+        for k in keys
+    ]
