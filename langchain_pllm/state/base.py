@@ -27,6 +27,7 @@ __all__ = [
     "Periods",
     "StateBackend",
     "ask_of",
+    "real_usage",
     "settled_amount",
     "settled_tokens",
 ]
@@ -94,6 +95,25 @@ class Lease:
         self.probe = probe
         self.extra = extra  # backend-specific handle (a token-window entry, a lease id)
         self.quota = quota  # backend-specific handles of the ``limits:`` windows' reservations
+
+
+def real_usage(usage: Mapping[str, float] | None, tokens_used: int | None) -> dict[str, float]:
+    """The real amounts per resource of a finished request.
+
+    ``tokens`` comes from ``tokens_used``, and input and output from it when it knows them
+    (the balancer's ``TokenUsage``, an ``int`` with ``input_tokens`` and ``output_tokens``);
+    ``usage`` (from the caller, e.g. a cost) wins over both.
+    """
+    out: dict[str, float] = {}
+    if tokens_used is not None:
+        out["tokens"] = int(tokens_used)
+        for kind in ("input_tokens", "output_tokens"):
+            count = getattr(tokens_used, kind, None)
+            if count is not None:
+                out[kind] = count
+    if usage:
+        out.update(usage)
+    return out
 
 
 def ask_of(window: QuotaWindow, tokens: int, ask: Mapping[str, float] | None) -> float:

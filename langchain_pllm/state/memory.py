@@ -22,6 +22,7 @@ from langchain_pllm.state.base import (
     Periods,
     StateBackend,
     ask_of,
+    real_usage,
     settled_tokens,
 )
 from langchain_pllm.state.windows import Windows
@@ -256,14 +257,6 @@ class MemoryState(StateBackend):
             s = self._get(key)
             s.cost += cost
             s.cached_tokens += cached_tokens
-
-
-def real_usage(usage: Mapping[str, float] | None, tokens_used: int | None) -> dict[str, float]:
-    """The real amounts per resource of a finished request (``tokens`` from ``tokens_used``)."""
-    out = dict(usage) if usage else {}
-    if tokens_used is not None:
-        out.setdefault("tokens", tokens_used)
-    return out
 
 
 _BY_CLOCK: weakref.WeakKeyDictionary[object, MemoryState] = weakref.WeakKeyDictionary()

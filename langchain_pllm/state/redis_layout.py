@@ -41,6 +41,7 @@ from langchain_pllm.state.base import (
     Outcome,
     Periods,
     ask_of,
+    real_usage,
     settled_amount,
     settled_tokens,
 )
@@ -255,9 +256,7 @@ class RedisLayout:
         )  # fmt: skip
         if not extra.quota:
             return keys, args
-        real = dict(usage) if usage else {}
-        if tokens_used is not None:
-            real.setdefault("tokens", tokens_used)
+        real = real_usage(usage, tokens_used)
         more: list[str] = []
         for name, kind, sent, reserved, resource in extra.quota:
             settled = settled_amount(reserved, outcome, real.get(resource))[0]

@@ -245,3 +245,23 @@ def _pool_of(
         {"vendor": vendor, "model": model, "api_base": srv.base_url, "api_key": k, "name": k}
         for k in keys
     ]
+
+
+@pytest.mark.parametrize("mode", ["invoke", "stream"])
+def test_input_and_output_windows_settle_to_the_replys_usage(
+    fake_anthropic_server: FakeAnthropicServer, mode: str
+) -> None:
+    [entry] = _pool_of(fake_anthropic_server, "anthropic", ["sk-a"], "claude-x")
+    entry["limits"] = {"input_tokens": "40000/minute", "output_tokens": "8000/minute"}
+    model = BalancedChatModel(providers=[entry], clock=ManualClock())
+    if mode == "invoke":
+        usage = model.invoke("hello there world").usage_metadata
+    else:
+        chunks = list(model.stream("hello there world"))
+        usage = [c for c in chunks if c.usage_metadata][-1].usage_metadata
+    assert usage is not None
+    windows = model.get_stats()["sk-a"]["windows"]
+    assert [(w["resource"], w["used"]) for w in windows] == [
+        ("input_tokens", usage["input_tokens"]),
+        ("output_tokens", usage["output_tokens"]),
+    ]
