@@ -90,7 +90,7 @@ def window_stats(limits: Limits, snap: KeySnapshot, now: float) -> list[dict[str
                     "resets_in": None,
                 }
             )
-    for spec, (used, reset) in zip(limits.windows, snap.windows, strict=False):
+    for spec, (amount, reset) in zip(limits.windows, snap.windows, strict=False):
         calendar = limits.calendar and spec.period == DAY
         out.append(
             {
@@ -99,7 +99,7 @@ def window_stats(limits: Limits, snap: KeySnapshot, now: float) -> list[dict[str
                 "limit": spec.limit,
                 "period": spec.period,
                 "calendar": calendar,
-                "used": used,
+                "used": amount,
                 "resets_in": max(0.0, reset - now),
             }
         )

@@ -116,9 +116,12 @@ class ProviderConfig(_ConfigModel):
     price: Price | None = None
     """Per million tokens (``input``, ``output``, ``cached_input``): replies get a ``cost``."""
     limits: QuotaLimits | None = None
-    """Limits as the vendor states them: windows per resource and a concurrency cap."""
+    """Limits as the vendor states them, in the ``limits`` package's notation: ``{requests:
+    [15/minute, 1500/day], tokens: 1000000/minute, input_tokens, output_tokens, cost,
+    concurrency: 4}``; every window must have room for a request to start."""
     quota_reset: QuotaReset | None = None
-    """When this key's one-day windows reset (``"00:00 America/Los_Angeles"``); rolling if unset."""
+    """When this key's one-day windows reset, local time and IANA zone
+    (``"00:00 America/Los_Angeles"``, DST-aware): calendar days; rolling days if unset."""
     id: str = Field(default="", validate_default=True)
     """Identity within a pool: ``name`` if given, else ``<vendor>-<index in its vendor list>``."""
 
