@@ -40,6 +40,7 @@ from langchain_pllm.balancer.quota import DayPeriods, window_stats
 from langchain_pllm.balancer.reasons import blocked_reason
 from langchain_pllm.balancer.routes import ModelRoutes
 from langchain_pllm.clock import Clock
+from langchain_pllm.config.models import with_http_backend
 from langchain_pllm.exceptions import NoProviderAvailableError, model_error
 from langchain_pllm.providers import build_provider
 from langchain_pllm.providers.base import ATTEMPT_BUDGET, Provider
@@ -220,7 +221,9 @@ class Balancer:
         self.config = config
         self.clock = clock
         self.state = state
-        built = providers or [build_provider(p) for p in pool.providers]
+        built = providers or [
+            build_provider(with_http_backend(p, config.http_backend)) for p in pool.providers
+        ]
         self.members = [Member(i, prov, prov.config, config.window) for i, prov in enumerate(built)]
         self.by_id = {m.config.id: m for m in self.members}
         self.by_key = {m.key: m for m in self.members}

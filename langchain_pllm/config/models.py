@@ -53,9 +53,22 @@ __all__ = [
     "ProviderConfig",
     "numbered",
     "redact_url",
+    "with_http_backend",
 ]
 
 _STATE_SCHEMES = ("redis://", "rediss://", "unix://", "redis+cluster://", "rediss+cluster://")
+_HTTP_BACKENDS = ("aiohttp", "httpx")
+
+
+def _checked_backend(value: Any) -> Any:
+    """``aiohttp``, ``httpx`` or ``None``, else an error naming the choices."""
+    if value is None or (isinstance(value, str) and value in _HTTP_BACKENDS):
+        return value
+    suggestion = suggest(value, _HTTP_BACKENDS) if isinstance(value, str) else ""
+    raise fail(
+        f"http_backend must be one of: {', '.join(_HTTP_BACKENDS)}, got {show(value)}; "
+        f"{suggestion}".rstrip("; ")
+    )
 
 
 class _ConfigModel(BaseModel):
@@ -122,8 +135,16 @@ class ProviderConfig(_ConfigModel):
     quota_reset: QuotaReset | None = None
     """When this key's one-day windows reset, local time and IANA zone
     (``"00:00 America/Los_Angeles"``, DST-aware): calendar days; rolling days if unset."""
+    http_backend: Literal["aiohttp", "httpx"] | None = None
+    """Async transport of this key's SDK client: ``aiohttp`` (the SDK's ``DefaultAioHttpClient``)
+    or ``httpx`` (the SDK's default); ``None`` takes ``balancer.http_backend``."""
     id: str = Field(default="", validate_default=True)
     """Identity within a pool: ``name`` if given, else ``<vendor>-<index in its vendor list>``."""
+
+    @field_validator("http_backend", mode="before")
+    @classmethod
+    def _check_http_backend(cls, value: Any) -> Any:
+        return _checked_backend(value)
 
     @field_validator("vendor", mode="before")
     @classmethod
@@ -300,6 +321,21 @@ def numbered(provider: ProviderConfig, index: int) -> ProviderConfig:
     return provider.model_copy(update={"id": provider_id(provider.vendor, index)})
 
 
+def with_http_backend(provider: ProviderConfig, backend: str | None) -> ProviderConfig:
+    """``provider`` with the balancer's ``http_backend`` unless it names its own.
+
+    Args:
+        provider: A pool's provider config.
+        backend: ``balancer.http_backend``; ``None`` leaves the library default.
+
+    Returns:
+        ``provider`` itself, or a copy whose ``http_backend`` is ``backend``.
+    """
+    if backend is None or provider.http_backend is not None:
+        return provider
+    return provider.model_copy(update={"http_backend": backend})
+
+
 class PoolConfig(_ConfigModel):
     """The providers one face (chat or embeddings) balances over, in order, with unique ids."""
 
@@ -382,6 +418,16 @@ class BalancerConfig(_ConfigModel):
     """Whether a request may go to a higher tier when its own tier cannot start it now."""
     exhausted_rest: float = 3600.0
     """Seconds a spent key (money or daily quota gone) rests when its reset time is unknown."""
+
+    http_backend: Literal["aiohttp", "httpx"] | None = None
+    """Async transport of the openai, anthropic and Zhipu clients: ``aiohttp`` (the SDKs'
+    ``DefaultAioHttpClient``, about twice the calls per second under load) or ``httpx`` (the
+    SDKs' default); a provider's own ``http_backend`` wins; ``None`` means ``aiohttp``."""
+
+    @field_validator("http_backend", mode="before")
+    @classmethod
+    def _check_http_backend(cls, value: Any) -> Any:
+        return _checked_backend(value)
 
     @field_validator("retry_policy", mode="before")
     @classmethod

@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 
+from langchain_pllm.providers.transport import pooled_sdk_client
+
 if TYPE_CHECKING:
     from langchain_pllm.config import ProviderConfig
 
@@ -257,56 +259,6 @@ class Provider:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(id={self.id!r}, model={self.model!r})"
-
-
-# Connection pools shared by the keys of one endpoint. Building an SDK client costs tens of ms
-# (mostly its TLS context) and ~1 MB, and each would keep its own connections: with many keys
-# each key's connections go idle past keep-alive and every call reconnects. Keys of one endpoint
-# therefore share a few pools (shards, since one pool's bookkeeping grows with its connections),
-# and each key gets a cheap per-key copy of the client (``with_options(api_key=...)``).
-_POOL_SHARDS = 4
-_SYNC_POOLS: dict[tuple[Any, ...], Any] = {}
-_ASYNC_POOLS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[Any, ...], Any]] = (
-    weakref.WeakKeyDictionary()
-)
-_POOLS_LOCK = threading.Lock()
-
-
-def pooled_sdk_client(
-    client_cls: Any, config: ProviderConfig, *, base_url: str | None = None
-) -> Any:
-    """A client of a Stainless-generated SDK (``openai``, ``anthropic``) for one key.
-
-    It shares its connection pool with the other keys of the same endpoint (and event loop, for
-    async clients); retries are off, since the balancer retries on another key.
-
-    Args:
-        client_cls: ``openai.OpenAI``, ``openai.AsyncOpenAI``, ``anthropic.Anthropic``, ...
-        config: The provider's config (key, endpoint, timeout).
-        base_url: Endpoint, if not ``config.api_base``.
-
-    Returns:
-        The per-key client.
-    """
-    url = base_url or config.api_base
-    shard = int(config.key_fingerprint[:8], 16) % _POOL_SHARDS
-    key = (client_cls, url, config.timeout, shard)
-    try:
-        table = _ASYNC_POOLS.setdefault(asyncio.get_running_loop(), {})
-    except RuntimeError:
-        table = _SYNC_POOLS
-    with _POOLS_LOCK:
-        base = table.get(key)
-        if base is None:
-            args: dict[str, Any] = {
-                "api_key": "pllm-shared-pool",
-                "base_url": url,
-                "max_retries": 0,
-            }
-            if config.timeout is not None:
-                args["timeout"] = config.timeout
-            base = table[key] = client_cls(**args)
-    return base.with_options(api_key=config.api_key.get_secret_value())
 
 
 def estimate_tokens(messages: Sequence[BaseMessage], max_tokens: int | None) -> int:

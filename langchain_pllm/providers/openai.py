@@ -41,6 +41,7 @@ from langchain_pllm.providers.errors import (
     spent_class,
 )
 from langchain_pllm.providers.rate_headers import openai_rest, report
+from langchain_pllm.providers.transport import aiohttp_connection_failure
 
 __all__ = ["DeepSeekProvider", "OpenAIProvider", "SiliconFlowProvider", "classify_openai_error"]
 
@@ -69,7 +70,7 @@ def classify_openai_error(exc: BaseException, provider_id: str) -> BaseException
             ),
             spent,
         )
-    if isinstance(exc, openai.APITimeoutError):
+    if isinstance(exc, openai.APITimeoutError) and not aiohttp_connection_failure(exc):
         return model_error(
             ModelTimeoutError, f"{provider_id}: timed out", cause=exc, provider=provider_id
         )

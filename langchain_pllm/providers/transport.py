@@ -1,0 +1,200 @@
+"""How SDK clients reach the network: shared pools, aiohttp for async, closed with their loop.
+
+The Stainless SDKs (``openai``, ``anthropic``; Zhipu's async path is ``openai.AsyncOpenAI``) ship
+an aiohttp transport (``DefaultAioHttpClient``) that serves about twice the calls per second of
+their default httpx transport at about half the CPU per call. Async clients use it unless the
+config says ``http_backend: httpx``; sync clients always use the SDK's httpx client.
+
+All keys of one endpoint share one pool: one ``DefaultAioHttpClient`` per (endpoint, event
+loop), each key a cheap per-key view of it (``with_options(api_key=...)``; the SDKs send the key
+per request). Its aiohttp session binds to the loop of its first request, so pools are per loop,
+and they are closed while their loop still runs: a parked async generator per loop, whose
+``finally`` the loop's ``shutdown_asyncgens`` (run by ``asyncio.run`` and pytest's runners) runs
+before the loop closes. Per-key clients are never closed: closing one closes the shared pool for
+every key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+import threading
+import weakref
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Literal
+
+import aiohttp
+
+if TYPE_CHECKING:
+    from langchain_pllm.config import ProviderConfig
+
+__all__ = [
+    "DEFAULT_HTTP_BACKEND",
+    "HttpBackend",
+    "aiohttp_connection_failure",
+    "http_backend_of",
+    "pooled_sdk_client",
+]
+
+HttpBackend = Literal["aiohttp", "httpx"]
+
+DEFAULT_HTTP_BACKEND: HttpBackend = "aiohttp"
+"""The backend of a provider whose config and balancer name none."""
+
+# Connections one shared aiohttp pool may hold open at once. aiohttp opens them on demand, so
+# this is a ceiling, not a reservation: above any concurrency a pool reaches short of it (the
+# SDKs' own default, and what c256 on one endpoint needs with room to spare).
+MAX_CONNECTIONS = 1000
+
+# httpx pools are sharded per endpoint: one httpx pool's bookkeeping grows with its
+# connections, and building more than a few clients per endpoint costs tens of ms each (TLS).
+_HTTPX_SHARDS = 4
+
+
+def http_backend_of(config: ProviderConfig) -> HttpBackend:
+    """The async transport of a provider: its own ``http_backend``, else the default."""
+    backend = getattr(config, "http_backend", None)
+    return backend if backend is not None else DEFAULT_HTTP_BACKEND
+
+
+def aiohttp_connection_failure(exc: BaseException) -> bool:
+    """Whether an SDK "timeout" was really a refused, reset or dropped connection.
+
+    ``openai``'s vendored aiohttp transport maps every ``aiohttp.ClientConnectionError`` onto
+    ``httpx2.ConnectTimeout``, so a refused port surfaces as ``openai.APITimeoutError``. The
+    aiohttp error down the cause chain tells the truth: a connection error that is not also a
+    timeout (aiohttp's timeouts subclass both) is a connection failure.
+    """
+    seen = 0
+    cause = exc.__cause__ or exc.__context__
+    while cause is not None and seen < 8:
+        if isinstance(cause, TimeoutError):
+            return False
+        if isinstance(cause, aiohttp.ClientConnectionError):
+            return True
+        cause = cause.__cause__ or cause.__context__
+        seen += 1
+    return False
+
+
+class _LoopPools:
+    """The shared clients of one event loop, and the parked generator that closes them."""
+
+    __slots__ = ("clients", "closer", "closing", "transports")
+
+    def __init__(self) -> None:
+        self.clients: dict[tuple[Any, ...], Any] = {}
+        self.transports: dict[tuple[Any, ...], Any] = {}
+        # What to await when the loop ends: each aiohttp pool's ``aclose``, each httpx-backed
+        # base client's ``close``.
+        self.closing: list[Callable[[], Awaitable[Any]]] = []
+        self.closer: AsyncGenerator[None, None] | None = None
+
+
+_SYNC_POOLS: dict[tuple[Any, ...], Any] = {}
+_LOOP_POOLS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopPools] = (
+    weakref.WeakKeyDictionary()
+)
+_POOLS_LOCK = threading.Lock()
+
+
+async def _close_with_loop(
+    loop: asyncio.AbstractEventLoop, pools: _LoopPools
+) -> AsyncGenerator[None, None]:
+    """Park until the loop shuts its async generators down, then close its shared pools."""
+    try:
+        yield
+    finally:
+        with _POOLS_LOCK:
+            if _LOOP_POOLS.get(loop) is pools:
+                del _LOOP_POOLS[loop]
+            closing = list(pools.closing)
+            pools.closing.clear()
+            pools.transports.clear()
+            pools.clients.clear()
+        for close in closing:
+            await close()
+
+
+def _park(closer: AsyncGenerator[None, None]) -> None:
+    """Run ``closer`` to its ``yield`` now, registering it with the running loop.
+
+    Its first step awaits nothing, so it completes synchronously; starting it is what hands it
+    to the loop's async-generator hooks, which ``shutdown_asyncgens`` later finalizes.
+    """
+    step = closer.asend(None)
+    with contextlib.suppress(StopIteration):
+        step.send(None)
+
+
+def _loop_pools(loop: asyncio.AbstractEventLoop) -> _LoopPools:
+    pools = _LOOP_POOLS.get(loop)
+    if pools is None:
+        pools = _LOOP_POOLS[loop] = _LoopPools()
+        pools.closer = _close_with_loop(loop, pools)
+        _park(pools.closer)
+    return pools
+
+
+def _aiohttp_transport(client_cls: Any) -> Any:
+    """A new ``DefaultAioHttpClient`` of the SDK that ``client_cls`` belongs to."""
+    import httpx2
+
+    sdk = sys.modules[client_cls.__module__.split(".")[0]]
+    return sdk.DefaultAioHttpClient(limits=httpx2.Limits(max_connections=MAX_CONNECTIONS))
+
+
+def pooled_sdk_client(
+    client_cls: Any, config: ProviderConfig, *, base_url: str | None = None
+) -> Any:
+    """A client of a Stainless-generated SDK (``openai``, ``anthropic``) for one key.
+
+    It shares its connection pool with the other keys of the same endpoint (and event loop, for
+    async clients); retries are off, since the balancer retries on another key. Async clients
+    run on the SDK's aiohttp transport unless the config's ``http_backend`` is ``httpx``.
+
+    Args:
+        client_cls: ``openai.OpenAI``, ``openai.AsyncOpenAI``, ``anthropic.Anthropic``, ...
+        config: The provider's config (key, endpoint, timeout, http backend).
+        base_url: Endpoint, if not ``config.api_base``.
+
+    Returns:
+        The per-key client.
+    """
+    url = base_url or config.api_base
+    try:
+        loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+    except RuntimeError:
+        loop = None
+    aio = loop is not None and http_backend_of(config) == "aiohttp"
+    # One aiohttp pool serves every key of an endpoint; httpx pools are sharded by key.
+    shard = -1 if aio else int(config.key_fingerprint[:8], 16) % _HTTPX_SHARDS
+    key = (client_cls, url, config.timeout, shard)
+    with _POOLS_LOCK:
+        if loop is None:
+            table = _SYNC_POOLS
+            pools = None
+        else:
+            pools = _loop_pools(loop)
+            table = pools.clients
+        base = table.get(key)
+        if base is None:
+            args: dict[str, Any] = {
+                "api_key": "pllm-shared-pool",
+                "base_url": url,
+                "max_retries": 0,
+            }
+            if config.timeout is not None:
+                args["timeout"] = config.timeout
+            if aio and pools is not None:
+                transport_key = (client_cls, url)
+                transport = pools.transports.get(transport_key)
+                if transport is None:
+                    transport = pools.transports[transport_key] = _aiohttp_transport(client_cls)
+                    pools.closing.append(transport.aclose)
+                args["http_client"] = transport
+            base = table[key] = client_cls(**args)
+            if pools is not None and not aio:
+                pools.closing.append(base.close)
+    return base.with_options(api_key=config.api_key.get_secret_value())
