@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import sys
 import threading
 import weakref
@@ -163,10 +164,11 @@ def pooled_sdk_client(
         The per-key client.
     """
     url = base_url or config.api_base
-    try:
-        loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-    except RuntimeError:
-        loop = None
+    loop: asyncio.AbstractEventLoop | None = None
+    # An async client class closes with a coroutine; a sync client built inside a running loop
+    # (a sync call from a notebook) still belongs in the process-wide table.
+    if inspect.iscoroutinefunction(getattr(client_cls, "close", None)):
+        loop = asyncio.get_running_loop()
     aio = loop is not None and http_backend_of(config) == "aiohttp"
     # One aiohttp pool serves every key of an endpoint; httpx pools are sharded by key.
     shard = -1 if aio else int(config.key_fingerprint[:8], 16) % _HTTPX_SHARDS
