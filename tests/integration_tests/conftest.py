@@ -26,7 +26,5 @@ def http_backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     # Only async tests: a sync call never touches the async transport.
-    if "http_backend" in metafunc.fixturenames and inspect.iscoroutinefunction(
-        metafunc.function
-    ):
+    if "http_backend" in metafunc.fixturenames and inspect.iscoroutinefunction(metafunc.function):
         metafunc.parametrize("http_backend", BACKENDS, indirect=True)
