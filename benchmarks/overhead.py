@@ -40,6 +40,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import overhead_async
+
 # Before anything imports LiteLLM: never fetch the cost map, tokenizers or release checks.
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("LITELLM_OFFLINE_MODE", "true")
@@ -55,12 +57,12 @@ EXPECTED = "echo: hi"
 # The fake server, in its own process -----------------------------------------------------------
 
 
-def _serve(conn: Any) -> None:
+def _serve(conn: Any, latency: float) -> None:
     """Child process: serve until the parent sends anything (or goes away)."""
     from langchain_pllm.testing import FakeOpenAIServer
 
     # A short request log: a long run must not grow the server's memory.
-    with FakeOpenAIServer(max_recorded=1000) as server:
+    with FakeOpenAIServer(max_recorded=1000, latency=latency) as server:
         conn.send(server.base_url)
         with contextlib.suppress(EOFError):
             conn.recv()
@@ -69,10 +71,10 @@ def _serve(conn: Any) -> None:
 class ServerProcess:
     """The fake OpenAI server in a spawned process; `base_url` once started."""
 
-    def __init__(self) -> None:
+    def __init__(self, latency: float = 0.0) -> None:
         context = multiprocessing.get_context("spawn")
         self._conn, child = context.Pipe()
-        self._process = context.Process(target=_serve, args=(child,), daemon=True)
+        self._process = context.Process(target=_serve, args=(child, latency), daemon=True)
         self.base_url = ""
 
     def __enter__(self) -> ServerProcess:
@@ -107,6 +109,7 @@ class Contestant:
     latency: list[float] = field(default_factory=list)
     sync_cpu: list[float] = field(default_factory=list)
     throughput: list[float] = field(default_factory=list)
+    throughput_high: list[float] = field(default_factory=list)
     async_cpu: list[float] = field(default_factory=list)
     warmup_seconds: float = 0.0
 
@@ -124,6 +127,43 @@ def raw_sdk(base_url: str, warmup: int) -> Contestant:
         check=lambda r: r.choices[0].message.content,
         close=client.close,
         aclose=aclient.close,
+    )
+
+
+def raw_sdk_aiohttp(base_url: str, warmup: int, keys: int) -> Contestant:
+    """The new floor: `keys` raw `AsyncOpenAI` clients on the SDK's aiohttp transport, in turn.
+
+    Each client has its own `DefaultAioHttpClient`, as a user holding several keys would write
+    it; sync calls go through one plain `OpenAI` client (there is no sync aiohttp transport).
+    """
+    import itertools
+
+    import openai
+
+    client = openai.OpenAI(base_url=base_url, api_key="sk-aio", max_retries=0)
+    aclients = [
+        openai.AsyncOpenAI(
+            base_url=base_url,
+            api_key=f"sk-aio{keys}-{i}",
+            max_retries=0,
+            http_client=openai.DefaultAioHttpClient(),
+        )
+        for i in range(keys)
+    ]
+    turn = itertools.cycle(aclients)
+
+    async def aclose() -> None:
+        for c in aclients:
+            await c.close()
+
+    return Contestant(
+        name=f"openai SDK (raw, aiohttp), {keys} client{'s' if keys > 1 else ''}",
+        call=lambda: client.chat.completions.create(model=MODEL, messages=MESSAGES),  # type: ignore[arg-type]
+        acall=lambda: next(turn).chat.completions.create(model=MODEL, messages=MESSAGES),  # type: ignore[arg-type]
+        warmup_calls=max(warmup, keys),
+        check=lambda r: r.choices[0].message.content,
+        close=client.close,
+        aclose=aclose,
     )
 
 
@@ -291,15 +331,18 @@ def sync_round(c: Contestant, calls: int) -> None:
 
 
 def async_round(
-    c: Contestant, loop: asyncio.AbstractEventLoop, calls: int, concurrency: int
+    c: Contestant, loop: asyncio.AbstractEventLoop, calls: int, concurrency: int, high: bool
 ) -> None:
     gc.collect()
     cpu = time.process_time()
     began = time.perf_counter()
     loop.run_until_complete(_gather(c.acall, calls, concurrency))
     wall = time.perf_counter() - began
-    c.async_cpu.append((time.process_time() - cpu) / calls)
-    c.throughput.append(calls / wall)
+    if high:
+        c.throughput_high.append(calls / wall)
+    else:
+        c.async_cpu.append((time.process_time() - cpu) / calls)
+        c.throughput.append(calls / wall)
 
 
 def _noop(provider: object) -> None:
@@ -387,25 +430,28 @@ def _ratio(value: float, base: float) -> str:
     return f"{value / base:.2f}x" if base else "n/a"
 
 
-def table(contestants: list[Contestant]) -> str:
+def table(contestants: list[Contestant], high: int) -> str:
     base = contestants[0]
     b_lat = statistics.median(base.latency)
     b_tp = statistics.median(base.throughput)
+    b_hi = statistics.median(base.throughput_high)
     b_scpu = statistics.median(base.sync_cpu)
     b_acpu = statistics.median(base.async_cpu)
     lines = [
-        "| contestant | latency µs (c=1) | vs SDK | req/s (c=64) | vs SDK "
-        "| CPU µs/call sync | vs SDK | CPU µs/call async | vs SDK |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f"| contestant | latency µs (c=1) | vs SDK | req/s (c=64) | vs SDK | req/s (c={high}) "
+        "| vs SDK | CPU µs/call sync | vs SDK | CPU µs/call async | vs SDK |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for c in contestants:
         lat = statistics.median(c.latency)
         tp = statistics.median(c.throughput)
+        hi = statistics.median(c.throughput_high)
         scpu = statistics.median(c.sync_cpu)
         acpu = statistics.median(c.async_cpu)
         lines.append(
             f"| {c.name} | {lat * 1e6:,.0f} | {_ratio(lat, b_lat)} | {tp:,.0f} "
-            f"| {_ratio(tp, b_tp)} | {scpu * 1e6:,.0f} | {_ratio(scpu, b_scpu)} "
+            f"| {_ratio(tp, b_tp)} | {hi:,.0f} | {_ratio(hi, b_hi)} "
+            f"| {scpu * 1e6:,.0f} | {_ratio(scpu, b_scpu)} "
             f"| {acpu * 1e6:,.0f} | {_ratio(acpu, b_acpu)} |"
         )
     return "\n".join(lines)
@@ -418,6 +464,8 @@ def main() -> None:
     )
     parser.add_argument("--rounds", type=int, default=10, help="interleaved rounds")
     parser.add_argument("--concurrency", type=int, default=64, help="async concurrency")
+    parser.add_argument("--high", type=int, default=256, help="the second, higher concurrency")
+    parser.add_argument("--streams", type=int, default=64, help="streams per round and level")
     parser.add_argument(
         "--big-pool", type=int, default=None, help="keys of the largest pool (1000; --quick: 100)"
     )
@@ -430,7 +478,7 @@ def main() -> None:
     parser.add_argument(
         "--skip",
         default="",
-        help="comma-separated contestants to leave out: post, floor, litellm, big-pool",
+        help="comma-separated parts to leave out: post, floor, litellm, big-pool, streams, fan-out",
     )
     args = parser.parse_args()
     if args.quick:
@@ -442,7 +490,11 @@ def main() -> None:
     started = time.perf_counter()
     with ServerProcess() as server:
         url = server.base_url
-        builders: list[Callable[[], Contestant]] = [lambda: raw_sdk(url, args.warmup)]
+        builders: list[Callable[[], Contestant]] = [
+            lambda: raw_sdk(url, args.warmup),
+            lambda: raw_sdk_aiohttp(url, args.warmup, 1),
+            lambda: raw_sdk_aiohttp(url, args.warmup, 4),
+        ]
         if "post" not in skip:
             builders.append(lambda: raw_post(url, args.warmup))
         if "floor" not in skip:
@@ -475,14 +527,47 @@ def main() -> None:
             for c in order:
                 sync_round(c, args.calls)
             for c in order:
-                async_round(c, loop, async_calls, args.concurrency)
+                async_round(c, loop, async_calls, args.concurrency, False)
+            for c in order:
+                async_round(c, loop, max(async_calls, 3 * args.high), args.high, True)
             print(f"round {r + 1}/{args.rounds} done", file=sys.stderr)
+
+        streams: list[overhead_async.StreamRow] = []
+        if "streams" not in skip:
+            streams = [
+                overhead_async.raw_stream(url),
+                overhead_async.balanced_stream(url, 1),
+                overhead_async.balanced_stream(url, 4),
+            ]
+            for row in streams:  # warm-up: clients built, connections open
+                loop.run_until_complete(overhead_async.stream_round(row, 8, 4))
+                row.ttfc.clear()
+                row.rate.clear()
+            for r in range(args.rounds):
+                order_s = streams[r % len(streams) :] + streams[: r % len(streams)]
+                for row in order_s:
+                    loop.run_until_complete(overhead_async.stream_round(row, 16, 1))
+                    loop.run_until_complete(
+                        overhead_async.stream_round(row, args.streams, args.concurrency)
+                    )
+            print("streams done", file=sys.stderr)
 
         for c in contestants:
             c.close()
             if c.aclose is not None:
                 loop.run_until_complete(c.aclose())
         loop.close()
+
+    fan: list[tuple[int, float, float]] = []
+    fan_latency, per_key = 0.1, 4
+    if "fan-out" not in skip:
+        with ServerProcess(latency=fan_latency) as slow:
+            fan = asyncio.run(
+                overhead_async.fan_out(
+                    slow.base_url, [1, 2, 4, 8], per_key, fan_latency, 2.0, max(3, args.rounds // 3)
+                )
+            )
+        print("fan-out done", file=sys.stderr)
 
     pick_sizes = [1, 4] + ([args.big_pool] if "big-pool" not in skip else [])
     pick = balancer_cost(pick_sizes, 2000 if args.quick else 20000)
@@ -494,7 +579,24 @@ def main() -> None:
         f"per contestant; medians; fake server in its own process; {elapsed:.0f} s in all; "
         f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MB.\n"
     )
-    print(table(contestants))
+    print(table(contestants, args.high))
+    extra: list[tuple[str, float, float]] = []
+    if streams:
+        levels = [1, args.concurrency]
+        print("\n" + overhead_async.stream_table(streams, levels))
+        med = statistics.median
+        for c in levels:
+            extra.append(
+                (
+                    f"stream TTFC c{c}, 4 keys / raw SDK (lower is better)",
+                    med(streams[2].ttfc[c]) / med(streams[0].ttfc[c]),
+                    1.05,
+                )
+            )
+    if fan:
+        print("\n" + overhead_async.fan_out_table(fan, per_key, fan_latency))
+        extra.append(("embeddings fan-out, worst pool size", min(r / c for _, r, c in fan), 0.9))
+    print("\n" + overhead_async.verdicts(contestants, args.high, extra))
     print(
         "\n| keys in pool | `Balancer.call` around a no-I/O call, µs | three tiers, the first "
         "spent | with affinity (1,000 conversations) |"

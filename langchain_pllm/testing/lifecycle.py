@@ -131,7 +131,10 @@ class LoopbackServer:
             app, access_log=None, shutdown_timeout=0.05, handler_cancellation=True
         )
         await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0, reuse_address=True)
+        # A deep accept queue: hundreds of clients connecting at once (a c256 benchmark on a
+        # loaded machine) overflow aiohttp's default of 128, and a dropped SYN costs a client
+        # a one-second retransmit, or its connect timeout.
+        site = web.TCPSite(runner, "127.0.0.1", 0, reuse_address=True, backlog=1024)
         await site.start()
         self._runner = runner
         self._port = runner.addresses[0][1]
