@@ -31,9 +31,11 @@ E = TypeVar("E", bound=BaseException)
 
 __all__ = [
     "CONTEXT_OVERFLOW_HINTS",
+    "SHAPE_ERRORS",
     "caller_fault",
     "class_for_status",
     "is_context_overflow",
+    "malformed_reply",
     "mark_spent",
     "parsing_reply",
     "retry_after_of",
@@ -141,7 +143,7 @@ def overflow_or(cls: type[ModelError], message: str) -> type[ModelError]:
 
 # What reading a reply of the wrong shape raises (a missing key, an empty list, a null where a
 # list was promised, bad base64, a response model that does not validate).
-_SHAPE_ERRORS = (KeyError, IndexError, TypeError, AttributeError, ValueError)
+SHAPE_ERRORS = (KeyError, IndexError, TypeError, AttributeError, ValueError)
 
 
 def caller_fault(exc: BaseException, provider_id: str) -> InvalidCallError | None:
@@ -162,22 +164,32 @@ def caller_fault(exc: BaseException, provider_id: str) -> InvalidCallError | Non
     return None
 
 
-@contextlib.contextmanager
-def parsing_reply(provider_id: str) -> Iterator[None]:
-    """Classify a reply that does not have the vendor's documented shape as a server failure.
+def malformed_reply(provider_id: str, exc: BaseException) -> Exception:
+    """The error for a reply that does not have the vendor's documented shape.
 
     A 200 with a body we cannot read is the vendor's fault, like a 5xx: it counts toward the
-    breaker and is retried on another key, instead of escaping as a bare ``IndexError``.
+    breaker and is retried on another key, instead of escaping as a bare ``IndexError``;
+    unless ``caller_fault`` finds it was the caller's.
+    """
+    caller = caller_fault(exc, provider_id)
+    if caller is not None:
+        return caller
+    return model_error(
+        ModelAPIError,
+        f"{provider_id}: malformed response: {type(exc).__name__}: {exc}",
+        cause=exc,
+        provider=provider_id,
+    )
+
+
+@contextlib.contextmanager
+def parsing_reply(provider_id: str) -> Iterator[None]:
+    """Raise ``malformed_reply`` for a ``SHAPE_ERRORS`` raised inside the block.
+
+    Per stream chunk, a plain ``try``/``except SHAPE_ERRORS`` does the same without the
+    context manager's generator (a few µs a chunk).
     """
     try:
         yield
-    except _SHAPE_ERRORS as e:
-        caller = caller_fault(e, provider_id)
-        if caller is not None:
-            raise caller from e
-        raise model_error(
-            ModelAPIError,
-            f"{provider_id}: malformed response: {type(e).__name__}: {e}",
-            cause=e,
-            provider=provider_id,
-        ) from e
+    except SHAPE_ERRORS as e:
+        raise malformed_reply(provider_id, e) from e

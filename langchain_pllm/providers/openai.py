@@ -31,8 +31,10 @@ from langchain_pllm.providers.base import (
 )
 from langchain_pllm.providers.convert import make_usage, to_openai_messages
 from langchain_pllm.providers.errors import (
+    SHAPE_ERRORS,
     caller_fault,
     class_for_status,
+    malformed_reply,
     mark_spent,
     overflow_or,
     parsing_reply,
@@ -313,8 +315,10 @@ class OpenAIProvider(Provider):
             ) as events:
                 report(openai_rest(events.response.headers))
                 for raw in events:
-                    with parsing_reply(self.id):
+                    try:
                         chunk, usage = self._chunk(raw, usage)
+                    except SHAPE_ERRORS as e:
+                        raise malformed_reply(self.id, e) from e
                     if chunk is not None:
                         yield chunk
         except _SDK_ERRORS as e:
@@ -338,8 +342,10 @@ class OpenAIProvider(Provider):
             report(openai_rest(events.response.headers))
             async with events:
                 async for raw in events:
-                    with parsing_reply(self.id):
+                    try:
                         chunk, usage = self._chunk(raw, usage)
+                    except SHAPE_ERRORS as e:
+                        raise malformed_reply(self.id, e) from e
                     if chunk is not None:
                         yield chunk
         except _SDK_ERRORS as e:
