@@ -10,7 +10,9 @@ Embeddings fan-out. A second fake server answers every request after a fixed lat
 may hold `per_key` requests in flight (`max_concurrency`), so a key's capacity is
 `per_key / latency` calls per second and a pool's is the sum. `BalancedEmbeddings` embeds one
 text per request (`batch_size=1`) over 1, 2, 4 and 8 keys; the ratio of the calls per second it
-reaches to that sum says how much of the pool the balancer leaves unused.
+reaches to that sum says how much of the pool the balancer leaves unused. The same texts sent
+by one raw aiohttp client per key, each with its own semaphore (perfect spreading, no balancer),
+show what the machine allows.
 
 Acceptance. `verdicts` prints the issue's target ratios next to this run's figures.
 """
@@ -20,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import statistics
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +36,7 @@ class StreamRow:
 
     name: str
     open_stream: Callable[[], AsyncIterator[Any]]
+    close: Callable[[], Awaitable[Any]] | None = None
     ttfc: dict[int, list[float]] = field(default_factory=dict)
     rate: dict[int, list[float]] = field(default_factory=dict)
 
@@ -57,7 +60,7 @@ def raw_stream(base_url: str) -> StreamRow:
             if chunk.choices and chunk.choices[0].delta.content:
                 yield chunk
 
-    return StreamRow("openai SDK stream (raw, aiohttp)", chunks)
+    return StreamRow("openai SDK stream (raw, aiohttp)", chunks, client.close)
 
 
 def balanced_stream(base_url: str, keys: int) -> StreamRow:
@@ -156,33 +159,64 @@ def _embeddings(base_url: str, keys: int, per_key: int) -> Any:
     )
 
 
+async def _raw_fan_out(base_url: str, keys: int, per_key: int, texts: list[str]) -> float:
+    """Calls/s of `keys` raw aiohttp `AsyncOpenAI` clients, `per_key` in flight each."""
+    import openai
+
+    clients = [
+        openai.AsyncOpenAI(
+            base_url=base_url,
+            api_key=f"sk-rawemb{keys}-{i}",
+            max_retries=0,
+            http_client=openai.DefaultAioHttpClient(),
+        )
+        for i in range(keys)
+    ]
+    gates = [asyncio.Semaphore(per_key) for _ in range(keys)]
+
+    async def one(i: int, text: str) -> None:
+        async with gates[i % keys]:
+            body = {"model": "text-embedding-3-small", "input": [text]}
+            await clients[i % keys].post("/embeddings", body=body, cast_to=dict)
+
+    began = time.perf_counter()
+    await asyncio.gather(*(one(i, t) for i, t in enumerate(texts)))
+    rate = len(texts) / (time.perf_counter() - began)
+    for client in clients:
+        await client.close()
+    return rate
+
+
 async def fan_out(
     base_url: str, key_counts: list[int], per_key: int, latency: float, seconds: float, rounds: int
-) -> list[tuple[int, float, float]]:
-    """For each pool size: (keys, median calls/s reached, summed capacity in calls/s)."""
+) -> list[tuple[int, float, float, float]]:
+    """Per pool size: (keys, median calls/s, summed capacity, raw clients' median calls/s)."""
     out = []
     for keys in key_counts:
         model = _embeddings(base_url, keys, per_key)
         capacity = keys * per_key / latency
         texts = [f"text {i}" for i in range(max(keys * per_key, int(capacity * seconds)))]
         await model.aembed_documents(texts[: keys * per_key])  # every key's client built
-        rates = []
+        rates, raw = [], []
         for _ in range(rounds):
             began = time.perf_counter()
             vectors = await model.aembed_documents(texts)
             rates.append(len(vectors) / (time.perf_counter() - began))
-        out.append((keys, statistics.median(rates), capacity))
+            raw.append(await _raw_fan_out(base_url, keys, per_key, texts))
+        out.append((keys, statistics.median(rates), capacity, statistics.median(raw)))
     return out
 
 
-def fan_out_table(rows: list[tuple[int, float, float]], per_key: int, latency: float) -> str:
+def fan_out_table(rows: list[tuple[int, float, float, float]], per_key: int, latency: float) -> str:
     lines = [
         f"| keys ({per_key} in flight each, {latency * 1e3:.0f} ms per call) "
-        "| calls/s | summed capacity | ratio |",
-        "|---:|---:|---:|---:|",
+        "| calls/s | summed capacity | ratio | raw aiohttp clients, calls/s |",
+        "|---:|---:|---:|---:|---:|",
     ]
-    for keys, rate, capacity in rows:
-        lines.append(f"| {keys} | {rate:,.0f} | {capacity:,.0f} | {rate / capacity:.2f}x |")
+    for keys, rate, capacity, raw in rows:
+        lines.append(
+            f"| {keys} | {rate:,.1f} | {capacity:,.0f} | {rate / capacity:.2f}x | {raw:,.1f} |"
+        )
     return "\n".join(lines)
 
 
