@@ -134,7 +134,7 @@ with FakeOpenAIServer() as o, FakeAnthropicServer() as a, FakeZhipuServer() as z
         {"vendor": "openai", "api_key": "k2", "model": "m", "api_base": o.base_url},
         {"vendor": "anthropic", "api_key": "k3", "model": "c", "api_base": a.base_url},
         {"vendor": "zhipu", "api_key": "id.secret", "model": "g", "api_base": z.base_url},
-    ], http_backend=BACKEND)
+    ], balancer={"http_backend": BACKEND})
 
     async def calls():
         replies = await asyncio.gather(*[model.ainvoke("hi") for _ in range(8)])
