@@ -49,6 +49,10 @@ os.environ.setdefault("LITELLM_LOCAL_ANTHROPIC_BETA_HEADERS", "True")
 os.environ.setdefault("LITELLM_DISABLE_LATEST_RELEASE_CHECK", "true")
 
 MODEL = "gpt-4o-mini"
+# The httpx contestants' connect timeout: 256 connects at once queue their address lookups on
+# anyio's worker threads, and on a loaded machine the SDK's 5 s runs out. No contestant's
+# figures depend on it; it only keeps a busy run alive.
+CONNECT_TIMEOUT = 60.0
 PROMPT = "hi"
 MESSAGES = [{"role": "user", "content": PROMPT}]
 EXPECTED = "echo: hi"
@@ -114,11 +118,19 @@ class Contestant:
     warmup_seconds: float = 0.0
 
 
+def _timeout() -> Any:
+    import httpx2
+
+    return httpx2.Timeout(600.0, connect=CONNECT_TIMEOUT)
+
+
 def raw_sdk(base_url: str, warmup: int) -> Contestant:
     import openai
 
-    client = openai.OpenAI(base_url=base_url, api_key="sk-raw", max_retries=0)
-    aclient = openai.AsyncOpenAI(base_url=base_url, api_key="sk-raw", max_retries=0)
+    client = openai.OpenAI(base_url=base_url, api_key="sk-raw", max_retries=0, timeout=_timeout())
+    aclient = openai.AsyncOpenAI(
+        base_url=base_url, api_key="sk-raw", max_retries=0, timeout=_timeout()
+    )
     return Contestant(
         name="openai SDK (raw)",
         call=lambda: client.chat.completions.create(model=MODEL, messages=MESSAGES),  # type: ignore[arg-type]
@@ -170,7 +182,13 @@ def raw_sdk_aiohttp(base_url: str, warmup: int, keys: int) -> Contestant:
 def chat_openai(base_url: str, warmup: int) -> Contestant:
     from langchain_openai import ChatOpenAI
 
-    model = ChatOpenAI(base_url=base_url, api_key="sk-lc", model=MODEL, max_retries=0)  # type: ignore[arg-type]
+    model = ChatOpenAI(
+        base_url=base_url,
+        api_key="sk-lc",  # type: ignore[arg-type]
+        model=MODEL,
+        max_retries=0,
+        timeout=_timeout(),
+    )
     return Contestant(
         name="langchain-openai ChatOpenAI",
         call=lambda: model.invoke(PROMPT),
@@ -184,8 +202,10 @@ def raw_post(base_url: str, warmup: int) -> Contestant:
     """The SDK's transport without its typed layer: `post(cast_to=dict)`, as our provider does."""
     import openai
 
-    client = openai.OpenAI(base_url=base_url, api_key="sk-post", max_retries=0)
-    aclient = openai.AsyncOpenAI(base_url=base_url, api_key="sk-post", max_retries=0)
+    client = openai.OpenAI(base_url=base_url, api_key="sk-post", max_retries=0, timeout=_timeout())
+    aclient = openai.AsyncOpenAI(
+        base_url=base_url, api_key="sk-post", max_retries=0, timeout=_timeout()
+    )
     body = {"model": MODEL, "messages": MESSAGES}
     return Contestant(
         name="openai SDK, raw post(cast_to=dict)",
@@ -205,8 +225,10 @@ def langchain_floor(base_url: str, warmup: int) -> Contestant:
     from langchain_core.messages import AIMessage
     from langchain_core.outputs import ChatGeneration, ChatResult
 
-    client = openai.OpenAI(base_url=base_url, api_key="sk-floor", max_retries=0)
-    aclient = openai.AsyncOpenAI(base_url=base_url, api_key="sk-floor", max_retries=0)
+    client = openai.OpenAI(base_url=base_url, api_key="sk-floor", max_retries=0, timeout=_timeout())
+    aclient = openai.AsyncOpenAI(
+        base_url=base_url, api_key="sk-floor", max_retries=0, timeout=_timeout()
+    )
 
     def reply(response: Any) -> ChatResult:
         text = response.choices[0].message.content
