@@ -25,6 +25,9 @@ def http_backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    # Only async tests: a sync call never touches the async transport.
+    # Only async tests: a sync call never touches the async transport. A module whose tests
+    # count what accumulates across them (module-scoped servers, a shared balancer's stats)
+    # names the one backend it runs on in ``HTTP_BACKENDS``.
     if "http_backend" in metafunc.fixturenames and inspect.iscoroutinefunction(metafunc.function):
-        metafunc.parametrize("http_backend", BACKENDS, indirect=True)
+        backends = getattr(metafunc.module, "HTTP_BACKENDS", BACKENDS)
+        metafunc.parametrize("http_backend", backends, indirect=True)

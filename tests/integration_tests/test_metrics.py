@@ -20,6 +20,11 @@ import pytest
 from langchain_pllm import BalancedChatModel, BalancedEmbeddings
 from langchain_pllm.testing import FakeAnthropicServer, FakeOpenAIServer, Fault
 
+# One transport: the counts below accumulate over module-scoped servers, one metric reader and
+# the process-wide balancer, so a second run of a test would double them. The transport does
+# not change what is counted; test_transport_faults covers both.
+HTTP_BACKENDS = ("aiohttp",)
+
 sdk_metrics = pytest.importorskip("opentelemetry.sdk.metrics")
 sdk_export = pytest.importorskip("opentelemetry.sdk.metrics.export")
 otel_metrics = pytest.importorskip("opentelemetry.metrics")
