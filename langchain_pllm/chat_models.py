@@ -272,13 +272,19 @@ class BalancedChatModel(PoolFace, BaseChatModel):
         avoid_ids = kwargs.pop(AVOID_KWARG, None)
         # model= picks keys (each sends its own model name); timeout= bounds the attempt: both
         # are ours to apply, never body fields for the vendor.
+        # A model= in model_kwargs (where an unknown constructor keyword lands) routes the same
+        # way as a call's; the call's own wins. Dropping it would ignore BalancedChatModel(...,
+        # model="gpt-4o") after a warning saying it is sent.
         model = kwargs.pop("model", None)
+        if model is None:
+            model = params.pop("model", None)
+        else:
+            params.pop("model", None)
         timeout = kwargs.pop("timeout", None)
         if timeout is None:
             timeout = params.pop("timeout", None)
         else:
             params.pop("timeout", None)
-        params.pop("model", None)
         # Balancer keywords, not vendor parameters: the conversation and whether to spill.
         session = session_of(kwargs, run_manager.metadata if run_manager else None)
         spill = kwargs.pop(SPILL_KWARG, None)

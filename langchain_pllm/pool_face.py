@@ -133,6 +133,9 @@ def _known_names(cls: type[BaseModel]) -> set[str]:
     return names
 
 
+_PER_CALL = frozenset({"model", "timeout"})
+
+
 def _place_unknown(cls: type[BaseModel], data: dict[str, Any]) -> None:
     """Never drop a constructor keyword silently.
 
@@ -154,9 +157,15 @@ def _place_unknown(cls: type[BaseModel], data: dict[str, Any]) -> None:
     extra = dict(data.get("model_kwargs") or {})
     for name in unknown:
         hint = suggest(name, sorted(known)).strip()
+        # model= and timeout= are never body fields: the face applies them to every call.
+        fate = (
+            f"applies to every call as {name}= does"
+            if name in _PER_CALL
+            else "is sent to the vendor as is"
+        )
         warnings.warn(
             f"{name} is not a parameter of {cls.__name__}: it was moved to model_kwargs and "
-            f"is sent to the vendor as is{'; ' + hint if hint else ''}",
+            f"{fate}{'; ' + hint if hint else ''}",
             stacklevel=4,
         )
         extra[name] = data.pop(name)

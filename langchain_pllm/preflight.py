@@ -84,7 +84,17 @@ def _has_content(m: BaseMessage) -> bool:
     content = m.content
     if isinstance(content, str):
         return bool(content)
-    return bool(content)
+    # A list of only empty text blocks is no content either: Anthropic answers it with a 400,
+    # Gemini's SDK refuses it, OpenAI and Zhipu answer an empty prompt.
+    return any(_block_has_content(block) for block in content)
+
+
+def _block_has_content(block: Any) -> bool:
+    if isinstance(block, str):
+        return bool(block)
+    if isinstance(block, Mapping) and block.get("type") == "text":
+        return bool(block.get("text"))
+    return True  # an image, audio or other block is content
 
 
 def _check_content(content: str | list[Any], where: str) -> None:

@@ -20,7 +20,11 @@ def blocked_reason(m: Member, snap: KeySnapshot, now: float) -> str:
     if snap.rest_until > now:
         return f"resting for {snap.rest_until - now:.3g}s (rate limited by the vendor)"
     if snap.state == "open":
-        return "breaker open after repeated failures (health_check_interval not yet passed)"
+        # A 401/403/404 or a spent key opens it at once, not only repeated failures.
+        return (
+            "breaker open (an auth or not-found error, a spent key, or repeated failures; "
+            "probed again after health_check_interval)"
+        )
     if snap.state == "half_open":
         return "breaker half-open, its one probe request in flight"
     if snap.state != "closed":

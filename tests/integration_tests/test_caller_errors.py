@@ -28,6 +28,8 @@ BAD_INPUTS: dict[str, Any] = {
     "only-system": [SystemMessage("You are terse.")],
     "lone-surrogate": "cut emoji \ud83d",
     "surrogate-in-a-block": [HumanMessage(content=[{"type": "text", "text": "x \udc00 y"}])],
+    # Anthropic answered this with a 400, Gemini's SDK refused it, OpenAI and Zhipu replied.
+    "only-empty-text-blocks": [HumanMessage(content=[{"type": "text", "text": ""}, ""])],
 }
 
 

@@ -105,3 +105,19 @@ llm:
     model = BalancedChatModel.from_config(yaml, clock=ManualClock())
     assert model.invoke("hi", model="cheap").response_metadata["vendor"] == "openai"
     assert sent_by(servers["anthropic"], b["api_key"]) == []
+
+
+def test_a_constructor_model_routes_every_call_and_the_calls_own_wins(
+    servers: dict[str, FakeVendorServer],
+) -> None:
+    # BalancedChatModel(..., model=...) as ChatOpenAI takes it: moved to model_kwargs with a
+    # warning, then it picks keys on every call (it was once dropped after the warning).
+    a, b = entry(servers, "openai"), entry(servers, "anthropic")
+    with pytest.warns(UserWarning, match="model is not a parameter.*applies to every call"):
+        model = BalancedChatModel(providers=[a, b], model="claude-haiku-4-5", clock=ManualClock())
+    assert set(served(model, 4)) == {"anthropic-0"}
+    assert sent_by(servers["openai"], a["api_key"]) == []
+    assert set(served(model, 2, model="gpt-4o-mini")) == {"openai-0"}
+    assert {r.body["model"] for r in sent_by(servers["openai"], a["api_key"])} == {"gpt-4o-mini"}
+    with pytest.raises(InvalidCallError, match="model='gpt-9'"):
+        BalancedChatModel(providers=[a, b], model_kwargs={"model": "gpt-9"}).invoke("hello")

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from langchain_core.callbacks import BaseCallbackHandler
-from langchain_core.exceptions import ModelRateLimitError
+from langchain_core.exceptions import ModelAuthenticationError, ModelRateLimitError
 from langchain_core.messages import HumanMessage
 from langchain_core.outputs import LLMResult
 
@@ -90,6 +90,23 @@ def test_no_provider_available_says_per_key_what_blocked_it(
     assert "limited: request window full (1/1 in 60s)" in text
     assert "resting: resting for 30s" in text
     assert info.value.states == {"limited": "closed", "resting": "closed"}
+
+
+def test_no_provider_available_names_an_open_breaker_without_blaming_repeated_failures(
+    servers: dict[str, FakeVendorServer],
+) -> None:
+    # One 401 opens the breaker at once: the reason must not say "after repeated failures".
+    e = entry(servers, "openai", name="revoked")
+    model = BalancedChatModel(providers=[e], clock=ManualClock(), max_wait=0, max_retries=0)
+    servers["openai"].fault_for_key(e["api_key"], Fault(status=401), times=1)
+    with pytest.raises(ModelAuthenticationError):
+        model.invoke("one")
+    with pytest.raises(NoProviderAvailableError) as info:
+        model.invoke("two")
+    text = str(info.value)
+    assert "revoked: breaker open (an auth or not-found error" in text
+    assert "after repeated failures" not in text
+    assert info.value.states == {"revoked": "open"}
 
 
 def test_validation_failed_error_is_exported() -> None:
