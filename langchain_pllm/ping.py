@@ -165,11 +165,11 @@ def ping_table(results: Sequence[PingResult], plain: bool = False) -> Table:
         table.add_column(header, justify="right" if header == "latency" else "left")
     for r in results:
         latency = "-" if r.latency is None else f"{r.latency * 1000:.0f} ms"
-        table.add_row(
+        table.add_row(  # Text, not str: names and models are not rich markup
             r.pool,
-            r.provider,
-            r.vendor,
-            r.model,
+            Text(r.provider),
+            Text(r.vendor),
+            Text(r.model),
             Text(r.kind, style=_STYLES.get(r.kind, "bold red")),
             latency,
             Text(r.detail),

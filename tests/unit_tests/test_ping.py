@@ -26,3 +26,16 @@ def test_a_spent_key_is_spent_and_unusable_not_merely_rate_limited() -> None:
     unmarked = ModelRateLimitError("slow down")
     unmarked.quota_exhausted = False  # type: ignore[attr-defined]
     assert kind_of(unmarked) == "rate-limited"
+
+
+def test_the_table_shows_names_and_models_as_written() -> None:
+    from io import StringIO
+
+    from langchain_pllm.ping import ping_table
+    from langchain_pllm.terminal import console_for
+
+    out = StringIO()
+    result = PingResult("llm", "key[/]", "openai", "m[red]x", "ok", 0.01)
+    console_for(out, plain=True).print(ping_table([result], plain=True))
+    assert "key[/]" in out.getvalue()
+    assert "m[red]x" in out.getvalue()
