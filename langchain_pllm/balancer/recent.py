@@ -42,7 +42,7 @@ class TokenUsage(int):
         self.output_tokens = output_tokens
         return self
 
-    def __getnewargs__(self) -> tuple[int, int, int]:
+    def __getnewargs__(self) -> tuple[int, int, int]:  # type: ignore[override]  # 3 counts, not 1
         # Copies and pickles rebuild it from all three counts: a stats dict holds one (a
         # state's running total starts as 0 + usage), and users copy and pickle stats.
         return (self.input_tokens, self.output_tokens, int(self))
