@@ -230,8 +230,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "check",
         help="validate a config file; --ping tries every key once",
         description="Validate a config file and list its pools (never the keys). With --ping, "
-        "send one tiny request with every key and report its latency or its error (auth, "
-        "rate-limited, unreachable, not-found, other); exit code 1 if any key is unusable.",
+        "send one tiny request with every key and report its latency or its error (spent, "
+        "auth, rate-limited, unreachable, not-found, other); exit code 1 if any key is unusable.",
     )
     p.add_argument("config", help="path to the YAML config")
     p.add_argument("--ping", action="store_true", help="send one tiny request per key")

@@ -38,8 +38,8 @@ if TYPE_CHECKING:
 __all__ = ["ERROR_KINDS", "USABLE", "PingResult", "kind_of", "ping_config", "ping_table"]
 
 # The one place an error becomes a verdict on a key, first match wins. A spent key (money or a
-# daily quota gone) gets its own kind, "spent", once providers raise a type for it: add the
-# pair here, before ModelRateLimitError if that type derives from it.
+# daily quota gone) is checked before these: providers keep the status's class for it (a 429
+# stays a ModelRateLimitError) and mark it ``quota_exhausted``, and such a key does not work.
 ERROR_KINDS: tuple[tuple[type[BaseException], str], ...] = (
     (ModelAuthenticationError, "auth"),
     (ModelPermissionDeniedError, "auth"),
@@ -58,7 +58,9 @@ _DETAIL_LENGTH = 100
 
 
 def kind_of(error: BaseException) -> str:
-    """The kind of an error a ping raised: auth, rate-limited, unreachable, not-found, other."""
+    """The kind of error a ping raised: spent, auth, rate-limited, unreachable, not-found, other."""
+    if getattr(error, "quota_exhausted", False) is True:
+        return "spent"
     for error_type, kind in ERROR_KINDS:
         if isinstance(error, error_type):
             return kind
@@ -76,7 +78,7 @@ class PingResult:
     vendor: str
     model: str
     kind: str
-    """``ok``, or the kind of error (see ``ERROR_KINDS``), or ``other``."""
+    """``ok``, ``spent``, or the kind of error (see ``ERROR_KINDS``), or ``other``."""
     latency: float | None
     """Seconds the answer took (also for an error the vendor answered with)."""
     detail: str = ""
@@ -163,11 +165,11 @@ def ping_table(results: Sequence[PingResult], plain: bool = False) -> Table:
         table.add_column(header, justify="right" if header == "latency" else "left")
     for r in results:
         latency = "-" if r.latency is None else f"{r.latency * 1000:.0f} ms"
-        table.add_row(
+        table.add_row(  # Text, not str: names and models are not rich markup
             r.pool,
-            r.provider,
-            r.vendor,
-            r.model,
+            Text(r.provider),
+            Text(r.vendor),
+            Text(r.model),
             Text(r.kind, style=_STYLES.get(r.kind, "bold red")),
             latency,
             Text(r.detail),

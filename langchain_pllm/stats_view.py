@@ -259,8 +259,8 @@ class StatsTable:
                 elif header == "state" and not plain:
                     state = str(row.get("state") or "-")
                     cells.append(Text(state, style=STATE_STYLES.get(state, "")))
-                else:
-                    cells.append(what.text(row))
+                else:  # Text, not str: a name like "key[/]" is not rich markup
+                    cells.append(Text(what.text(row)))
             table.add_row(*cells)
         return table
 

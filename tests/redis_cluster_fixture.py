@@ -18,19 +18,47 @@ Fixtures (import them in a test module with ``pytest_plugins``):
 from __future__ import annotations
 
 import atexit
+import ctypes
 import os
 import random
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
 PASSWORD = "cluster-secret"
 _NODE_TIMEOUT_MS = 1000
+_PR_SET_PDEATHSIG = 1
+
+
+def _parent_death_signal() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that has Linux SIGTERM the server when the test process dies.
+
+    A run cut short by SIGTERM or SIGKILL (a CI timeout, ``timeout``) runs neither the fixture's
+    ``finally`` nor ``atexit``: without this its six servers outlive it. ``prctl`` is looked up
+    here, in the parent: the child between fork and exec must not load libraries. The signal
+    follows the thread that started the node, and nodes are started from the test's thread.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+    def preexec() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+    return preexec
+
+
+_DIE_WITH_PARENT = _parent_death_signal()
 
 
 def _port_is_free(port: int) -> bool:
@@ -123,6 +151,7 @@ class ClusterNode:
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            preexec_fn=_DIE_WITH_PARENT,
         )  # fmt: skip
 
     def kill(self) -> None:

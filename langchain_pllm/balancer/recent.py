@@ -42,6 +42,11 @@ class TokenUsage(int):
         self.output_tokens = output_tokens
         return self
 
+    def __getnewargs__(self) -> tuple[int, int, int]:  # type: ignore[override]  # 3 counts, not 1
+        # Copies and pickles rebuild it from all three counts: a stats dict holds one (a
+        # state's running total starts as 0 + usage), and users copy and pickle stats.
+        return (self.input_tokens, self.output_tokens, int(self))
+
     def __add__(self, other: Any) -> Any:
         if isinstance(other, TokenUsage):
             return TokenUsage(

@@ -307,3 +307,28 @@ def test_top_reports_a_bad_config() -> None:
     done = pllm("top", "/nonexistent/pllm.yaml", "--once")
     assert done.returncode == 2
     assert "config error" in done.stderr
+
+
+def test_check_ping_reports_a_spent_key_as_spent_and_fails(tmp_path: Path) -> None:
+    from langchain_pllm.providers import errors
+
+    if not hasattr(errors, "mark_spent"):  # providers learn spent keys with issue 10
+        pytest.skip("providers do not mark spent keys yet")
+    with FakeOpenAIServer() as srv:
+        srv.spend_key("sk-ping-spent")  # OpenAI: 429 insufficient_quota, no Retry-After
+        path = tmp_path / "pllm.yaml"
+        path.write_text(
+            "llm:\n  openai:\n"
+            f"    - {{name: good, api_key: sk-ping-good, model: m, api_base: '{srv.base_url}'}}\n"
+            f"    - {{name: spent, api_key: sk-ping-spent, model: m, api_base: '{srv.base_url}'}}\n"
+        )
+        done = pllm("check", str(path), "--ping")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "sk-ping" not in done.stdout + done.stderr
+    kinds = {}
+    for line in done.stdout.splitlines():
+        parts = [p.strip() for p in line.strip().strip("|").split("|")]
+        if len(parts) == 7 and parts[0] == "llm":
+            kinds[parts[1]] = parts[4]
+    assert kinds == {"good": "ok", "spent": "spent"}
+    assert "1 of 2 keys usable; unusable: spent" in done.stdout

@@ -214,6 +214,51 @@ def test_window_gauges_show_use_of_each_limit(
     assert used[("tokens",)] == tokens
 
 
+def test_no_series_carries_anything_of_a_key(
+    reader: Any, servers: tuple[FakeOpenAIServer, FakeAnthropicServer]
+) -> None:
+    # Named and unnamed providers, a failing key: every attribute of every series, gauges too.
+    openai_srv, _ = servers
+    openai_srv.fault_for_key("sk-leak-failing", Fault(status=500))
+    model = BalancedChatModel(
+        providers=[
+            {
+                "vendor": "openai",
+                "api_key": k,
+                "model": "otel-keys",
+                "api_base": openai_srv.base_url,
+            }
+            for k in ("sk-leak-unnamed", "sk-leak-failing")
+        ]
+        + [
+            {
+                "name": "named",
+                "vendor": "openai",
+                "api_key": "sk-leak-named",
+                "model": "otel-keys",
+                "api_base": openai_srv.base_url,
+            }
+        ]
+    )
+    for i in range(6):
+        model.invoke(f"hi {i}")
+    data = reader.get_metrics_data()
+    seen = set()
+    for resource in data.resource_metrics:
+        for scope in resource.scope_metrics:
+            for metric in scope.metrics:
+                for point in metric.data.data_points:
+                    attrs = dict(point.attributes)
+                    if attrs.get("gen_ai.request.model") != "otel-keys":
+                        continue
+                    seen.add(metric.name)
+                    for name, value in attrs.items():
+                        assert "sk-leak" not in f"{name}={value}", metric.name
+    assert {"gen_ai.client.token.usage", "pllm.attempts", "pllm.provider.state"} <= seen
+    ids = {pid for (pid,) in summed(reader, "pllm.attempts", "otel-keys", "pllm.provider.id")}
+    assert ids == {"openai-0", "openai-1", "named"}
+
+
 def test_embeddings_record_input_tokens_as_the_embeddings_operation(
     reader: Any, servers: tuple[FakeOpenAIServer, FakeAnthropicServer]
 ) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+import pickle
+
 import pytest
 
 from langchain_pllm.balancer.recent import LATENCY_SAMPLES, RATE_SPAN, RecentAttempts, TokenUsage
@@ -54,3 +57,34 @@ def test_requests_per_second_covers_the_last_minute() -> None:
     assert recent.stats(180.0)["requests_per_second"] == 0.0
     stats = recent.stats(180.0)
     assert (stats["input_tokens"], stats["output_tokens"]) == (120, 240)
+
+
+def test_token_usage_survives_copy_and_pickle() -> None:
+    # A memory state's running total starts as 0 + usage, so get_stats() hands one out.
+    usage = TokenUsage(3, 4, 9)
+    for clone in (
+        copy.copy(usage),
+        copy.deepcopy({"total_tokens": usage})["total_tokens"],
+        pickle.loads(pickle.dumps(usage)),
+    ):
+        assert clone == 9
+        assert isinstance(clone, TokenUsage)
+        assert (clone.input_tokens, clone.output_tokens) == (3, 4)
+
+
+def test_stats_of_a_memory_pool_can_be_copied_and_pickled() -> None:
+    from langchain_pllm import BalancedChatModel
+    from langchain_pllm.testing import FakeOpenAIServer
+
+    with FakeOpenAIServer() as srv:
+        model = BalancedChatModel(
+            providers=[
+                {"vendor": "openai", "api_key": "sk-c", "model": "m", "api_base": srv.base_url}
+            ]
+        )
+        model.invoke("hi")
+        model.invoke("hi again")
+        stats = model.get_stats()
+    assert stats["openai-0"]["total_tokens"] > 0
+    assert copy.deepcopy(stats) == stats
+    assert pickle.loads(pickle.dumps(stats)) == stats

@@ -166,6 +166,18 @@ def test_html_escapes_values_and_draws_bars_and_states() -> None:
     assert page.count("<tr>") == 2  # the header and one provider
 
 
+def test_names_and_models_are_shown_as_written_not_read_as_rich_markup() -> None:
+    # Provider names are free text: "[/]" used to raise MarkupError, "[red]" to vanish.
+    stats = {"key[/]": row(model="m[red]x")}
+    for terminal in (False, True):
+        out = StringIO()
+        Console(file=out, force_terminal=terminal, width=200).print(StatsTable(stats))
+        text = re.sub(r"\x1b\[[0-9;]*m", "", out.getvalue())
+        assert "key[/]" in text
+        assert "m[red]x" in text
+    assert cells(str(StatsTable(stats)), "key[/]")[2] == "m[red]x"
+
+
 def test_a_plain_console_prints_the_same_plain_table() -> None:
     out = StringIO()
     table = StatsTable({"gpt": row()})
