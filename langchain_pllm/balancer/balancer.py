@@ -34,6 +34,7 @@ from langchain_core.exceptions import (
 )
 
 from langchain_pllm.balancer.affinity import AffinityMap
+from langchain_pllm.balancer.learned import Handle, LearnedLimits
 from langchain_pllm.balancer.metrics import PoolObserver
 from langchain_pllm.balancer.picker import Member, Picker
 from langchain_pllm.balancer.quota import DayPeriods, window_stats
@@ -44,7 +45,7 @@ from langchain_pllm.config.models import with_http_backend
 from langchain_pllm.exceptions import NoProviderAvailableError, model_error
 from langchain_pllm.providers import build_provider
 from langchain_pllm.providers.base import ATTEMPT_BUDGET, Provider
-from langchain_pllm.providers.rate_headers import HEADER_REST
+from langchain_pllm.providers.rate_headers import HEADER_LIMITS, HEADER_REST
 from langchain_pllm.state.base import BreakerPolicy, Lease, Outcome, Periods, StateBackend
 
 if TYPE_CHECKING:
@@ -254,6 +255,8 @@ class Balancer:
             if m.limits.calendar and m.config.quota_reset is not None
         }
         self._spent_logged: set[int] = set()  # spent keys already logged in this episode
+        self.learned = LearnedLimits()  # limits the vendors' headers taught, per process
+        self._learned_leases: dict[int, list[Handle]] = {}  # id(lease) -> its reservations
 
     # Acquire / release -------------------------------------------------------------------------
 
@@ -323,18 +326,25 @@ class Balancer:
                     event = threading.Event()
                     self._waiters.append(event.set)
             if isinstance(c, Member):
+                held = self._learned_hold(c, tokens, now)
+                if held is not None and not isinstance(held, list):
+                    self._refused(c, held, now)
+                    continue
                 try:
                     c.provider.prepare(False)
                     r = self.state.acquire(
                         c.key, c.limits, tokens, now, self.breaker, **self._quota_args(c, now)
                     )
                 except BaseException:
+                    self._learned_keep(held, None)
                     self._abandoned(c)
                     raise
+                self._learned_keep(held, r)
                 if isinstance(r, Lease):
                     if req.count:
                         self.observer.retried(c)
                     HEADER_REST.set(None)  # this attempt's reply headers report afresh
+                    HEADER_LIMITS.set(None)
                     return c, r
                 self._refused(c, r, now)
                 continue
@@ -351,6 +361,10 @@ class Balancer:
                     event = asyncio.Event()
                     self._waiters.append(_async_setter(event))
             if isinstance(c, Member):
+                held = self._learned_hold(c, tokens, now)
+                if held is not None and not isinstance(held, list):
+                    self._refused(c, held, now)
+                    continue
                 try:
                     c.provider.prepare(True)
                     extra = self._quota_args(c, now)
@@ -361,16 +375,44 @@ class Balancer:
                             c.key, c.limits, tokens, now, self.breaker, **extra
                         )
                 except BaseException:
+                    self._learned_keep(held, None)
                     self._abandoned(c)
                     raise
+                self._learned_keep(held, r)
                 if isinstance(r, Lease):
                     if req.count:
                         self.observer.retried(c)
                     HEADER_REST.set(None)  # this attempt's reply headers report afresh
+                    HEADER_LIMITS.set(None)
                     return c, r
                 self._refused(c, r, now)
                 continue
             await clock.await_event(event, self._wait_target(req, c, now))
+
+    def _learned_hold(self, m: Member, tokens: int, now: float) -> float | list[Handle] | None:
+        # Learned limits (per process) are checked before the state, so a key that learned
+        # "5 a minute" is refused here like a full window, and freed if the state refuses.
+        if not self.learned:
+            return None
+        with self._lock:
+            return self.learned.reserve(m.index, tokens, now)
+
+    def _learned_keep(self, held: float | list[Handle] | None, r: Lease | float | None) -> None:
+        if not isinstance(held, list):
+            return
+        with self._lock:
+            if isinstance(r, Lease):
+                self._learned_leases[id(r)] = held
+            else:
+                LearnedLimits.settle(held, None, cancel=True)
+
+    def _learn(self, m: Member, lease: Lease, outcome: Outcome, used: int | None) -> None:
+        held = self._learned_leases.pop(id(lease), None) if self._learned_leases else None
+        if held is not None:
+            LearnedLimits.settle(held, used, cancel=False)
+        stated = HEADER_LIMITS.get() if outcome is Outcome.SUCCESS else None
+        if stated:
+            self.learned.learn(m.index, m.limits, stated, self.clock.now())
 
     def _periods(self, m: Member, now: float) -> Periods | None:
         days = self._days.get(m.index) if self._days else None
@@ -452,6 +494,7 @@ class Balancer:
         self.observer.attempt(m, lease, outcome, used, self.clock.now())
         with self._lock:
             self.picker.done(m, _PICKER_FAILED[outcome])
+            self._learn(m, lease, outcome, used)
             waiters, self._waiters = self._waiters, []
         for wake in waiters:
             wake()
@@ -749,8 +792,9 @@ class Balancer:
                 "cached_tokens": snap.cached_tokens,
                 **self.observer.stats(m, now),
             }
-            if m.limits.windows:
-                out[cfg.id]["windows"] = window_stats(m.limits, snap, now)
+            learned = self.learned.stats(m.index, now) if self.learned else []
+            if m.limits.windows or learned:
+                out[cfg.id]["windows"] = window_stats(m.limits, snap, now) + learned
         return out
 
 

@@ -38,7 +38,7 @@ from langchain_pllm.providers.errors import (
     retry_after_of,
     spent_class,
 )
-from langchain_pllm.providers.rate_headers import anthropic_rest, report
+from langchain_pllm.providers.rate_headers import anthropic_limits, anthropic_rest, report
 
 __all__ = ["AnthropicProvider", "classify_anthropic_error"]
 
@@ -162,7 +162,7 @@ class AnthropicProvider(Provider):
         payload, json_format = self._payload(request)
         try:
             raw = self.sync_client.messages.with_raw_response.create(**payload)
-            report(anthropic_rest(raw.headers))
+            report(anthropic_rest(raw.headers), anthropic_limits(raw.headers))
             resp = raw.parse()
         except _SDK_ERRORS as e:
             raise classify_anthropic_error(e, self.id) from e
@@ -173,7 +173,7 @@ class AnthropicProvider(Provider):
         payload, json_format = self._payload(request)
         try:
             raw = await self.async_client.messages.with_raw_response.create(**payload)
-            report(anthropic_rest(raw.headers))
+            report(anthropic_rest(raw.headers), anthropic_limits(raw.headers))
             resp = raw.parse()
             if inspect.isawaitable(resp):  # the async raw response parses in a coroutine
                 resp = await resp
@@ -187,7 +187,10 @@ class AnthropicProvider(Provider):
         reader = self._stream_reader(payload, json_format)
         try:
             with self.sync_client.messages.create(**payload, stream=True) as events:
-                report(anthropic_rest(events.response.headers))
+                report(
+                    anthropic_rest(events.response.headers),
+                    anthropic_limits(events.response.headers),
+                )
                 for event in events:
                     with parsing_reply(self.id):
                         chunk = reader.chunk(event)
@@ -205,7 +208,9 @@ class AnthropicProvider(Provider):
         reader = self._stream_reader(payload, json_format)
         try:
             events = await self.async_client.messages.create(**payload, stream=True)
-            report(anthropic_rest(events.response.headers))
+            report(
+                anthropic_rest(events.response.headers), anthropic_limits(events.response.headers)
+            )
             async with events:
                 async for event in events:
                     with parsing_reply(self.id):

@@ -42,7 +42,7 @@ from langchain_pllm.providers.errors import (
     says_balance,
     spent_class,
 )
-from langchain_pllm.providers.rate_headers import openai_rest, report
+from langchain_pllm.providers.rate_headers import openai_limits, openai_rest, report
 from langchain_pllm.providers.transport import aiohttp_connection_failure
 
 __all__ = ["DeepSeekProvider", "OpenAIProvider", "SiliconFlowProvider", "classify_openai_error"]
@@ -296,7 +296,7 @@ class OpenAIProvider(Provider):
 
     def _raw_message(self, raw: httpx2.Response) -> AIMessage:
         # The raw response costs no more than cast_to=dict and carries the rate-limit headers.
-        report(openai_rest(raw.headers))
+        report(openai_rest(raw.headers), openai_limits(raw.headers))
         with parsing_reply(self.id):
             return self._message(json.loads(raw.content))
 
@@ -313,7 +313,7 @@ class OpenAIProvider(Provider):
                 stream=True,
                 stream_cls=openai.Stream[dict],
             ) as events:
-                report(openai_rest(events.response.headers))
+                report(openai_rest(events.response.headers), openai_limits(events.response.headers))
                 for raw in events:
                     try:
                         chunk, usage = self._chunk(raw, usage)
@@ -339,7 +339,7 @@ class OpenAIProvider(Provider):
                 stream=True,
                 stream_cls=openai.AsyncStream[dict],
             )
-            report(openai_rest(events.response.headers))
+            report(openai_rest(events.response.headers), openai_limits(events.response.headers))
             async with events:
                 async for raw in events:
                     try:

@@ -12,17 +12,35 @@ before the vendor would answer 429. Missing or unparsable headers change nothing
 from __future__ import annotations
 
 import contextvars
+import math
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
-__all__ = ["HEADER_REST", "anthropic_rest", "go_duration_seconds", "openai_rest", "report"]
+__all__ = [
+    "HEADER_LIMITS",
+    "HEADER_REST",
+    "Stated",
+    "anthropic_limits",
+    "anthropic_rest",
+    "go_duration_seconds",
+    "openai_limits",
+    "openai_rest",
+    "report",
+]
 
 #: Seconds the key of the current attempt must rest, set by a provider from reply headers.
 HEADER_REST: contextvars.ContextVar[float | None] = contextvars.ContextVar(
     "pllm_header_rest", default=None
+)
+#: A resource as a reply states it: limit, used (limit - remaining, 0 when remaining is absent)
+#: and seconds until its reset (``None`` when absent or unparsable).
+Stated = tuple[float, float, float | None]
+#: What the current attempt's reply said each resource allows, by ``limits:`` resource name.
+HEADER_LIMITS: contextvars.ContextVar[dict[str, Stated] | None] = contextvars.ContextVar(
+    "pllm_header_limits", default=None
 )
 
 _GO_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
@@ -64,20 +82,74 @@ def anthropic_rest(headers: Mapping[str, Any]) -> float | None:
     rest: float | None = None
     for resource in _ANTHROPIC:
         if _spent(headers, f"anthropic-ratelimit-{resource}-remaining"):
-            raw = str(headers.get(f"anthropic-ratelimit-{resource}-reset", ""))
-            try:
-                at = datetime.fromisoformat(raw.replace("Z", "+00:00"))
-            except ValueError:
-                continue
-            if at.tzinfo is None:
-                continue
-            seconds = max(0.0, at.timestamp() - time.time())
-            if rest is None or seconds > rest:
+            seconds = _rfc3339_in(str(headers.get(f"anthropic-ratelimit-{resource}-reset", "")))
+            if seconds is not None and (rest is None or seconds > rest):
                 rest = seconds
     return rest
 
 
-def report(rest: float | None) -> None:
-    """Tell the balancer the current attempt's key must rest ``rest`` seconds (if any)."""
+def _stated(
+    headers: Mapping[str, Any],
+    names: Mapping[str, tuple[str, str, str]],
+    reset_of: Callable[[str], float | None],
+) -> dict[str, Stated]:
+    out: dict[str, Stated] = {}
+    for resource, (limit_name, remaining_name, reset_name) in names.items():
+        try:
+            limit = float(headers.get(limit_name))  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            continue  # missing or unparsable: nothing learned
+        if not math.isfinite(limit) or limit <= 0:
+            continue
+        try:
+            remaining = float(headers.get(remaining_name))  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            remaining = limit
+        used = min(limit, max(0.0, limit - remaining))
+        out[resource] = (limit, used, reset_of(str(headers.get(reset_name, ""))))
+    return out
+
+
+def _rfc3339_in(raw: str) -> float | None:
+    try:
+        at = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return None if at.tzinfo is None else max(0.0, at.timestamp() - time.time())
+
+
+_OPENAI_NAMES = {
+    r: (f"x-ratelimit-limit-{r}", f"x-ratelimit-remaining-{r}", f"x-ratelimit-reset-{r}")
+    for r in _OPENAI
+}
+_ANTHROPIC_NAMES = {
+    r.replace("-", "_"): (
+        f"anthropic-ratelimit-{r}-limit",
+        f"anthropic-ratelimit-{r}-remaining",
+        f"anthropic-ratelimit-{r}-reset",
+    )
+    for r in _ANTHROPIC
+}
+
+
+def openai_limits(headers: Mapping[str, Any]) -> dict[str, Stated]:
+    """``{resource: (limit, used, reset)}`` from ``x-ratelimit-{limit,remaining,reset}-*``."""
+    return _stated(headers, _OPENAI_NAMES, go_duration_seconds)
+
+
+def anthropic_limits(headers: Mapping[str, Any]) -> dict[str, Stated]:
+    """``{resource: (limit, used, reset)}`` from ``anthropic-ratelimit-*-{limit,...}``."""
+    return _stated(headers, _ANTHROPIC_NAMES, _rfc3339_in)
+
+
+def report(rest: float | None, stated: dict[str, Stated] | None = None) -> None:
+    """Tell the balancer what the current attempt's reply headers said.
+
+    Args:
+        rest: Seconds the key must rest (a resource's ``remaining`` is 0), if any.
+        stated: What the vendor says each resource allows, if anything.
+    """
     if rest is not None:
         HEADER_REST.set(rest)
+    if stated:
+        HEADER_LIMITS.set(stated)

@@ -265,3 +265,50 @@ def test_input_and_output_windows_settle_to_the_replys_usage(
         ("input_tokens", usage["input_tokens"]),
         ("output_tokens", usage["output_tokens"]),
     ]
+
+
+def test_a_key_learns_the_vendors_request_limit_from_its_headers(
+    fake_openai_server: FakeOpenAIServer,
+) -> None:
+    srv = fake_openai_server
+    # The vendor says 5 a minute, 4 left after the first reply; it enforces nothing itself here.
+    srv.set_budget(RateBudget().pin("requests", limit=5, remaining=4, reset=60), "sk-a")
+    clock = ManualClock()
+    model = BalancedChatModel(providers=_pool_of(srv, "openai", ["sk-a", "sk-b"]), clock=clock)
+    served: list[tuple[float, str]] = []
+    for _ in range(40):
+        served.append((clock.now(), _served_by(model)))
+        clock.advance(5.0)  # 200 s: more than three minutes
+    starts = [t for t, p in served if p == "sk-a"]
+    for t in starts:  # the first reply taught the limit, and it counts: never 6 in 60 s
+        assert sum(1 for u in starts if t <= u < t + 60.0) <= 5
+    assert len(starts) >= 15  # and the key still serves up to it, minute after minute
+    [learned] = [w for w in model.get_stats()["sk-a"]["windows"] if w.get("learned")]
+    assert (learned["resource"], learned["limit"], learned["period"]) == ("requests", 5, 60)
+    assert "windows" not in model.get_stats()["sk-b"]  # sk-b's replies state no limits
+    srv.set_budget(None, "sk-a")
+
+
+def test_a_configured_limit_lower_than_the_vendors_wins(
+    fake_openai_server: FakeOpenAIServer,
+) -> None:
+    srv = fake_openai_server
+    srv.set_budget(RateBudget().pin("requests", limit=50, remaining=49, reset=60), "sk-a")
+    [entry] = _pool_of(srv, "openai", ["sk-a"])
+    entry["limits"] = {"requests": "3/minute"}
+    model = BalancedChatModel(providers=[entry], clock=ManualClock())
+    for _ in range(3):
+        _served_by(model)
+    windows = model.get_stats()["sk-a"]["windows"]
+    assert [(w["limit"], w.get("learned", False)) for w in windows] == [(3, False)]
+    srv.set_budget(None, "sk-a")
+
+
+def test_unparsable_limit_headers_teach_nothing(fake_openai_server: FakeOpenAIServer) -> None:
+    from langchain_pllm.providers.rate_headers import openai_limits
+
+    assert openai_limits({"x-ratelimit-limit-requests": "lots"}) == {}
+    assert openai_limits({}) == {}
+    assert openai_limits(
+        {"x-ratelimit-limit-tokens": "1000", "x-ratelimit-remaining-tokens": "900"}
+    ) == {"tokens": (1000.0, 100.0, None)}
