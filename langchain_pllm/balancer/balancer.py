@@ -34,6 +34,7 @@ from langchain_core.exceptions import (
 )
 
 from langchain_pllm.balancer.affinity import AffinityMap
+from langchain_pllm.balancer.crowding import ConcurrencyCuts
 from langchain_pllm.balancer.learned import Handle, LearnedLimits
 from langchain_pllm.balancer.metrics import PoolObserver
 from langchain_pllm.balancer.picker import Member, Picker
@@ -256,6 +257,7 @@ class Balancer:
         }
         self._spent_logged: set[int] = set()  # spent keys already logged in this episode
         self.learned = LearnedLimits()  # limits the vendors' headers taught, per process
+        self.cuts = ConcurrencyCuts(config.window)  # caps lowered by "too much concurrency"
         self._learned_leases: dict[int, list[Handle]] = {}  # id(lease) -> its reservations
 
     # Acquire / release -------------------------------------------------------------------------
@@ -390,12 +392,16 @@ class Balancer:
             await clock.await_event(event, self._wait_target(req, c, now))
 
     def _learned_hold(self, m: Member, tokens: int, now: float) -> float | list[Handle] | None:
-        # Learned limits (per process) are checked before the state, so a key that learned
-        # "5 a minute" is refused here like a full window, and freed if the state refuses.
-        if not self.learned:
+        # Learned limits and 1302 cuts (per process) are checked before the state, so a key
+        # that learned "5 a minute" is refused here like a full window, and freed if the state
+        # refuses; a cut key is refused like one at its concurrency cap (a release frees it).
+        if not self.learned and not self.cuts:
             return None
         with self._lock:
-            return self.learned.reserve(m.index, tokens, now)
+            cap = self.cuts.cap(m.index, now) if self.cuts else None
+            if cap is not None and m.active > cap:  # ``active`` counts this pick already
+                return math.inf
+            return self.learned.reserve(m.index, tokens, now) if self.learned else None
 
     def _learned_keep(self, held: float | list[Handle] | None, r: Lease | float | None) -> None:
         if not isinstance(held, list):
@@ -437,6 +443,8 @@ class Balancer:
         if outcome is not Outcome.RATE_LIMITED:
             return None
         ra = getattr(exc, "retry_after", None)
+        if ra is None and getattr(exc, "concurrency_exceeded", False):
+            return None  # the lowered cap answers it; the key's other slots keep serving
         return self.config.default_retry_after if ra is None else float(ra)
 
     # Affinity ----------------------------------------------------------------------------------
@@ -489,10 +497,17 @@ class Balancer:
             await self.state.aremember_conversation(digest, m.key, self.config.affinity_ttl)
 
     def _after_release(
-        self, m: Member, lease: Lease, outcome: Outcome, used: int | None = None
+        self,
+        m: Member,
+        lease: Lease,
+        outcome: Outcome,
+        used: int | None = None,
+        exc: BaseException | None = None,
     ) -> None:
         self.observer.attempt(m, lease, outcome, used, self.clock.now())
         with self._lock:
+            if exc is not None and getattr(exc, "concurrency_exceeded", False):
+                self.cuts.refused(m.index, m.active, self.clock.now())  # before ``done``
             self.picker.done(m, _PICKER_FAILED[outcome])
             self._learn(m, lease, outcome, used)
             waiters, self._waiters = self._waiters, []
@@ -524,7 +539,7 @@ class Balancer:
             tokens_used=tokens_used,
             retry_after=self._retry_after(m, outcome, exc),
         )
-        self._after_release(m, lease, outcome, tokens_used)
+        self._after_release(m, lease, outcome, tokens_used, exc)
 
     async def _arelease(
         self,
@@ -558,7 +573,7 @@ class Balancer:
                 retry_after=self._retry_after(m, outcome, exc),
             )
         finally:
-            self._after_release(m, lease, outcome, tokens_used)
+            self._after_release(m, lease, outcome, tokens_used, exc)
 
     # Calls -------------------------------------------------------------------------------------
 
@@ -792,6 +807,9 @@ class Balancer:
                 "cached_tokens": snap.cached_tokens,
                 **self.observer.stats(m, now),
             }
+            cut = self.cuts.stats(m.index, now) if self.cuts else None
+            if cut is not None:
+                out[cfg.id]["concurrency_cut"] = cut
             learned = self.learned.stats(m.index, now) if self.learned else []
             if m.limits.windows or learned:
                 out[cfg.id]["windows"] = window_stats(m.limits, snap, now) + learned

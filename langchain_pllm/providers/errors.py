@@ -93,6 +93,16 @@ def mark_spent(err: E, spent: bool) -> E:
     return err
 
 
+def mark_crowded(err: E, crowded: bool) -> E:
+    """Mark ``err`` as "too many requests in flight on this key" (Zhipu ``1302``).
+
+    The balancer reads the attribute ``concurrency_exceeded``: it lowers the key's concurrency
+    cap for a while instead of resting the key.
+    """
+    err.concurrency_exceeded = crowded  # type: ignore[attr-defined]
+    return err
+
+
 def spent_class(spent: bool, cls: type[ModelError]) -> type[ModelError]:
     """The class of a spent-key error: the status's own, but never "your request is wrong".
 

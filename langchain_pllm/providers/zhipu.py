@@ -60,6 +60,7 @@ from langchain_pllm.providers.convert import (
 from langchain_pllm.providers.errors import (
     caller_fault,
     class_for_status,
+    mark_crowded,
     mark_spent,
     overflow_or,
     parsing_reply,
@@ -131,7 +132,7 @@ def classify_zhipu_error(exc: BaseException, provider_id: str) -> BaseException:
         if error.get("code") is not None:
             code = str(error["code"])
         text = str(error.get("message") or text)
-        return mark_spent(
+        err = mark_spent(
             model_error(
                 _zhipu_class(status, code, text),
                 f"{provider_id}: HTTP {status}: code {code}: {text}",
@@ -142,10 +143,11 @@ def classify_zhipu_error(exc: BaseException, provider_id: str) -> BaseException:
             ),
             _is_spent(status, code, text),
         )
+        return mark_crowded(err, code == "1302")  # too many in flight on this key
     if isinstance(exc, openai.APIStatusError):
         status = exc.status_code
         code = str(exc.code) if exc.code is not None else None
-        return mark_spent(
+        err = mark_spent(
             model_error(
                 _zhipu_class(status, code, exc.message),
                 f"{provider_id}: HTTP {status}: code {code}: {exc.message}",
@@ -156,6 +158,7 @@ def classify_zhipu_error(exc: BaseException, provider_id: str) -> BaseException:
             ),
             _is_spent(status, code, exc.message),
         )
+        return mark_crowded(err, code == "1302")  # too many in flight on this key
     if isinstance(exc, openai.OpenAIError):
         return classify_openai_error(exc, provider_id)
     if isinstance(exc, (zhipuai.APITimeoutError, httpx.TimeoutException, httpx2.TimeoutException)):

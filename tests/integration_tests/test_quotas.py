@@ -312,3 +312,35 @@ def test_unparsable_limit_headers_teach_nothing(fake_openai_server: FakeOpenAISe
     assert openai_limits(
         {"x-ratelimit-limit-tokens": "1000", "x-ratelimit-remaining-tokens": "900"}
     ) == {"tokens": (1000.0, 100.0, None)}
+
+
+async def test_zhipu_1302_lowers_the_keys_concurrency_then_it_grows_back(
+    fake_zhipu_server: FakeZhipuServer,
+) -> None:
+    import asyncio
+
+    srv = fake_zhipu_server
+    srv.latency = 0.6  # requests overlap, so the vendor sees them in flight together
+    srv.set_concurrency_limit(2, "ka.secret")
+    clock = ManualClock()
+    model = BalancedChatModel(
+        providers=_pool_of(srv, "zhipu", ["ka.secret", "kb.secret"], "glm-4-flash"),
+        clock=clock,
+        balancer={"window": 60},
+    )
+
+    async def burst(n: int) -> list[str]:
+        replies = await asyncio.gather(*(model.ainvoke("hi") for _ in range(n)))
+        return [str(r.response_metadata["provider"]) for r in replies]
+
+    assert len(await burst(6)) == 6  # ka takes 3, one answers 1302 and fails over to kb
+    refused = sum(1 for r in srv.requests if r.api_key in ("ka", "ka.secret") and r.status == 429)
+    assert refused >= 1
+    assert model.get_stats()["ka.secret"]["concurrency_cut"]["cap"] == 2
+    before = len(srv.requests)
+    assert len(await burst(6)) == 6
+    assert not [r for r in srv.requests[before:] if r.status == 429]  # the cap held it to 2
+    clock.advance(60.0)
+    assert model.get_stats()["ka.secret"]["concurrency_cut"]["cap"] == 3  # grows by one
+    clock.advance(60.0)
+    assert "concurrency_cut" not in model.get_stats()["ka.secret"]  # back above what failed
