@@ -36,7 +36,13 @@ from langchain_core.exceptions import (
 from langchain_pllm.balancer.affinity import AffinityMap
 from langchain_pllm.balancer.metrics import PoolObserver
 from langchain_pllm.balancer.picker import Member, Picker
-from langchain_pllm.balancer.quota import DayPeriods, window_stats
+from langchain_pllm.balancer.quota import (
+    DayPeriods,
+    budget_full,
+    cost_ask,
+    cost_used,
+    window_stats,
+)
 from langchain_pllm.balancer.reasons import blocked_reason
 from langchain_pllm.balancer.routes import ModelRoutes
 from langchain_pllm.clock import Clock
@@ -326,7 +332,7 @@ class Balancer:
                 try:
                     c.provider.prepare(False)
                     r = self.state.acquire(
-                        c.key, c.limits, tokens, now, self.breaker, **self._quota_args(c, now)
+                        c.key, c.limits, tokens, now, self.breaker, **self._quota_args(c, now, tokens)
                     )
                 except BaseException:
                     self._abandoned(c)
@@ -353,7 +359,7 @@ class Balancer:
             if isinstance(c, Member):
                 try:
                     c.provider.prepare(True)
-                    extra = self._quota_args(c, now)
+                    extra = self._quota_args(c, now, tokens)
                     if self._local:
                         r = self.state.acquire(c.key, c.limits, tokens, now, self.breaker, **extra)
                     else:
@@ -376,10 +382,20 @@ class Balancer:
         days = self._days.get(m.index) if self._days else None
         return days.periods(now, self.clock.wall()) if days is not None else None
 
-    def _quota_args(self, m: Member, now: float) -> dict[str, Any]:
+    def _quota_args(self, m: Member, now: float, tokens: int | None = None) -> dict[str, Any]:
         # Only keys with calendar days send periods, so a state written before them still works.
         periods = self._periods(m, now) if self._days else None
-        return {"periods": periods} if periods is not None else {}
+        out: dict[str, Any] = {"periods": periods} if periods is not None else {}
+        if tokens is not None and m.limits.windows:
+            ask = cost_ask(m.config, m.limits, tokens)
+            if ask is not None:
+                out["ask"] = ask
+        return out
+
+    def _usage(self, m: Member, tokens_used: int | None) -> dict[str, Any]:
+        # Only a key with a budget sends its real cost, so other keys' releases stay as they were.
+        usage = cost_used(m.config, m.limits, tokens_used) if m.limits.windows else None
+        return {"usage": usage} if usage is not None else {}
 
     def _retry_after(self, m: Member, outcome: Outcome, exc: BaseException | None) -> float | None:
         if outcome is Outcome.EXHAUSTED:
@@ -480,6 +496,7 @@ class Balancer:
             self.breaker,
             tokens_used=tokens_used,
             retry_after=self._retry_after(m, outcome, exc),
+            **self._usage(m, tokens_used),
         )
         self._after_release(m, lease, outcome, tokens_used)
 
@@ -513,6 +530,7 @@ class Balancer:
                 self.breaker,
                 tokens_used=tokens_used,
                 retry_after=self._retry_after(m, outcome, exc),
+                **self._usage(m, tokens_used),
             )
         finally:
             self._after_release(m, lease, outcome, tokens_used)
@@ -750,7 +768,10 @@ class Balancer:
                 **self.observer.stats(m, now),
             }
             if m.limits.windows:
-                out[cfg.id]["windows"] = window_stats(m.limits, snap, now)
+                windows = window_stats(m.limits, snap, now)
+                out[cfg.id]["windows"] = windows
+                if snap.state == "closed" and budget_full(windows):
+                    out[cfg.id]["state"] = "budget"  # spent its budget, not at a request limit
         return out
 
 
