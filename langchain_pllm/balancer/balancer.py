@@ -260,6 +260,7 @@ class Balancer:
             if m.limits.calendar and m.config.quota_reset is not None
         }
         self._spent_logged: set[int] = set()  # spent keys already logged in this episode
+        self._last_ask: dict[int, float] = {}  # each budgeted key's last cost estimate
 
     # Acquire / release -------------------------------------------------------------------------
 
@@ -390,6 +391,7 @@ class Balancer:
             ask = cost_ask(m.config, m.limits, tokens)
             if ask is not None:
                 out["ask"] = ask
+                self._last_ask[m.index] = ask["cost"]  # what "budget" in get_stats measures by
         return out
 
     def _usage(self, m: Member, tokens_used: int | None) -> dict[str, Any]:
@@ -770,7 +772,8 @@ class Balancer:
             if m.limits.windows:
                 windows = window_stats(m.limits, snap, now)
                 out[cfg.id]["windows"] = windows
-                if snap.state == "closed" and budget_full(windows):
+                ask = self._last_ask.get(m.index, 0.0)
+                if snap.state == "closed" and budget_full(windows, ask):
                     out[cfg.id]["state"] = "budget"  # spent its budget, not at a request limit
         return out
 

@@ -56,9 +56,13 @@ def cost_used(config: Any, limits: Limits, tokens_used: int | None) -> dict[str,
     return {"cost": config.price.cost(*_split(tokens_used))}
 
 
-def budget_full(windows: list[dict[str, Any]]) -> bool:
-    """Whether a cost window has reached its budget (the key shows ``state: "budget"``)."""
-    return any(w["resource"] == "cost" and w["used"] >= w["limit"] for w in windows)
+def budget_full(windows: list[dict[str, Any]], ask: float) -> bool:
+    """Whether a cost window has no room for a request like the key's last one.
+
+    The key then shows ``state: "budget"``: the window holds reservations up to the estimate,
+    so a key stops a little short of its budget rather than overrun it.
+    """
+    return any(w["resource"] == "cost" and w["used"] + ask > w["limit"] for w in windows)
 
 
 class DayPeriods:
