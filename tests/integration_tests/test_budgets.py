@@ -9,6 +9,7 @@ the evidence, in the memory state and in Redis.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -104,6 +105,22 @@ def test_a_budget_settles_to_the_real_cost_not_the_estimate(
     model.invoke("Say hi", max_tokens=50)  # reserves 55 tokens' worth, spends 8
     (window,) = model.get_stats()["openai-0"]["windows"]
     assert window["used"] == pytest.approx(PER_REQUEST)
+
+
+def test_streams_and_async_calls_settle_their_real_cost(srv: FakeOpenAIServer, state: str) -> None:
+    clock = ManualClock()
+    model, _ = pool(srv, state, clock, 1)
+    for _ in model.stream("Say hi", max_tokens=50):
+        pass
+    asyncio.run(model.ainvoke("Say hi", max_tokens=50))
+
+    async def astream() -> None:
+        async for _ in model.astream("Say hi", max_tokens=50):
+            pass
+
+    asyncio.run(astream())
+    (window,) = model.get_stats()["openai-0"]["windows"]
+    assert window["used"] == pytest.approx(3 * PER_REQUEST)
 
 
 def test_a_budget_without_a_price_is_a_config_error(srv: FakeOpenAIServer) -> None:
