@@ -332,9 +332,8 @@ class Balancer:
             if isinstance(c, Member):
                 try:
                     c.provider.prepare(False)
-                    r = self.state.acquire(
-                        c.key, c.limits, tokens, now, self.breaker, **self._quota_args(c, now, tokens)
-                    )
+                    extra = self._quota_args(c, now, tokens)
+                    r = self.state.acquire(c.key, c.limits, tokens, now, self.breaker, **extra)
                 except BaseException:
                     self._abandoned(c)
                     raise

@@ -58,7 +58,7 @@ def test_a_budget_is_read_in_decimal_money_and_needs_a_price() -> None:
         QuotaWindow("cost", 0.5, 3600),
         QuotaWindow("cost", 5, 86_400),
     )
-    with pytest.raises(PllmConfigError, match="requests: cannot read '0.5/minute'"):
+    with pytest.raises(PllmConfigError, match=r"requests: cannot read '0\.5/minute'"):
         provider(limits={"requests": "0.5/minute"})  # only money has fractions
     with pytest.raises(PllmConfigError, match="limits: a cost budget needs price"):
         provider(limits={"cost": "5/day"})
