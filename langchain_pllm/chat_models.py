@@ -34,7 +34,7 @@ from langchain_pllm.config import PoolConfig
 from langchain_pllm.conversation import conversation_digest, session_of
 from langchain_pllm.pool_face import AVOID_KWARG, SPILL_KWARG, Capability, PoolFace
 from langchain_pllm.preflight import check_conversation
-from langchain_pllm.providers.base import ChatRequest, estimate_tokens
+from langchain_pllm.providers.base import REPLY_ESTIMATE, ChatRequest, estimate_tokens
 from langchain_pllm.providers.convert import media_kinds_in
 from langchain_pllm.spend import StreamSpend, reply_spend
 from langchain_pllm.validation import ValidatingRunnable
@@ -297,7 +297,11 @@ class BalancedChatModel(PoolFace, BaseChatModel):
         if avoid_ids:
             route["avoid"] = {balancer.by_id[i].index for i in avoid_ids if i in balancer.by_id}
         request = ChatRequest(messages, params, self.timeout if timeout is None else timeout)
-        tokens = estimate_tokens(messages, params.get("max_tokens")) if self._has_tpm else 0
+        tokens = 0
+        if self._has_tpm:
+            # Split into prompt and reply, so a cost budget prices each at its own rate.
+            reply = params.get("max_tokens") or REPLY_ESTIMATE
+            tokens = TokenUsage(estimate_tokens(messages, reply) - reply, reply)
         route["spill"] = spill
         route["affinity"], route["resume"] = conversation_digest(
             self.balancer.affinity, messages, params.get("tools"), session
@@ -556,7 +560,9 @@ def _total_tokens(message: AIMessage | AIMessageChunk) -> int | None:
     usage = message.usage_metadata
     if not usage:
         return None
-    return TokenUsage(usage["input_tokens"], usage["output_tokens"], usage["total_tokens"])
+    details: Any = usage.get("input_token_details") or {}
+    cached = int(details.get("cache_read") or 0)  # a cost budget prices cached input apart
+    return TokenUsage(usage["input_tokens"], usage["output_tokens"], usage["total_tokens"], cached)
 
 
 def _spend(message: AIMessage, member: Member) -> tuple[float | None, int]:

@@ -38,7 +38,13 @@ from langchain_pllm.balancer.crowding import ConcurrencyCuts
 from langchain_pllm.balancer.learned import Handle, LearnedLimits
 from langchain_pllm.balancer.metrics import PoolObserver
 from langchain_pllm.balancer.picker import Member, Picker
-from langchain_pllm.balancer.quota import DayPeriods, window_stats
+from langchain_pllm.balancer.quota import (
+    DayPeriods,
+    budget_full,
+    cost_ask,
+    cost_used,
+    window_stats,
+)
 from langchain_pllm.balancer.reasons import blocked_reason
 from langchain_pllm.balancer.routes import ModelRoutes
 from langchain_pllm.clock import Clock
@@ -259,6 +265,7 @@ class Balancer:
         self.learned = LearnedLimits()  # limits the vendors' headers taught, per process
         self.cuts = ConcurrencyCuts(config.window)  # caps lowered by "too much concurrency"
         self._learned_leases: dict[int, list[Handle]] = {}  # id(lease) -> its reservations
+        self._last_ask: dict[int, float] = {}  # each budgeted key's last cost estimate
 
     # Acquire / release -------------------------------------------------------------------------
 
@@ -334,9 +341,8 @@ class Balancer:
                     continue
                 try:
                     c.provider.prepare(False)
-                    r = self.state.acquire(
-                        c.key, c.limits, tokens, now, self.breaker, **self._quota_args(c, now)
-                    )
+                    extra = self._quota_args(c, now, tokens)
+                    r = self.state.acquire(c.key, c.limits, tokens, now, self.breaker, **extra)
                 except BaseException:
                     self._learned_keep(held, None)
                     self._abandoned(c)
@@ -369,7 +375,7 @@ class Balancer:
                     continue
                 try:
                     c.provider.prepare(True)
-                    extra = self._quota_args(c, now)
+                    extra = self._quota_args(c, now, tokens)
                     if self._local:
                         r = self.state.acquire(c.key, c.limits, tokens, now, self.breaker, **extra)
                     else:
@@ -424,10 +430,21 @@ class Balancer:
         days = self._days.get(m.index) if self._days else None
         return days.periods(now, self.clock.wall()) if days is not None else None
 
-    def _quota_args(self, m: Member, now: float) -> dict[str, Any]:
+    def _quota_args(self, m: Member, now: float, tokens: int | None = None) -> dict[str, Any]:
         # Only keys with calendar days send periods, so a state written before them still works.
         periods = self._periods(m, now) if self._days else None
-        return {"periods": periods} if periods is not None else {}
+        out: dict[str, Any] = {"periods": periods} if periods is not None else {}
+        if tokens is not None and m.limits.windows:
+            ask = cost_ask(m.config, m.limits, tokens)
+            if ask is not None:
+                out["ask"] = ask
+                self._last_ask[m.index] = ask["cost"]  # what "budget" in get_stats measures by
+        return out
+
+    def _usage(self, m: Member, tokens_used: int | None) -> dict[str, Any]:
+        # Only a key with a budget sends its real cost, so other keys' releases stay as they were.
+        usage = cost_used(m.config, m.limits, tokens_used) if m.limits.windows else None
+        return {"usage": usage} if usage is not None else {}
 
     def _retry_after(self, m: Member, outcome: Outcome, exc: BaseException | None) -> float | None:
         if outcome is Outcome.EXHAUSTED:
@@ -538,6 +555,7 @@ class Balancer:
             self.breaker,
             tokens_used=tokens_used,
             retry_after=self._retry_after(m, outcome, exc),
+            **self._usage(m, tokens_used),
         )
         self._after_release(m, lease, outcome, tokens_used, exc)
 
@@ -571,6 +589,7 @@ class Balancer:
                 self.breaker,
                 tokens_used=tokens_used,
                 retry_after=self._retry_after(m, outcome, exc),
+                **self._usage(m, tokens_used),
             )
         finally:
             self._after_release(m, lease, outcome, tokens_used, exc)
@@ -812,7 +831,11 @@ class Balancer:
                 out[cfg.id]["concurrency_cut"] = cut
             learned = self.learned.stats(m.index, now) if self.learned else []
             if m.limits.windows or learned:
-                out[cfg.id]["windows"] = window_stats(m.limits, snap, now) + learned
+                windows = window_stats(m.limits, snap, now)
+                out[cfg.id]["windows"] = windows + learned
+                ask = self._last_ask.get(m.index, 0.0)
+                if snap.state == "closed" and budget_full(windows, ask):
+                    out[cfg.id]["state"] = "budget"  # spent its budget, not at a request limit
         return out
 
 

@@ -5,6 +5,10 @@ ends come from the clock's wall time (``Clock.wall``; ``ManualClock(wall=...)`` 
 the key's IANA zone, DST-aware through ``zoneinfo``, and travel to the state with each acquire
 (the state keeps no clock). A spent key rests until that reset when the key has one, else for
 ``balancer.exhausted_rest``.
+
+A ``cost`` window (a budget) is priced here, per key: before the call the estimate's prompt and
+reply tokens at the key's price (``cost_ask``), after it the reply's real usage, cached input
+at its own price (``cost_used``); the state reserves and settles them like tokens.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from typing import Any
 from langchain_pllm.config.quotas import DAY, QuotaReset
 from langchain_pllm.state.base import KeySnapshot, Limits, Periods
 
-__all__ = ["DayPeriods", "limits_of", "window_stats"]
+__all__ = ["DayPeriods", "budget_full", "cost_ask", "cost_used", "limits_of", "window_stats"]
 
 
 def limits_of(config: Any, window: float) -> Limits:
@@ -24,6 +28,41 @@ def limits_of(config: Any, window: float) -> Limits:
     windows = config.quota_windows
     calendar = config.quota_reset is not None and any(w.period == DAY for w in windows)
     return Limits(config.rate_limit, config.tpm, config.concurrency, window, windows, calendar)
+
+
+def _split(tokens: int) -> tuple[int, int, int]:
+    # The balancer's TokenUsage knows its split; a bare count is priced as prompt tokens.
+    return (
+        getattr(tokens, "input_tokens", int(tokens)),
+        getattr(tokens, "output_tokens", 0),
+        getattr(tokens, "cached_tokens", 0),
+    )
+
+
+def cost_ask(config: Any, limits: Limits, tokens: int) -> dict[str, float] | None:
+    """What a request reserves in a key's cost windows (``None``: the key has none)."""
+    if config.price is None or not any(w.resource == "cost" for w in limits.windows):
+        return None
+    prompt, reply, _ = _split(tokens)
+    return {"cost": config.price.cost(prompt, reply)}
+
+
+def cost_used(config: Any, limits: Limits, tokens_used: int | None) -> dict[str, float] | None:
+    """What a finished request settles in a key's cost windows (``None``: nothing to settle)."""
+    if tokens_used is None or config.price is None:
+        return None
+    if not any(w.resource == "cost" for w in limits.windows):
+        return None
+    return {"cost": config.price.cost(*_split(tokens_used))}
+
+
+def budget_full(windows: list[dict[str, Any]], ask: float) -> bool:
+    """Whether a cost window has no room for a request like the key's last one.
+
+    The key then shows ``state: "budget"``: the window holds reservations up to the estimate,
+    so a key stops a little short of its budget rather than overrun it.
+    """
+    return any(w["resource"] == "cost" and w["used"] + ask > w["limit"] for w in windows)
 
 
 class DayPeriods:

@@ -30,16 +30,21 @@ class TokenUsage(int):
         input_tokens: Prompt tokens the vendor counted.
         output_tokens: Completion tokens the vendor counted.
         total: The total if the vendor's differs from the sum (reasoning, cache).
+        cached_tokens: The part of ``input_tokens`` read from the prompt cache (priced apart).
     """
 
     input_tokens: int
     output_tokens: int
+    cached_tokens: int
 
-    def __new__(cls, input_tokens: int, output_tokens: int, total: int | None = None) -> TokenUsage:
+    def __new__(
+        cls, input_tokens: int, output_tokens: int, total: int | None = None, cached_tokens: int = 0
+    ) -> TokenUsage:
         """A count of ``total`` (default: input plus output) that keeps both kinds."""
         self = super().__new__(cls, input_tokens + output_tokens if total is None else total)
         self.input_tokens = input_tokens
         self.output_tokens = output_tokens
+        self.cached_tokens = cached_tokens
         return self
 
     def __getnewargs__(self) -> tuple[int, int, int]:  # type: ignore[override]  # 3 counts, not 1
@@ -53,6 +58,7 @@ class TokenUsage(int):
                 self.input_tokens + other.input_tokens,
                 self.output_tokens + other.output_tokens,
                 int(self) + int(other),
+                self.cached_tokens + other.cached_tokens,
             )
         if isinstance(other, int) and other == 0:
             return self

@@ -249,6 +249,16 @@ class ProviderConfig(_ConfigModel):
     def _serialize_quota_reset(self, value: QuotaReset | None) -> str | None:
         return None if value is None else f"{value.at:%H:%M} {value.zone}"
 
+    @model_validator(mode="after")
+    def _check_budget(self) -> ProviderConfig:
+        # A budget is counted in money: without a price there is nothing to count it in.
+        if self.price is None and any(w.resource == "cost" for w in self.quota_windows):
+            raise fail(
+                "limits: a cost budget needs price on the same provider "
+                "(e.g. price: {input: 0.15, output: 0.60})"
+            )
+        return self
+
     @property
     def quota_windows(self) -> tuple[QuotaWindow, ...]:
         """The windows of the ``limits:`` block (``rate_limit``/``tpm`` are not among them)."""

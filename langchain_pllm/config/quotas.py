@@ -67,6 +67,9 @@ class QuotaReset:
         return ZoneInfo(self.zone)
 
 
+_MONEY = re.compile(r"^(\d*\.\d+)(\s*(?:/|per\s).*)$")
+
+
 def _windows_of(resource: str, value: Any) -> list[QuotaWindow]:
     items = value if isinstance(value, (list, tuple)) else [value]
     out: list[QuotaWindow] = []
@@ -80,10 +83,16 @@ def _windows_of(resource: str, value: Any) -> list[QuotaWindow]:
         # The ``limits`` package takes a while to import (~0.1 s): only configs using it pay.
         from limits import parse_many
 
+        # Money is decimal ('0.01/minute') but the package counts whole units: a cost amount
+        # with a fraction is read apart and the package reads only its period ('1/minute').
+        money = _MONEY.match(text) if resource == "cost" else None
         try:
-            parsed = parse_many(text)
+            parsed = parse_many(f"1{money[2]}" if money else text)
         except ValueError:
             parsed = []
+        if money and len(parsed) == 1:
+            out.append(QuotaWindow(resource, float(money[1]), float(parsed[0].get_expiry())))
+            continue
         if not parsed or any(p.amount < 0 for p in parsed):
             raise fail(
                 f"{resource}: cannot read {show(item)}; write N/unit with a unit from "

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ATTEMPT_BUDGET",
+    "REPLY_ESTIMATE",
     "ChatRequest",
     "EmbeddingResult",
     "Provider",
@@ -261,11 +262,15 @@ class Provider:
         return f"{type(self).__name__}(id={self.id!r}, model={self.model!r})"
 
 
+REPLY_ESTIMATE = 256
+"""Reply tokens reserved (tokens, cost) for a request without ``max_tokens``."""
+
+
 def estimate_tokens(messages: Sequence[BaseMessage], max_tokens: int | None) -> int:
     """A cheap upper-leaning guess of a request's tokens, reserved before the call.
 
-    Four characters a token for the prompt, plus the reply budget (or 256 when unbounded); the
-    real usage replaces the guess when the reply arrives.
+    Four characters a token for the prompt, plus the reply budget (or ``REPLY_ESTIMATE`` when
+    unbounded); the real usage replaces the guess when the reply arrives.
     """
     chars = 0
     for m in messages:
@@ -275,4 +280,4 @@ def estimate_tokens(messages: Sequence[BaseMessage], max_tokens: int | None) -> 
         else:
             for block in content:
                 chars += len(block) if isinstance(block, str) else len(str(block.get("text", "")))
-    return chars // 4 + 4 * len(messages) + (max_tokens if max_tokens else 256)
+    return chars // 4 + 4 * len(messages) + (max_tokens if max_tokens else REPLY_ESTIMATE)

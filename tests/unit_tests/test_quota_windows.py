@@ -50,6 +50,20 @@ def test_limits_block_is_read_with_the_limits_notation() -> None:
     assert provider(rate_limit=20).quota_windows == ()  # old configs keep their meaning
 
 
+def test_a_budget_is_read_in_decimal_money_and_needs_a_price() -> None:
+    price = {"input": 0.15, "output": 0.6}
+    p = provider(price=price, limits={"cost": ["0.01/minute", "5/day", ".5 per hour"]})
+    assert p.quota_windows == (
+        QuotaWindow("cost", 0.01, 60),
+        QuotaWindow("cost", 0.5, 3600),
+        QuotaWindow("cost", 5, 86_400),
+    )
+    with pytest.raises(PllmConfigError, match=r"requests: cannot read '0\.5/minute'"):
+        provider(limits={"requests": "0.5/minute"})  # only money has fractions
+    with pytest.raises(PllmConfigError, match="limits: a cost budget needs price"):
+        provider(limits={"cost": "5/day"})
+
+
 @pytest.mark.parametrize(
     ("field", "value", "says"),
     [
