@@ -13,14 +13,14 @@ from langchain_core.language_models.chat_models import (
     agenerate_from_stream,
     generate_from_stream,
 )
-from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.output_parsers import (
     JsonOutputKeyToolsParser,
     JsonOutputParser,
     PydanticOutputParser,
     PydanticToolsParser,
 )
-from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from langchain_core.outputs import ChatGenerationChunk, ChatResult
 from langchain_core.runnables import Runnable, RunnableMap, RunnablePassthrough
 from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
@@ -29,13 +29,18 @@ from pydantic import ConfigDict, Field, PrivateAttr
 
 from langchain_pllm.balancer import Balancer
 from langchain_pllm.balancer.picker import Member
-from langchain_pllm.balancer.recent import TokenUsage
+from langchain_pllm.chat_reply import (
+    StreamId,
+    chat_result,
+    combine_llm_outputs,
+    last_chunk,
+    reply_cost,
+    total_tokens,
+)
+from langchain_pllm.chat_request import chat_request
 from langchain_pllm.config import PoolConfig
-from langchain_pllm.conversation import conversation_digest, session_of
-from langchain_pllm.pool_face import AVOID_KWARG, SPILL_KWARG, Capability, PoolFace
-from langchain_pllm.preflight import check_conversation
-from langchain_pllm.providers.base import REPLY_ESTIMATE, ChatRequest, estimate_tokens
-from langchain_pllm.providers.convert import media_kinds_in
+from langchain_pllm.pool_face import Capability, PoolFace
+from langchain_pllm.providers.base import ChatRequest
 from langchain_pllm.spend import StreamSpend, reply_spend
 from langchain_pllm.validation import ValidatingRunnable
 
@@ -252,61 +257,28 @@ class BalancedChatModel(PoolFace, BaseChatModel):
         kwargs: dict[str, Any],
         run_manager: CallbackManagerForLLMRun | AsyncCallbackManagerForLLMRun | None = None,
     ) -> tuple[ChatRequest, int, dict[str, Any], Balancer]:
-        """The request, its token reservation, the balancer's routing keywords, the balancer.
-
-        Everything decided before a byte is sent is checked here (``preflight``): a wrong call
-        raises ``InvalidCallError`` before any key is picked.
-        """
-        check_conversation(messages)
-        params: dict[str, Any] = {}
-        if self.temperature is not None:
-            params["temperature"] = self.temperature
-        if self.max_tokens is not None:
-            params["max_tokens"] = self.max_tokens
-        if self.top_p is not None:
-            params["top_p"] = self.top_p
-        if self.stop:
-            params["stop"] = self.stop
+        """The request, its token reservation, the balancer's routing keywords, the balancer."""
+        settings = (
+            ("temperature", self.temperature),
+            ("max_tokens", self.max_tokens),
+            ("top_p", self.top_p),
+            ("stop", self.stop or None),
+        )
+        params = {k: v for k, v in settings if v is not None}
         if self.model_kwargs:
             params.update(self.model_kwargs)
-        avoid_ids = kwargs.pop(AVOID_KWARG, None)
-        # model= picks keys (each sends its own model name); timeout= bounds the attempt: both
-        # are ours to apply, never body fields for the vendor.
-        # A model= in model_kwargs (where an unknown constructor keyword lands) routes the same
-        # way as a call's; the call's own wins. Dropping it would ignore BalancedChatModel(...,
-        # model="gpt-4o") after a warning saying it is sent.
-        model = kwargs.pop("model", None)
-        if model is None:
-            model = params.pop("model", None)
-        else:
-            params.pop("model", None)
-        timeout = kwargs.pop("timeout", None)
-        if timeout is None:
-            timeout = params.pop("timeout", None)
-        else:
-            params.pop("timeout", None)
-        # Balancer keywords, not vendor parameters: the conversation and whether to spill.
-        session = session_of(kwargs, run_manager.metadata if run_manager else None)
-        spill = kwargs.pop(SPILL_KWARG, None)
-        if kwargs:
-            params.update(kwargs)
-        if stop:
-            params["stop"] = stop
-        balancer = self.balancer_instance
-        route: dict[str, Any] = {"only": balancer.routes.select(model, media_kinds_in(messages))}
-        if avoid_ids:
-            route["avoid"] = {balancer.by_id[i].index for i in avoid_ids if i in balancer.by_id}
-        request = ChatRequest(messages, params, self.timeout if timeout is None else timeout)
-        tokens = 0
-        if self._has_tpm:
-            # Split into prompt and reply, so a cost budget prices each at its own rate.
-            reply = params.get("max_tokens") or REPLY_ESTIMATE
-            tokens = TokenUsage(estimate_tokens(messages, reply) - reply, reply)
-        route["spill"] = spill
-        route["affinity"], route["resume"] = conversation_digest(
-            self.balancer.affinity, messages, params.get("tools"), session
+        metadata = run_manager.metadata if run_manager else None
+        return chat_request(
+            messages,
+            stop,
+            kwargs,
+            metadata,
+            params=params,
+            timeout=self.timeout,
+            balancer=self.balancer_instance,
+            affinity=self.balancer.affinity,
+            reserve=self._has_tpm,
         )
-        return request, tokens, route, balancer
 
     def _generate(
         self,
@@ -319,10 +291,10 @@ class BalancedChatModel(PoolFace, BaseChatModel):
             return generate_from_stream(self._stream(messages, stop, run_manager, **kwargs))
         request, tokens, route, balancer = self._request(messages, stop, kwargs, run_manager)
         message, member, attempts = balancer.call(
-            lambda p: p.chat(request), tokens=tokens, tokens_of=_total_tokens, **route
+            lambda p: p.chat(request), tokens=tokens, tokens_of=total_tokens, **route
         )
-        balancer.count_spend(member, *_spend(message, member))
-        return _result(message, member, attempts)
+        balancer.count_spend(member, *reply_cost(message, member))
+        return chat_result(message, member, attempts)
 
     async def _agenerate(
         self,
@@ -335,10 +307,10 @@ class BalancedChatModel(PoolFace, BaseChatModel):
             return await agenerate_from_stream(self._astream(messages, stop, run_manager, **kwargs))
         request, tokens, route, balancer = self._request(messages, stop, kwargs, run_manager)
         message, member, attempts = await balancer.acall(
-            lambda p: p.achat(request), tokens=tokens, tokens_of=_total_tokens, **route
+            lambda p: p.achat(request), tokens=tokens, tokens_of=total_tokens, **route
         )
-        await balancer.acount_spend(member, *_spend(message, member))
-        return _result(message, member, attempts)
+        await balancer.acount_spend(member, *reply_cost(message, member))
+        return chat_result(message, member, attempts)
 
     def _stream(
         self,
@@ -350,10 +322,10 @@ class BalancedChatModel(PoolFace, BaseChatModel):
         request, tokens, route, balancer = self._request(messages, stop, kwargs, run_manager)
         served: tuple[Member, int] | None = None
         blocks = False
-        ids = _StreamId()
+        ids = StreamId()
         spend = StreamSpend()
         for chunk, member, attempts in balancer.stream(
-            lambda p: p.stream(request), tokens=tokens, tokens_of=_total_tokens, **route
+            lambda p: p.stream(request), tokens=tokens, tokens_of=total_tokens, **route
         ):
             served = (member, attempts)
             spend.add(chunk.usage_metadata)
@@ -365,7 +337,7 @@ class BalancedChatModel(PoolFace, BaseChatModel):
         if served is not None:
             cost, cached = reply_spend(served[0].config.price, spend.usage)
             balancer.count_spend(served[0], cost, cached)
-            yield ChatGenerationChunk(message=ids.stamp(_last_chunk(*served, blocks, cost)))
+            yield ChatGenerationChunk(message=ids.stamp(last_chunk(*served, blocks, cost)))
 
     async def _astream(
         self,
@@ -377,10 +349,10 @@ class BalancedChatModel(PoolFace, BaseChatModel):
         request, tokens, route, balancer = self._request(messages, stop, kwargs, run_manager)
         served: tuple[Member, int] | None = None
         blocks = False
-        ids = _StreamId()
+        ids = StreamId()
         spend = StreamSpend()
         async for chunk, member, attempts in balancer.astream(
-            lambda p: p.astream(request), tokens=tokens, tokens_of=_total_tokens, **route
+            lambda p: p.astream(request), tokens=tokens, tokens_of=total_tokens, **route
         ):
             served = (member, attempts)
             spend.add(chunk.usage_metadata)
@@ -392,21 +364,10 @@ class BalancedChatModel(PoolFace, BaseChatModel):
         if served is not None:
             cost, cached = reply_spend(served[0].config.price, spend.usage)
             await balancer.acount_spend(served[0], cost, cached)
-            yield ChatGenerationChunk(message=ids.stamp(_last_chunk(*served, blocks, cost)))
+            yield ChatGenerationChunk(message=ids.stamp(last_chunk(*served, blocks, cost)))
 
     def _combine_llm_outputs(self, llm_outputs: list[dict[str, Any] | None]) -> dict[str, Any]:
-        # Summed over a batch as ChatOpenAI does; the model name of the first reply.
-        usage: dict[str, int] = {}
-        out: dict[str, Any] = {}
-        for output in llm_outputs:
-            if not output:
-                continue
-            out.setdefault("model_name", output.get("model_name"))
-            for k, v in (output.get("token_usage") or {}).items():
-                usage[k] = usage.get(k, 0) + v
-        if usage:
-            out["token_usage"] = usage
-        return out
+        return combine_llm_outputs(llm_outputs)
 
     def get_num_tokens(self, text: str) -> int:
         """An estimate of ``text``'s tokens without a tokenizer (see ``estimate_text_tokens``).
@@ -556,42 +517,6 @@ def _pool_id(pool: PoolConfig) -> str:
     return f"{len(pool.providers)} providers #{digest.hexdigest()[:8]}"
 
 
-def _total_tokens(message: AIMessage | AIMessageChunk) -> int | None:
-    usage = message.usage_metadata
-    if not usage:
-        return None
-    details: Any = usage.get("input_token_details") or {}
-    cached = int(details.get("cache_read") or 0)  # a cost budget prices cached input apart
-    return TokenUsage(usage["input_tokens"], usage["output_tokens"], usage["total_tokens"], cached)
-
-
-def _spend(message: AIMessage, member: Member) -> tuple[float | None, int]:
-    cost, cached = reply_spend(member.config.price, message.usage_metadata)
-    if cost is not None:
-        message.response_metadata["cost"] = cost
-    return cost, cached
-
-
-def _result(message: AIMessage, member: Member, attempts: int) -> ChatResult:
-    meta = message.response_metadata
-    meta["provider"] = member.config.id
-    meta["vendor"] = member.config.vendor
-    meta["attempts"] = attempts
-    meta.setdefault("model_provider", member.provider.model_provider)
-    meta.setdefault("model_name", member.config.model)
-    meta.setdefault("finish_reason", None)
-    # What ChatOpenAI gives callbacks' on_llm_end: token usage in OpenAI's names, the model.
-    llm_output: dict[str, Any] = {"model_name": meta["model_name"], "provider": meta["provider"]}
-    usage = message.usage_metadata
-    if usage:
-        llm_output["token_usage"] = {
-            "prompt_tokens": usage["input_tokens"],
-            "completion_tokens": usage["output_tokens"],
-            "total_tokens": usage["total_tokens"],
-        }
-    return ChatResult(generations=[ChatGeneration(message=message)], llm_output=llm_output)
-
-
 def estimate_text_tokens(text: str) -> int:
     """A vendor-neutral token estimate: four ASCII characters a token, one per other character.
 
@@ -601,46 +526,6 @@ def estimate_text_tokens(text: str) -> int:
     """
     ascii_chars = sum(1 for c in text if c < "\x80") if not text.isascii() else len(text)
     return -(-ascii_chars // 4) + (len(text) - ascii_chars)
-
-
-class _StreamId:
-    """One id for every chunk of a stream: the first the vendor gave, on every later chunk.
-
-    Vendors put their message id on some chunks only (OpenAI's usage chunk has none, our
-    closing chunk neither), and LangChain gives an id-less chunk the run's id: a consumer
-    that groups chunks by id (LangGraph's ``add_messages``) would see two messages.
-    """
-
-    __slots__ = ("id",)
-
-    def __init__(self) -> None:
-        self.id: str | None = None
-
-    def stamp(self, chunk: AIMessageChunk) -> AIMessageChunk:
-        if self.id is None:
-            self.id = chunk.id
-        elif chunk.id != self.id:
-            chunk.id = self.id
-        return chunk
-
-
-def _last_chunk(
-    member: Member, attempts: int, blocks: bool, cost: float | None = None
-) -> AIMessageChunk:
-    # Empty content of the stream's own kind: "" after a list of blocks would become a stray
-    # empty text block under output_version="v1" (langchain_core's own rule in stream()).
-    meta: dict[str, Any] = {
-        "model_provider": member.provider.model_provider,
-        "provider": member.config.id,
-        "vendor": member.config.vendor,
-        "model_name": member.config.model,  # a call's model= picks keys, each sends its own
-        "attempts": attempts,
-    }
-    if cost is not None:
-        meta["cost"] = cost  # the whole reply's: the usage of every chunk is in
-    return AIMessageChunk(
-        content=[] if blocks else "", response_metadata=meta, chunk_position="last"
-    )
 
 
 def _tool_choice(choice: dict[str, Any] | str | bool, tools: list[dict[str, Any]]) -> Any:

@@ -6,14 +6,19 @@ computes (of the prompt's prefix, or of a ``session_id``), never by its text. Th
 for each digest, the fingerprint of the key that served it last: bounded (least recently used
 forgotten first) and forgetting a conversation idle longer than ``ttl`` seconds, because the
 vendor's own cache forgets it too (minutes to an hour). With a shared state (Redis), the map is
-this process's near copy and the state holds the fleet's answer.
+this process's near copy and the state holds the fleet's answer (``ConversationKeys``).
 """
 
 from __future__ import annotations
 
 import contextlib
 
-__all__ = ["AffinityMap"]
+from langchain_pllm.balancer.attempts import Attempts
+from langchain_pllm.balancer.picker import Member
+from langchain_pllm.clock import Clock
+from langchain_pllm.state.base import StateBackend
+
+__all__ = ["AffinityMap", "ConversationKeys"]
 
 
 class AffinityMap:
@@ -61,3 +66,76 @@ class AffinityMap:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+class ConversationKeys:
+    """Where a request's conversation goes back to, and where it is noted after it is served.
+
+    With a shared state the fleet's answer wins (another process may have moved the
+    conversation); this process's map answers when the state knows nothing or is away. A
+    shared state costs one read per request that continues a conversation, and one write when
+    a conversation starts or moves.
+
+    Args:
+        map: This process's map.
+        state: The pool's state (asked only when it is shared).
+        by_key: The pool's members by key fingerprint.
+        clock: The balancer's clock.
+    """
+
+    __slots__ = ("_by_key", "_clock", "_local", "_state", "map")
+
+    def __init__(
+        self, map: AffinityMap, state: StateBackend, by_key: dict[str, Member], clock: Clock
+    ) -> None:
+        self.map = map
+        self._state = state
+        self._local = state.is_local
+        self._by_key = by_key
+        self._clock = clock
+
+    def _recalled(self, req: Attempts, shared: str | None) -> None:
+        req.shared = shared
+        key = shared
+        if key is None and req.affinity is not None:
+            key = self.map.get(req.affinity, self._clock.now())
+        req.prefer = self._by_key.get(key) if key is not None else None
+
+    def recall(self, req: Attempts) -> None:
+        """Set ``req.prefer`` to the key that served the request's conversation last."""
+        if req.affinity is not None and req.resume:
+            shared = None if self._local else self._state.recall_conversation(req.affinity)
+            self._recalled(req, shared)
+
+    async def arecall(self, req: Attempts) -> None:
+        """Async twin of ``recall``."""
+        if req.affinity is not None and req.resume:
+            shared = None if self._local else await self._state.arecall_conversation(req.affinity)
+            self._recalled(req, shared)
+
+    def _remembered(self, req: Attempts, m: Member) -> bytes | None:
+        """Note locally that ``m`` served the conversation; the digest if the fleet must know."""
+        digest = req.affinity
+        if digest is None:
+            return None
+        changed = self.map.put(digest, m.key, self._clock.now())
+        if self._local:
+            return None
+        # A continuing turn knows what the fleet said; a first turn (not looked up) writes
+        # only what this process did not already hold, so a one-shot prompt repeated on one
+        # key costs no write.
+        if req.resume:
+            return None if req.shared == m.key else digest
+        return digest if changed else None
+
+    def remember(self, req: Attempts, m: Member) -> None:
+        """Note that ``m`` served the request's conversation (here, and in a shared state)."""
+        digest = self._remembered(req, m)
+        if digest is not None:
+            self._state.remember_conversation(digest, m.key, self.map.ttl)
+
+    async def aremember(self, req: Attempts, m: Member) -> None:
+        """Async twin of ``remember``."""
+        digest = self._remembered(req, m)
+        if digest is not None:
+            await self._state.aremember_conversation(digest, m.key, self.map.ttl)

@@ -15,45 +15,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import logging
 import math
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from langchain_core.exceptions import (
-    ModelAPIError,
-    ModelAuthenticationError,
-    ModelConnectionError,
-    ModelError,
-    ModelNotFoundError,
-    ModelPermissionDeniedError,
-    ModelRateLimitError,
-    ModelTimeoutError,
-)
-
-from langchain_pllm.balancer.affinity import AffinityMap
-from langchain_pllm.balancer.crowding import ConcurrencyCuts
-from langchain_pllm.balancer.learned import Handle, LearnedLimits
+from langchain_pllm.balancer.affinity import AffinityMap, ConversationKeys
+from langchain_pllm.balancer.attempts import PICKER_FAILED, Attempts, outcome_of
 from langchain_pllm.balancer.metrics import PoolObserver
 from langchain_pllm.balancer.picker import Member, Picker
-from langchain_pllm.balancer.quota import (
-    DayPeriods,
-    budget_full,
-    cost_ask,
-    cost_used,
-    window_stats,
-)
-from langchain_pllm.balancer.reasons import blocked_reason
+from langchain_pllm.balancer.process_limits import ProcessLimits
+from langchain_pllm.balancer.reasons import no_provider_error
 from langchain_pllm.balancer.routes import ModelRoutes
+from langchain_pllm.balancer.state_args import StateArgs
+from langchain_pllm.balancer.stats import pool_stats
 from langchain_pllm.clock import Clock
 from langchain_pllm.config.models import with_http_backend
-from langchain_pllm.exceptions import NoProviderAvailableError, model_error
 from langchain_pllm.providers import build_provider
 from langchain_pllm.providers.base import ATTEMPT_BUDGET, Provider
 from langchain_pllm.providers.rate_headers import HEADER_LIMITS, HEADER_REST
-from langchain_pllm.state.base import BreakerPolicy, Lease, Outcome, Periods, StateBackend
+from langchain_pllm.state.base import BreakerPolicy, Lease, Outcome, StateBackend
 
 if TYPE_CHECKING:
     from langchain_pllm.config import BalancerConfig, PoolConfig
@@ -64,153 +46,6 @@ logger = logging.getLogger("langchain_pllm")
 
 T = TypeVar("T")
 C = TypeVar("C")
-
-_TRIP = (ModelAuthenticationError, ModelPermissionDeniedError, ModelNotFoundError)
-_TRANSIENT = (ModelAPIError, ModelConnectionError, ModelTimeoutError)
-
-
-def outcome_of(exc: BaseException) -> tuple[Outcome, bool]:
-    """How an exception from a provider call counts for its key, and whether to retry elsewhere."""
-    if getattr(exc, "quota_exhausted", False):
-        # The provider marked a spent key (money or a daily quota gone): fail over at once.
-        return Outcome.EXHAUSTED, True
-    if isinstance(exc, ModelRateLimitError):
-        return Outcome.RATE_LIMITED, True
-    if isinstance(exc, _TRANSIENT):
-        return Outcome.FAILURE, True
-    if isinstance(exc, _TRIP):
-        return Outcome.TRIP, True
-    if isinstance(exc, ModelError):
-        # Invalid request, context overflow, refusal: it would fail on every key.
-        return (Outcome.FAILURE, True) if exc.is_retryable else (Outcome.NEUTRAL, False)
-    if isinstance(exc, Exception):
-        return Outcome.NEUTRAL, False
-    return Outcome.CANCELLED, False  # CancelledError, KeyboardInterrupt, GeneratorExit
-
-
-_PICKER_FAILED = {
-    Outcome.SUCCESS: False,
-    Outcome.FAILURE: True,
-    Outcome.TRIP: True,
-    Outcome.RATE_LIMITED: None,
-    Outcome.NEUTRAL: None,
-    Outcome.CANCELLED: None,
-    Outcome.EXHAUSTED: None,
-}
-
-
-class _Attempts:
-    """One request's retry bookkeeping: attempts made, keys that failed it, the last error."""
-
-    __slots__ = (
-        "affinity",
-        "clock",
-        "count",
-        "deadline",
-        "last_error",
-        "limit",
-        "only",
-        "prefer",
-        "resume",
-        "retry",
-        "shared",
-        "spill",
-        "tried",
-        "wait_start",
-        "wait_until",
-    )
-
-    def __init__(
-        self,
-        balancer: Balancer,
-        avoid: set[int] | None,
-        only: frozenset[int] | None = None,
-        affinity: bytes | None = None,
-        spill: bool | None = None,
-        resume: bool = True,
-    ) -> None:
-        self.clock = balancer.clock
-        self.only = only  # the members serving the call's model=; None: all
-        timeout = balancer.config.request_timeout
-        self.deadline = self.clock.now() + timeout if timeout else math.inf
-        # The conversation's key, looked up once per request (``_recall``): a retry skips it
-        # like any key it tried.
-        self.affinity = affinity if balancer.affinity is not None else None
-        self.resume = resume  # False: the request starts its conversation (note, do not look up)
-        self.prefer: Member | None = None
-        self.shared: str | None = None  # the key a shared state named for the conversation
-        self.spill = balancer.config.spill if spill is None else spill
-        self.limit = balancer.max_attempts
-        self.tried: set[int] | None = set(avoid) if avoid else None
-        self.count = 0
-        self.retry = False
-        self.last_error: BaseException | None = None
-        self.wait_start = 0.0
-        self.wait_until: float | None = None  # set while one acquire waits for capacity
-
-    def set_budget(self) -> contextvars.Token[float | None] | None:
-        """Tell the provider how long this attempt may take, if the request has a deadline."""
-        if self.deadline == math.inf:
-            return None
-        return ATTEMPT_BUDGET.set(self.deadline - self.clock.now())
-
-    def deadline_error(self, m: Member) -> ModelTimeoutError:
-        """The error of an attempt still running when the request's deadline passed."""
-        return model_error(
-            ModelTimeoutError,
-            f"{m.config.id}: request_timeout passed while the stream was in flight",
-            provider=m.config.id,
-        )
-
-    def check_deadline(self, m: Member) -> None:
-        """Between two chunks of a sync stream: stop once the request's deadline has passed.
-
-        The sync path cannot interrupt a blocked read; the SDK's read timeout (the budget
-        left when the stream opened) bounds a stall, and this check ends a stream that keeps
-        trickling.
-        """
-        if self.clock.now() >= self.deadline:
-            raise self.deadline_error(m)
-
-    async def next_chunk(self, it: AsyncIterator[C], m: Member) -> C:
-        """The next chunk of an async stream, within the request's deadline.
-
-        On the deadline the pending read is cancelled, which closes the vendor's stream inside
-        the provider (its ``async with``), and a timeout error is raised.
-        """
-        if self.deadline == math.inf:
-            return await anext(it)
-        left = self.deadline - self.clock.now()
-        if left <= 0:
-            raise self.deadline_error(m)
-        try:
-            return await asyncio.wait_for(anext(it), left)
-        except asyncio.TimeoutError:
-            raise self.deadline_error(m) from None
-
-    def failed(self, m: Member, exc: BaseException, started: bool = False) -> Outcome:
-        """The failure rule of every call path, written once: classify a failed attempt on ``m``.
-
-        Returns how the failure counts for the key (what the twin then releases it with), and
-        notes whether the policy allows another attempt elsewhere. ``started``: a stream has
-        yielded; the caller has seen text, so it is never retried.
-        """
-        outcome, retry = outcome_of(exc)
-        self.retry = retry = retry and not started and self.count < self.limit
-        if retry:
-            if self.tried is None:
-                self.tried = set()
-            self.tried.add(m.index)
-            self.last_error = exc
-        return outcome
-
-    def again(self) -> bool:
-        """After the release of a failed attempt: whether to try another key now.
-
-        The deadline is read here, after the twin's release rather than in ``failed``: a
-        release to a remote state takes time of its own.
-        """
-        return self.retry and self.clock.now() < self.deadline
 
 
 class Balancer:
@@ -237,8 +72,11 @@ class Balancer:
         self.by_key = {m.key: m for m in self.members}
         self.picker = Picker(self.members)
         self.routes = ModelRoutes(self.members)
+        self._lock = threading.Lock()
         self.affinity = (
-            AffinityMap(config.affinity_size, config.affinity_ttl)
+            ConversationKeys(
+                AffinityMap(config.affinity_size, config.affinity_ttl), state, self.by_key, clock
+            )
             if config.affinity != "off"
             else None
         )
@@ -251,68 +89,29 @@ class Balancer:
             if policy == "retry_once"
             else 1 + config.max_retries
         )
-        self._lock = threading.Lock()
         self._waiters: list[Callable[[], None]] = []
         self._local = state.is_local
         self.observer = PoolObserver(self.members, self.get_stats)
-        # Keys with calendar day windows (quota_reset): their current day, from the wall clock.
-        self._days = {
-            m.index: DayPeriods(m.limits, m.config.quota_reset)
-            for m in self.members
-            if m.limits.calendar and m.config.quota_reset is not None
-        }
+        self.args = StateArgs(self.members, clock, config)  # what the state hears per key
         self._spent_logged: set[int] = set()  # spent keys already logged in this episode
-        self.learned = LearnedLimits()  # limits the vendors' headers taught, per process
-        self.cuts = ConcurrencyCuts(config.window)  # caps lowered by "too much concurrency"
-        self._learned_leases: dict[int, list[Handle]] = {}  # id(lease) -> its reservations
-        self._last_ask: dict[int, float] = {}  # each budgeted key's last cost estimate
+        self.limits = ProcessLimits(config.window, self._lock)  # learned here, per process
 
     # Acquire / release -------------------------------------------------------------------------
 
-    def _no_provider(self, waited: float, only: frozenset[int] | None) -> NoProviderAvailableError:
-        now = self.clock.now()
-        states: dict[str, str] = {}
-        reasons: list[str] = []
-        for m in self.members:
-            if only is not None and m.index not in only:
-                continue
-            snap = self.state.snapshot(m.key, m.limits, now)
-            states[m.config.id] = snap.state
-            if len(reasons) < 20:  # a pool of hundreds: the first keys tell the story
-                reasons.append(f"{m.config.id}: {blocked_reason(m, snap, now)}")
-        more = len(states) - len(reasons)
-        detail = "; ".join(reasons) + (f"; and {more} more" if more > 0 else "")
-        return NoProviderAvailableError(
-            f"no provider had capacity within {waited:.3g}s (max_wait {self.config.max_wait:g}s): "
-            f"{detail}",
-            waited=waited,
-            states=states,
-        )
-
-    def _wait_until(self, req: _Attempts, now: float) -> float:
-        # The infinite policy retries "until success, cancellation or timeout": only the
-        # request's own deadline bounds its waits, not max_wait.
-        if self.max_attempts == math.inf:
-            return req.deadline
-        return min(req.deadline, now + self.config.max_wait)
-
-    def _gave_up(self, req: _Attempts, waited: float) -> BaseException:
-        # After a real failure, the caller gets that failure: "no capacity" would mask it (the
-        # remaining keys are resting or open because of errors like it). Waiting is pointless
-        # when nothing can free up before the deadline.
-        if req.last_error is not None:
-            return req.last_error
-        return self._no_provider(waited, req.only)
-
-    def _wait_target(self, req: _Attempts, wake: float, now: float) -> float:
+    def _wait_target(self, req: Attempts, wake: float, now: float) -> float:
         """Nothing has capacity until ``wake``: the time to wait until, or raise."""
         if req.wait_until is None:
             self.observer.waited()
-            req.wait_start = now
-            req.wait_until = self._wait_until(req, now)
-        if now >= req.wait_until or (req.last_error is not None and wake > req.wait_until):
-            raise self._gave_up(req, now - req.wait_start)
-        return min(wake, req.wait_until)
+        until = req.wait_target(wake, now)
+        if until is not None:
+            return until
+        # After a real failure, the caller gets that failure: "no capacity" would mask it (the
+        # remaining keys are resting or open because of errors like it).
+        if req.last_error is not None:
+            raise req.last_error
+        waited = now - req.wait_start
+        max_wait = self.config.max_wait
+        raise no_provider_error(self.members, self.state, req.only, now, waited, max_wait)
 
     def _refused(self, m: Member, wake: float, now: float) -> None:
         with self._lock:
@@ -324,7 +123,7 @@ class Balancer:
         with self._lock:
             self.picker.undo(m)
 
-    def _acquire(self, req: _Attempts, tokens: int) -> tuple[Member, Lease]:
+    def _acquire(self, req: Attempts, tokens: int) -> tuple[Member, Lease]:
         clock = self.clock
         req.wait_until = None
         while True:
@@ -335,19 +134,19 @@ class Balancer:
                     event = threading.Event()
                     self._waiters.append(event.set)
             if isinstance(c, Member):
-                held = self._learned_hold(c, tokens, now)
+                held = self.limits.hold(c, tokens, now)
                 if held is not None and not isinstance(held, list):
                     self._refused(c, held, now)
                     continue
                 try:
                     c.provider.prepare(False)
-                    extra = self._quota_args(c, now, tokens)
+                    extra = self.args.acquire(c, now, tokens)
                     r = self.state.acquire(c.key, c.limits, tokens, now, self.breaker, **extra)
                 except BaseException:
-                    self._learned_keep(held, None)
+                    self.limits.keep(held, None)
                     self._abandoned(c)
                     raise
-                self._learned_keep(held, r)
+                self.limits.keep(held, r)
                 if isinstance(r, Lease):
                     if req.count:
                         self.observer.retried(c)
@@ -358,7 +157,7 @@ class Balancer:
                 continue
             clock.wait(event, self._wait_target(req, c, now))
 
-    async def _aacquire(self, req: _Attempts, tokens: int) -> tuple[Member, Lease]:
+    async def _aacquire(self, req: Attempts, tokens: int) -> tuple[Member, Lease]:
         clock = self.clock
         req.wait_until = None
         while True:
@@ -369,13 +168,13 @@ class Balancer:
                     event = asyncio.Event()
                     self._waiters.append(_async_setter(event))
             if isinstance(c, Member):
-                held = self._learned_hold(c, tokens, now)
+                held = self.limits.hold(c, tokens, now)
                 if held is not None and not isinstance(held, list):
                     self._refused(c, held, now)
                     continue
                 try:
                     c.provider.prepare(True)
-                    extra = self._quota_args(c, now, tokens)
+                    extra = self.args.acquire(c, now, tokens)
                     if self._local:
                         r = self.state.acquire(c.key, c.limits, tokens, now, self.breaker, **extra)
                     else:
@@ -383,10 +182,10 @@ class Balancer:
                             c.key, c.limits, tokens, now, self.breaker, **extra
                         )
                 except BaseException:
-                    self._learned_keep(held, None)
+                    self.limits.keep(held, None)
                     self._abandoned(c)
                     raise
-                self._learned_keep(held, r)
+                self.limits.keep(held, r)
                 if isinstance(r, Lease):
                     if req.count:
                         self.observer.retried(c)
@@ -397,122 +196,6 @@ class Balancer:
                 continue
             await clock.await_event(event, self._wait_target(req, c, now))
 
-    def _learned_hold(self, m: Member, tokens: int, now: float) -> float | list[Handle] | None:
-        # Learned limits and 1302 cuts (per process) are checked before the state, so a key
-        # that learned "5 a minute" is refused here like a full window, and freed if the state
-        # refuses; a cut key is refused like one at its concurrency cap (a release frees it).
-        if not self.learned and not self.cuts:
-            return None
-        with self._lock:
-            cap = self.cuts.cap(m.index, now) if self.cuts else None
-            if cap is not None and m.active > cap:  # ``active`` counts this pick already
-                return math.inf
-            return self.learned.reserve(m.index, tokens, now) if self.learned else None
-
-    def _learned_keep(self, held: float | list[Handle] | None, r: Lease | float | None) -> None:
-        if not isinstance(held, list):
-            return
-        with self._lock:
-            if isinstance(r, Lease):
-                self._learned_leases[id(r)] = held
-            else:
-                LearnedLimits.settle(held, None, cancel=True)
-
-    def _learn(self, m: Member, lease: Lease, outcome: Outcome, used: int | None) -> None:
-        held = self._learned_leases.pop(id(lease), None) if self._learned_leases else None
-        if held is not None:
-            LearnedLimits.settle(held, used, cancel=False)
-        stated = HEADER_LIMITS.get() if outcome is Outcome.SUCCESS else None
-        if stated:
-            self.learned.learn(m.index, m.limits, stated, self.clock.now())
-
-    def _periods(self, m: Member, now: float) -> Periods | None:
-        days = self._days.get(m.index) if self._days else None
-        return days.periods(now, self.clock.wall()) if days is not None else None
-
-    def _quota_args(self, m: Member, now: float, tokens: int | None = None) -> dict[str, Any]:
-        # Only keys with calendar days send periods, so a state written before them still works.
-        periods = self._periods(m, now) if self._days else None
-        out: dict[str, Any] = {"periods": periods} if periods is not None else {}
-        if tokens is not None and m.limits.windows:
-            ask = cost_ask(m.config, m.limits, tokens)
-            if ask is not None:
-                out["ask"] = ask
-                self._last_ask[m.index] = ask["cost"]  # what "budget" in get_stats measures by
-        return out
-
-    def _usage(self, m: Member, tokens_used: int | None) -> dict[str, Any]:
-        # Only a key with a budget sends its real cost, so other keys' releases stay as they were.
-        usage = cost_used(m.config, m.limits, tokens_used) if m.limits.windows else None
-        return {"usage": usage} if usage is not None else {}
-
-    def _retry_after(self, m: Member, outcome: Outcome, exc: BaseException | None) -> float | None:
-        if outcome is Outcome.EXHAUSTED:
-            # Until the key's day resets when it has calendar days, else the configured rest.
-            days = self._days.get(m.index)
-            if days is not None:
-                now = self.clock.now()
-                return days.next_reset(now, self.clock.wall()) - now
-            return self.config.exhausted_rest
-        if outcome is Outcome.SUCCESS:
-            # The reply's rate-limit headers said a resource is used up: rest until its reset.
-            return HEADER_REST.get()
-        if outcome is not Outcome.RATE_LIMITED:
-            return None
-        ra = getattr(exc, "retry_after", None)
-        if ra is None and getattr(exc, "concurrency_exceeded", False):
-            return None  # the lowered cap answers it; the key's other slots keep serving
-        return self.config.default_retry_after if ra is None else float(ra)
-
-    # Affinity ----------------------------------------------------------------------------------
-
-    # With a shared state the fleet's answer wins (another process may have moved the
-    # conversation); this process's map answers when the state knows nothing or is away. A
-    # shared state costs one read per request that continues a conversation, and one write
-    # when a conversation starts or moves.
-
-    def _recalled(self, req: _Attempts, shared: str | None) -> None:
-        req.shared = shared
-        key = shared
-        if key is None and self.affinity is not None and req.affinity is not None:
-            key = self.affinity.get(req.affinity, self.clock.now())
-        req.prefer = self.by_key.get(key) if key is not None else None
-
-    def _recall(self, req: _Attempts) -> None:
-        if req.affinity is not None and req.resume:
-            shared = None if self._local else self.state.recall_conversation(req.affinity)
-            self._recalled(req, shared)
-
-    async def _arecall(self, req: _Attempts) -> None:
-        if req.affinity is not None and req.resume:
-            shared = None if self._local else await self.state.arecall_conversation(req.affinity)
-            self._recalled(req, shared)
-
-    def _remembered(self, req: _Attempts, m: Member) -> bytes | None:
-        """Note locally that ``m`` served the conversation; the digest if the fleet must know."""
-        digest = req.affinity
-        if digest is None or self.affinity is None:
-            return None
-        changed = self.affinity.put(digest, m.key, self.clock.now())
-        if self._local:
-            return None
-        # A continuing turn knows what the fleet said; a first turn (not looked up) writes
-        # only what this process did not already hold, so a one-shot prompt repeated on one
-        # key costs no write.
-        if req.resume:
-            return None if req.shared == m.key else digest
-        return digest if changed else None
-
-    def _remember(self, req: _Attempts, m: Member) -> None:
-        digest = self._remembered(req, m)
-        if digest is not None:
-            self.state.remember_conversation(digest, m.key, self.config.affinity_ttl)
-
-    async def _aremember(self, req: _Attempts, m: Member) -> None:
-        digest = self._remembered(req, m)
-        if digest is not None:
-            await self.state.aremember_conversation(digest, m.key, self.config.affinity_ttl)
-
     def _after_release(
         self,
         m: Member,
@@ -521,12 +204,11 @@ class Balancer:
         used: int | None = None,
         exc: BaseException | None = None,
     ) -> None:
-        self.observer.attempt(m, lease, outcome, used, self.clock.now())
+        now = self.clock.now()
+        self.observer.attempt(m, lease, outcome, used, now)
         with self._lock:
-            if exc is not None and getattr(exc, "concurrency_exceeded", False):
-                self.cuts.refused(m.index, m.active, self.clock.now())  # before ``done``
-            self.picker.done(m, _PICKER_FAILED[outcome])
-            self._learn(m, lease, outcome, used)
+            self.limits.released(m, lease, outcome, used, exc, now)  # before ``done``
+            self.picker.done(m, PICKER_FAILED[outcome])
             waiters, self._waiters = self._waiters, []
         for wake in waiters:
             wake()
@@ -554,8 +236,8 @@ class Balancer:
             self.clock.now(),
             self.breaker,
             tokens_used=tokens_used,
-            retry_after=self._retry_after(m, outcome, exc),
-            **self._usage(m, tokens_used),
+            retry_after=self.args.rest(m, outcome, exc),
+            **self.args.usage(m, tokens_used),
         )
         self._after_release(m, lease, outcome, tokens_used, exc)
 
@@ -588,13 +270,36 @@ class Balancer:
                 self.clock.now(),
                 self.breaker,
                 tokens_used=tokens_used,
-                retry_after=self._retry_after(m, outcome, exc),
-                **self._usage(m, tokens_used),
+                retry_after=self.args.rest(m, outcome, exc),
+                **self.args.usage(m, tokens_used),
             )
         finally:
             self._after_release(m, lease, outcome, tokens_used, exc)
 
     # Calls -------------------------------------------------------------------------------------
+
+    def _attempts(
+        self,
+        avoid: set[int] | None,
+        only: frozenset[int] | None,
+        affinity: bytes | None,
+        spill: bool | None,
+        resume: bool,
+    ) -> Attempts:
+        # The infinite policy retries "until success, cancellation or timeout": only the
+        # request's own deadline bounds its waits, not max_wait.
+        max_wait = math.inf if self.max_attempts == math.inf else self.config.max_wait
+        return Attempts(
+            self.clock,
+            self.config.request_timeout,
+            self.max_attempts,
+            max_wait,
+            self.config.spill if spill is None else spill,
+            avoid,
+            only,
+            affinity if self.affinity is not None else None,
+            resume,
+        )
 
     def call(
         self,
@@ -623,8 +328,9 @@ class Balancer:
         Returns:
             The result, the member that served it and the number of attempts made.
         """
-        req = _Attempts(self, avoid, only, affinity, spill, resume)
-        self._recall(req)
+        req = self._attempts(avoid, only, affinity, spill, resume)
+        if self.affinity is not None:
+            self.affinity.recall(req)
         while True:
             m, lease = self._acquire(req, tokens)
             req.count += 1
@@ -641,7 +347,8 @@ class Balancer:
                     ATTEMPT_BUDGET.reset(token)
             used = tokens_of(result) if tokens_of else None
             self._release(m, lease, Outcome.SUCCESS, used)
-            self._remember(req, m)
+            if self.affinity is not None:
+                self.affinity.remember(req, m)
             return result, m, req.count
 
     async def acall(
@@ -657,8 +364,9 @@ class Balancer:
         spill: bool | None = None,
     ) -> tuple[T, Member, int]:
         """Async twin of ``call``."""
-        req = _Attempts(self, avoid, only, affinity, spill, resume)
-        await self._arecall(req)
+        req = self._attempts(avoid, only, affinity, spill, resume)
+        if self.affinity is not None:
+            await self.affinity.arecall(req)
         while True:
             m, lease = await self._aacquire(req, tokens)
             req.count += 1
@@ -675,7 +383,8 @@ class Balancer:
                     ATTEMPT_BUDGET.reset(token)
             used = tokens_of(result) if tokens_of else None
             await self._arelease(m, lease, Outcome.SUCCESS, used)
-            await self._aremember(req, m)
+            if self.affinity is not None:
+                await self.affinity.aremember(req, m)
             return result, m, req.count
 
     def stream(
@@ -691,8 +400,9 @@ class Balancer:
         spill: bool | None = None,
     ) -> Iterator[tuple[C, Member, int]]:
         """Stream from a chosen provider; fail over only while nothing has been yielded."""
-        req = _Attempts(self, avoid, only, affinity, spill, resume)
-        self._recall(req)
+        req = self._attempts(avoid, only, affinity, spill, resume)
+        if self.affinity is not None:
+            self.affinity.recall(req)
         while True:
             m, lease = self._acquire(req, tokens)
             req.count += 1
@@ -726,7 +436,8 @@ class Balancer:
                     continue
                 raise
             self._release(m, lease, Outcome.SUCCESS, used or None)
-            self._remember(req, m)
+            if self.affinity is not None:
+                self.affinity.remember(req, m)
             return
 
     async def astream(
@@ -742,8 +453,9 @@ class Balancer:
         spill: bool | None = None,
     ) -> AsyncIterator[tuple[C, Member, int]]:
         """Async twin of ``stream``."""
-        req = _Attempts(self, avoid, only, affinity, spill, resume)
-        await self._arecall(req)
+        req = self._attempts(avoid, only, affinity, spill, resume)
+        if self.affinity is not None:
+            await self.affinity.arecall(req)
         while True:
             m, lease = await self._aacquire(req, tokens)
             req.count += 1
@@ -776,7 +488,8 @@ class Balancer:
                     continue
                 raise
             await self._arelease(m, lease, Outcome.SUCCESS, used or None)
-            await self._aremember(req, m)
+            if self.affinity is not None:
+                await self.affinity.aremember(req, m)
             return
 
     # Stats -------------------------------------------------------------------------------------
@@ -802,41 +515,7 @@ class Balancer:
     def get_stats(self) -> dict[str, dict[str, Any]]:
         """Per-provider stats as DESIGN.md section 2 lists them (plus a few extras)."""
         now = self.clock.now()
-        out: dict[str, dict[str, Any]] = {}
-        for m in self.members:
-            snap = self.state.snapshot(m.key, m.limits, now, **self._quota_args(m, now))
-            cfg = m.config
-            out[cfg.id] = {
-                "vendor": cfg.vendor,
-                "model": cfg.model,
-                "total_requests": snap.total_requests,
-                "total_tokens": snap.total_tokens,
-                "error_count": snap.error_count,
-                "active_requests": snap.active_requests,
-                "state": snap.state,
-                "window_used": snap.window_used,
-                "rate_limit": cfg.rate_limit,
-                "tpm": cfg.tpm,
-                "tokens_in_window": snap.tokens_in_window,
-                "validation_failures": snap.validation_failures,
-                "resting_for": max(0.0, snap.rest_until - now, snap.exhausted_until - now),
-                "tier": cfg.tier,
-                # None for a key without a price: "no price" is not "free".
-                "cost": snap.cost if cfg.price is not None or snap.cost else None,
-                "cached_tokens": snap.cached_tokens,
-                **self.observer.stats(m, now),
-            }
-            cut = self.cuts.stats(m.index, now) if self.cuts else None
-            if cut is not None:
-                out[cfg.id]["concurrency_cut"] = cut
-            learned = self.learned.stats(m.index, now) if self.learned else []
-            if m.limits.windows or learned:
-                windows = window_stats(m.limits, snap, now)
-                out[cfg.id]["windows"] = windows + learned
-                ask = self._last_ask.get(m.index, 0.0)
-                if snap.state == "closed" and budget_full(windows, ask):
-                    out[cfg.id]["state"] = "budget"  # spent its budget, not at a request limit
-        return out
+        return pool_stats(self.members, self.state, self.args, self.limits, self.observer, now)
 
 
 def _async_setter(event: asyncio.Event) -> Callable[[], None]:

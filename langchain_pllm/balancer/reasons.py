@@ -4,14 +4,21 @@
 same snapshot the stats show, each key gets one short reason: its breaker is open (until when),
 it rests after a 429 (for how long), its request or token window is full, it is at its
 concurrency cap, or its state names something else (a spent key, a budget).
+``no_provider_error`` puts the first keys' reasons into the error a request gives up with.
 """
 
 from __future__ import annotations
 
-from langchain_pllm.balancer.picker import Member
-from langchain_pllm.state.base import KeySnapshot
+from collections.abc import Collection
 
-__all__ = ["blocked_reason"]
+from langchain_pllm.balancer.picker import Member
+from langchain_pllm.exceptions import NoProviderAvailableError
+from langchain_pllm.state.base import KeySnapshot, StateBackend
+
+__all__ = ["blocked_reason", "no_provider_error"]
+
+#: Reasons named in one error: in a pool of hundreds, the first keys tell the story.
+MAX_REASONS = 20
 
 
 def blocked_reason(m: Member, snap: KeySnapshot, now: float) -> str:
@@ -37,3 +44,30 @@ def blocked_reason(m: Member, snap: KeySnapshot, now: float) -> str:
     if cfg.max_concurrency is not None and snap.active_requests >= cfg.max_concurrency:
         return f"at max_concurrency ({snap.active_requests}/{cfg.max_concurrency} in flight)"
     return "busy (no room for this request's tokens, or freed only just now)"
+
+
+def no_provider_error(
+    members: list[Member],
+    state: StateBackend,
+    only: Collection[int] | None,
+    now: float,
+    waited: float,
+    max_wait: float,
+) -> NoProviderAvailableError:
+    """The error of a request that found no key with capacity within its wait."""
+    states: dict[str, str] = {}
+    reasons: list[str] = []
+    for m in members:
+        if only is not None and m.index not in only:
+            continue
+        snap = state.snapshot(m.key, m.limits, now)
+        states[m.config.id] = snap.state
+        if len(reasons) < MAX_REASONS:
+            reasons.append(f"{m.config.id}: {blocked_reason(m, snap, now)}")
+    more = len(states) - len(reasons)
+    detail = "; ".join(reasons) + (f"; and {more} more" if more > 0 else "")
+    return NoProviderAvailableError(
+        f"no provider had capacity within {waited:.3g}s (max_wait {max_wait:g}s): {detail}",
+        waited=waited,
+        states=states,
+    )

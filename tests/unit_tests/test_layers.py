@@ -39,6 +39,8 @@ LAYERS: dict[str, tuple[int, str]] = {
     "langchain_pllm": (4, "faces"),
     "langchain_pllm.__main__": (4, "faces"),
     "langchain_pllm.chat_models": (4, "faces"),
+    "langchain_pllm.chat_request": (4, "faces"),
+    "langchain_pllm.chat_reply": (4, "faces"),
     "langchain_pllm.embeddings": (4, "faces"),
     "langchain_pllm.validation": (4, "faces"),
     "langchain_pllm.pool_face": (4, "faces"),
