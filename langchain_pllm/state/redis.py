@@ -29,6 +29,9 @@ in-flight entry expires with its lease, its window entries age out, and what its
 have taught the breaker and counters is lost. A call that timed out may still have run on the
 server; its lease expires too.
 
+Reads and counters (``snapshot``, ``count_spend``, conversation affinity) are in
+``redis_counts.py``, a mixin of ``RedisState``.
+
 Sync and async twins: what each operation sends is built once (``redis_layout.py``, and
 ``_rejoin_plan`` and ``_release_plan`` here, which also route to the fallback), and the twins
 only do the I/O.
@@ -57,19 +60,10 @@ import weakref
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from redis.exceptions import (
-    ClusterError,
-    NoScriptError,
-    RedisClusterException,
-    RedisError,
-    TryAgainError,
-)
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import NoScriptError, RedisError
 
 from langchain_pllm.state.base import (
     BreakerPolicy,
-    KeySnapshot,
     Lease,
     Limits,
     Outcome,
@@ -79,21 +73,21 @@ from langchain_pllm.state.base import (
 from langchain_pllm.state.fallback import LocalFallback, Records
 from langchain_pllm.state.heartbeat import DEFAULT_INTERVAL, Heartbeat
 from langchain_pllm.state.redis_client import (
+    LOST,
+    UNAVAILABLE,
     AsyncClient,
     SyncClient,
     async_client,
     is_cluster,
     sync_client,
 )
+from langchain_pllm.state.redis_counts import RedisReads
 from langchain_pllm.state.redis_layout import Call, RedisLayout, RedisLease
 from langchain_pllm.state.redis_scripts import (
     ACQUIRE,
-    COUNT_SPEND,
-    COUNT_VALIDATION,
     HEARTBEAT,
     RELEASE,
     REPLAY,
-    SNAPSHOT,
     Script,
 )
 from langchain_pllm.urls import redact_url, take_query_options
@@ -106,18 +100,6 @@ __all__ = ["RedisState"]
 
 logger = logging.getLogger("langchain_pllm")
 
-# A cluster's client raises RedisClusterException (no RedisError) when no node holds a slot.
-_UNAVAILABLE = (RedisError, RedisClusterException, OSError)
-# Errors that mean Redis did not answer (rather than a script's own error); CLUSTERDOWN and
-# TRYAGAIN while a cluster fails over count as not answering.
-_LOST = (
-    RedisConnectionError,
-    RedisTimeoutError,
-    ClusterError,
-    TryAgainError,
-    RedisClusterException,
-    OSError,
-)
 _STATS_TTL = 86_400.0
 _URL_OPTIONS = ("lease_ttl", "key_prefix")
 
@@ -130,7 +112,7 @@ class _Rejoin(NamedTuple):
     beat: bool
 
 
-class RedisState(StateBackend):
+class RedisState(RedisReads, StateBackend):
     """Windows, breakers, leases and counters in Redis, shared by every process using it.
 
     Args:
@@ -304,7 +286,7 @@ class RedisState(StateBackend):
         for script, call in calls:
             try:
                 replies.append(self._run(script, *call))
-            except _LOST:
+            except LOST:
                 raise
             except RedisError as exc:
                 replies.append(exc)
@@ -321,7 +303,7 @@ class RedisState(StateBackend):
         for script, call in calls:
             try:
                 replies.append(await self._arun(script, *call))
-            except _LOST:
+            except LOST:
                 raise
             except RedisError as exc:
                 replies.append(exc)
@@ -369,7 +351,7 @@ class RedisState(StateBackend):
     def _rejoin_failed(self, plan: _Rejoin, exc: BaseException) -> bool:
         """Keep the records for the next try; True when Redis is away (else re-raise)."""
         self._fallback.restore(plan.taken)
-        if not isinstance(exc, _UNAVAILABLE):
+        if not isinstance(exc, UNAVAILABLE):
             return False
         self._fallback.went_away(exc)
         return True
@@ -417,11 +399,11 @@ class RedisState(StateBackend):
     # acquire -----------------------------------------------------------------------------------
 
     def _disown(self, key: str, lease_id: str, now: float, breaker: BreakerPolicy) -> None:
-        with contextlib.suppress(*_UNAVAILABLE):  # then it expires with its lease
+        with contextlib.suppress(*UNAVAILABLE):  # then it expires with its lease
             self._run(RELEASE, *self._layout.disown(key, lease_id, now, breaker))
 
     async def _adisown(self, key: str, lease_id: str, now: float, breaker: BreakerPolicy) -> None:
-        with contextlib.suppress(*_UNAVAILABLE):
+        with contextlib.suppress(*UNAVAILABLE):
             await self._arun(RELEASE, *self._layout.disown(key, lease_id, now, breaker))
 
     async def _disown_when_granted(
@@ -466,7 +448,7 @@ class RedisState(StateBackend):
             if self._heartbeat.due():
                 self._seen(self._run(HEARTBEAT, *self._heartbeat.call()))
             reply = self._run(ACQUIRE, keys, args)
-        except _UNAVAILABLE as exc:
+        except UNAVAILABLE as exc:
             fallback.went_away(exc)
             return fallback.acquire(key, limits, tokens, now, breaker)
         try:
@@ -512,7 +494,7 @@ class RedisState(StateBackend):
                 with contextlib.suppress(asyncio.CancelledError):
                     await asyncio.wait((cleanup,), timeout=3 * self.timeout)
                 raise
-        except _UNAVAILABLE as exc:
+        except UNAVAILABLE as exc:
             fallback.went_away(exc)
             return fallback.acquire(key, limits, tokens, now, breaker)
         try:
@@ -559,7 +541,7 @@ class RedisState(StateBackend):
             return
         try:
             self._run(RELEASE, *call)
-        except _UNAVAILABLE as exc:
+        except UNAVAILABLE as exc:
             self._fallback.went_away(exc)
 
     async def arelease(
@@ -579,134 +561,7 @@ class RedisState(StateBackend):
             return
         try:
             await self._arun(RELEASE, *call)
-        except _UNAVAILABLE as exc:
-            self._fallback.went_away(exc)
-
-    # snapshot and counters ---------------------------------------------------------------------
-
-    def snapshot(
-        self, key: str, limits: Limits, now: float, periods: Periods | None = None
-    ) -> KeySnapshot:
-        """Read a key's fleet-wide state (this process's own while Redis is away)."""
-        fallback = self._fallback
-        if fallback.active and not self._usable(now):
-            return fallback.snapshot(key, limits, now)
-        try:
-            reply = self._run(SNAPSHOT, *self._layout.snapshot(key, limits, now, periods))
-        except _UNAVAILABLE as exc:
-            fallback.went_away(exc)
-            return fallback.snapshot(key, limits, now)
-        return self._layout.snapshot_of(reply, now)
-
-    async def asnapshot(
-        self, key: str, limits: Limits, now: float, periods: Periods | None = None
-    ) -> KeySnapshot:
-        """Async twin of ``snapshot``."""
-        fallback = self._fallback
-        if fallback.active and not await self._ausable(now):
-            return fallback.snapshot(key, limits, now)
-        try:
-            reply = await self._arun(SNAPSHOT, *self._layout.snapshot(key, limits, now, periods))
-        except _UNAVAILABLE as exc:
-            fallback.went_away(exc)
-            return fallback.snapshot(key, limits, now)
-        return self._layout.snapshot_of(reply, now)
-
-    def count_validation_failure(self, key: str) -> None:
-        """Count an output that failed its validator, fleet-wide.
-
-        While Redis is away it is counted locally, and this call never tries Redis again:
-        it has no ``now`` to replay the fallback's starts with.
-        """
-        fallback = self._fallback
-        if fallback.active:
-            fallback.local.count_validation_failure(key)
-            return
-        try:
-            self._run(COUNT_VALIDATION, *self._layout.count_validation(key))
-        except _UNAVAILABLE as exc:
-            fallback.went_away(exc)
-            fallback.local.count_validation_failure(key)
-
-    async def acount_validation_failure(self, key: str) -> None:
-        """Async twin of ``count_validation_failure``."""
-        fallback = self._fallback
-        if fallback.active:
-            fallback.local.count_validation_failure(key)
-            return
-        try:
-            await self._arun(COUNT_VALIDATION, *self._layout.count_validation(key))
-        except _UNAVAILABLE as exc:
-            fallback.went_away(exc)
-            fallback.local.count_validation_failure(key)
-
-    def count_spend(self, key: str, cost: float, cached_tokens: int) -> None:
-        """Add a reply's cost and cached tokens to the fleet's totals of ``key``.
-
-        Locally while Redis is away, like ``count_validation_failure`` (and not replayed).
-        """
-        fallback = self._fallback
-        if fallback.active:
-            fallback.local.count_spend(key, cost, cached_tokens)
-            return
-        try:
-            self._run(COUNT_SPEND, *self._layout.count_spend(key, cost, cached_tokens))
-        except _UNAVAILABLE as exc:
-            fallback.went_away(exc)
-            fallback.local.count_spend(key, cost, cached_tokens)
-
-    async def acount_spend(self, key: str, cost: float, cached_tokens: int) -> None:
-        """Async twin of ``count_spend``."""
-        fallback = self._fallback
-        if fallback.active:
-            fallback.local.count_spend(key, cost, cached_tokens)
-            return
-        try:
-            await self._arun(COUNT_SPEND, *self._layout.count_spend(key, cost, cached_tokens))
-        except _UNAVAILABLE as exc:
-            fallback.went_away(exc)
-            fallback.local.count_spend(key, cost, cached_tokens)
-
-    def recall_conversation(self, digest: bytes) -> str | None:
-        """The key that served conversation ``digest`` last, fleet-wide (``None``: Redis away)."""
-        if self._fallback.active:
-            return None  # the balancer's own map answers meanwhile
-        try:
-            found = self._client.get(self._layout.conversation_key(digest))
-        except _UNAVAILABLE as exc:
-            self._fallback.went_away(exc)
-            return None
-        return found if isinstance(found, str) else None
-
-    async def arecall_conversation(self, digest: bytes) -> str | None:
-        """Async twin of ``recall_conversation``."""
-        if self._fallback.active:
-            return None
-        try:
-            found = await self._aclient().get(self._layout.conversation_key(digest))
-        except _UNAVAILABLE as exc:
-            self._fallback.went_away(exc)
-            return None
-        return found if isinstance(found, str) else None
-
-    def remember_conversation(self, digest: bytes, key: str, ttl: float) -> None:
-        """Note fleet-wide that ``key`` served conversation ``digest``, for ``ttl`` seconds."""
-        if self._fallback.active:
-            return
-        try:
-            self._client.set(self._layout.conversation_key(digest), key, px=int(ttl * 1000))
-        except _UNAVAILABLE as exc:
-            self._fallback.went_away(exc)
-
-    async def aremember_conversation(self, digest: bytes, key: str, ttl: float) -> None:
-        """Async twin of ``remember_conversation``."""
-        if self._fallback.active:
-            return
-        try:
-            await self._aclient().set(
-                self._layout.conversation_key(digest), key, px=int(ttl * 1000)
-            )
-        except _UNAVAILABLE as exc:
+        except UNAVAILABLE as exc:
             self._fallback.went_away(exc)
 
     def close(self) -> None:

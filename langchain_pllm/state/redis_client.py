@@ -24,9 +24,31 @@ import redis.asyncio.cluster
 import redis.cluster
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
+from redis.exceptions import (
+    ClusterError,
+    RedisClusterException,
+    RedisError,
+    TryAgainError,
+)
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
-__all__ = ["CLUSTER_SCHEMES", "async_client", "is_cluster", "sync_client"]
+__all__ = ["CLUSTER_SCHEMES", "LOST", "UNAVAILABLE", "async_client", "is_cluster", "sync_client"]
+
+UNAVAILABLE = (RedisError, RedisClusterException, OSError)
+"""Errors of a call Redis did not serve; a cluster's client raises ``RedisClusterException``
+(no ``RedisError``) when no node holds a slot."""
+LOST = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    ClusterError,
+    TryAgainError,
+    RedisClusterException,
+    OSError,
+)
+"""Errors that mean Redis did not answer (rather than a script's own error); ``CLUSTERDOWN`` and
+``TRYAGAIN`` while a cluster fails over count as not answering."""
 
 CLUSTER_SCHEMES = {"redis+cluster://": "redis://", "rediss+cluster://": "rediss://"}
 """Our cluster schemes and the redis-py scheme each stands for."""
