@@ -53,6 +53,7 @@ _FIX_HINTS: dict[str, str] = {
     "default_retry_after": "seconds to rest after a 429 without Retry-After, e.g. 1",
     "redis_timeout": "seconds per Redis call, e.g. 0.25",
     "local_share": "share of each limit one process takes without Redis, e.g. 0.5",
+    "outage": "exact (limits kept while Redis is away) or share (availability first)",
     "tier": "the spending order, 1 (first) or higher, e.g. 2 for paid keys behind free ones",
     "affinity_ttl": "seconds a conversation keeps its key after its last turn, e.g. 3600",
     "affinity_size": "most conversations remembered, e.g. 100000",

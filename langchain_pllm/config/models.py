@@ -390,6 +390,18 @@ class PoolConfig(_ConfigModel):
         return self
 
 
+def _checked_choice(value: Any, field: str, choices: tuple[str, ...]) -> str:
+    """``value`` if it is one of ``choices``; else an error naming ``field`` and a suggestion."""
+    if not isinstance(value, str) or value not in choices:
+        suggestion = suggest(value, choices) if isinstance(value, str) else ""
+        raise fail(
+            f"{field} must be one of: {', '.join(choices)}, got {show(value)}; {suggestion}".rstrip(
+                "; "
+            )
+        )
+    return value
+
+
 class BalancerConfig(_ConfigModel):
     """How requests are retried, when breakers open, how long requests wait, where state lives."""
 
@@ -417,6 +429,11 @@ class BalancerConfig(_ConfigModel):
     local_share: float | None = None
     """Share of each limit one process takes while Redis is unreachable; ``None``: one share per
     live process sharing that Redis (counted by heartbeats)."""
+    outage: Literal["exact", "share"] = "exact"
+    """While Redis is unreachable: ``exact`` keeps every limit (each window counts as full for
+    one window, then a share rounded down; keys with ``limits:`` windows wait for Redis) or
+    ``share`` serves at once from a share rounded up (a window spanning the outage may exceed
+    its limit by the processes' shares)."""
     affinity: Literal["prefix", "session", "off"] = "prefix"
     """Conversations keep their key (its prompt cache): by prompt prefix or ``session_id``
     (``prefix``), by ``session_id`` only (``session``), or not at all (``off``)."""
@@ -442,14 +459,12 @@ class BalancerConfig(_ConfigModel):
     @field_validator("retry_policy", mode="before")
     @classmethod
     def _check_retry_policy(cls, value: Any) -> str:
-        choices = ("fixed", "infinite", "retry_once")
-        if not isinstance(value, str) or value not in choices:
-            suggestion = suggest(value, choices) if isinstance(value, str) else ""
-            raise fail(
-                f"retry_policy must be one of: {', '.join(choices)}, got {show(value)}; "
-                f"{suggestion}".rstrip("; ")
-            )
-        return value
+        return _checked_choice(value, "retry_policy", ("fixed", "infinite", "retry_once"))
+
+    @field_validator("outage", mode="before")
+    @classmethod
+    def _check_outage(cls, value: Any) -> str:
+        return _checked_choice(value, "outage", ("exact", "share"))
 
     @field_validator("affinity", mode="before")
     @classmethod

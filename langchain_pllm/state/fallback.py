@@ -1,18 +1,29 @@
 """While Redis is away: a share of each limit in this process, and a record to replay on return.
 
-On an error the Redis state logs one warning and serves from an in-process ``MemoryState``
-holding a share of each limit (rounded up, at least 1), trying Redis again at most every
-``retry_interval`` seconds, and logs once when it is back. The share is ``local_share`` when
-set; otherwise it is ``1 / n`` for the ``n`` live processes the fleet heartbeat last counted
-(before the first count, the whole limit). So ``n`` processes cut off together start at most
-about one limit between them, not ``n`` limits.
-
+On an error the Redis state logs one warning and serves from an in-process ``MemoryState``,
+trying Redis again at most every ``retry_interval`` seconds, and logs once when it is back.
 Requests started on the fallback are remembered (start, token reservation, settled when
-released) and, when Redis answers again, the ones still inside their window are written into
-the Redis windows before anything else, so the window they started in is not granted a whole
-new limit on top of them. This module keeps the records and says what to replay (member, age,
-tokens); the Redis state turns that into its scripts' arguments and sends them. Leases from the
-fallback go back to the fallback.
+released) and written into the Redis windows when Redis answers again (``outage.py``).
+
+Two modes (``outage`` in the balancer settings):
+
+- ``exact`` (the default): no window span ever holds more starts than its limit. Other
+  processes may have filled any window just before Redis went away, and this process cannot
+  know, so every window of a key with a request or token limit counts as full until one window
+  after the outage began here (``start``, the first failed call, which is after every start
+  Redis granted). After that the process takes ``floor(limit * local_share)``, or
+  ``floor(limit / n)`` for the ``n`` live processes the heartbeat counted: ``n`` such shares
+  sum to at most the limit, and none shares a window with a start from before the outage. A
+  share of 0, and every key with ``limits:`` windows (day quotas, budgets: they need Redis's
+  counters), waits for Redis. The concurrency cap gets a floor share too; requests other
+  processes had in flight before the outage are unknown to it (best effort).
+- ``share``: availability first, as before: each limit's share rounded up (at least 1) from
+  the first failure, no ``limits:`` windows; a window spanning the outage may hold the starts
+  before it plus every process's share.
+
+Wake times while Redis is away are never later than the next attempt to reach it, so a request
+waiting for the outage rule goes to Redis as soon as Redis is back. Leases from the fallback go
+back to the fallback.
 """
 
 from __future__ import annotations
@@ -76,6 +87,7 @@ class LocalFallback:
             process.
         retry_interval: Seconds between attempts to reach Redis again.
         new_member: Names a start for the Redis windows (a lease id nobody else uses).
+        exact: The ``exact`` outage mode (else ``share``; see the module docstring).
     """
 
     def __init__(
@@ -84,12 +96,16 @@ class LocalFallback:
         local_share: float | None,
         retry_interval: float,
         new_member: Callable[[], str],
+        exact: bool = True,
     ) -> None:
         self.local = MemoryState()
         self.local_share = local_share
         self.retry_interval = retry_interval
+        self.exact = exact
         self.active = False
         """True while Redis is away and this process serves from ``local``."""
+        self.start = 0.0
+        """When the last outage began here: its first failed call, in the caller's clock."""
         self._where = where
         self._new_member = new_member
         self._process_count: int | None = None
@@ -115,14 +131,22 @@ class LocalFallback:
                 return True
             return False
 
-    def went_away(self, exc: BaseException) -> None:
-        """Take over after a failed Redis call; the first failure of an outage logs a warning."""
+    def went_away(self, exc: BaseException, at: float) -> None:
+        """Take over after a failed Redis call; the first failure of an outage logs a warning.
+
+        Args:
+            exc: What the call raised.
+            at: When it failed, in the caller's clock: the outage's start if it is the first.
+        """
         with self._lock:
             self._retry_at = time.monotonic() + self.retry_interval
             if self.active:
                 return
             self.active = True
-        if self.local_share is not None:
+            self.start = at
+        if self.exact:
+            share = "none for one window, then a floor share"
+        elif self.local_share is not None:
             share = f"{self.local_share:.3g} of each limit"
         elif self._process_count:
             share = f"1/{self._process_count} of each limit, one per live process"
@@ -154,15 +178,20 @@ class LocalFallback:
     # Serving -----------------------------------------------------------------------------------
 
     def scaled(self, limits: Limits) -> Limits:
-        """This process's share of ``limits``."""
+        """This process's share of ``limits`` (rounded down in ``exact`` mode, else up)."""
         scaled = self._scaled.get(limits)
         if scaled is None:
             share = self.local_share
             count = self._process_count or 1
+            exact = self.exact
 
             def part(limit: int | None) -> int | None:
                 if limit is None:
                     return None
+                if exact:
+                    if share is not None:
+                        return math.floor(limit * share + 1e-9)  # 0.3 * 10 is 2.9999...
+                    return limit // count
                 if share is not None:
                     return max(1, math.ceil(limit * share))
                 return max(1, -(-limit // count))  # ceil without float rounding
@@ -176,13 +205,33 @@ class LocalFallback:
             self._scaled[limits] = scaled
         return scaled
 
+    def redis_retry(self, now: float) -> float:
+        """When Redis will be tried again, in the caller's clock."""
+        return now + max(0.005, self._retry_at - time.monotonic())
+
+    def _outage_wait(self, limits: Limits, now: float) -> float | None:
+        """``exact`` mode: until when a key may not start on the fallback, or ``None``."""
+        if limits.windows:
+            return self.redis_retry(now)
+        if limits.rate_limit is not None or limits.tpm is not None:
+            full_until = self.start + limits.window
+            if now < full_until:
+                return min(full_until, self.redis_retry(now))
+        scaled = self.scaled(limits)
+        if 0 in (scaled.rate_limit, scaled.tpm, scaled.max_concurrency):
+            return self.redis_retry(now)
+        return None
+
     def acquire(
         self, key: str, limits: Limits, tokens: int, now: float, breaker: BreakerPolicy
     ) -> Lease | float:
         """``MemoryState.acquire`` on this process's share, the start recorded for replay."""
+        if self.exact and (wait := self._outage_wait(limits, now)) is not None:
+            return wait
         r = self.local.acquire(key, self.scaled(limits), tokens, now, breaker)
         if not isinstance(r, Lease):
-            return r
+            # Exact: a full local window frees at Redis's return at the latest.
+            return min(r, self.redis_retry(now)) if self.exact and r != math.inf else r
         tpm_tokens = int(tokens) if limits.tpm is not None else None
         start = _FallbackStart(self._new_member(), now, tpm_tokens, limits.window)
         with self._records_lock:

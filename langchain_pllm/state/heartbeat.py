@@ -3,9 +3,15 @@
 Each process refreshes its member of the ZSET ``<prefix>:procs`` (scored by expiry, three
 heartbeats or at least 15 s ahead) at most every ``interval`` seconds (5 s by default): one
 extra script folded into an ``acquire`` then, or into the round trip that rejoins Redis after
-an outage. The script drops expired members and answers the count of live ones, which the
-state remembers; the local fallback divides each limit by it. Before the first count a process
+an outage. The script drops expired members and answers the live ones, which the state
+remembers: the local fallback divides each limit by their count, and after an outage the
+returning process holds room for the others (``outage.py``). Before the first count a process
 knows of no other, and takes the whole limit.
+
+The script also says whether this process was still listed. A process that beat less than a
+TTL ago and is missing was forgotten by Redis (a restart without persistence): ``lost_data``
+tells the state, which then treats the key windows as possibly lost, even if this process
+itself never saw Redis fail.
 
 This module builds the call and keeps the count; the ``RedisState`` runs the call.
 """
@@ -54,12 +60,22 @@ class Heartbeat:
         self.interval = interval
         self.count: int | None = None
         """Live processes sharing this Redis, as last seen (``None`` before the first look)."""
+        self.members: tuple[str, ...] = ()
+        """Their names, as last seen."""
+        self.lost_data = False
+        """Set when Redis forgot this process within its TTL; the state clears it."""
         self._process_id = process_id
         self._key = f"{key_prefix}:procs"
-        ttl = max(3 * interval, _MIN_PROCESS_TTL)
+        self._ttl = ttl = max(3 * interval, _MIN_PROCESS_TTL)
         self._ttl_args = (repr(float(ttl)), str(math.ceil(ttl * 1000)))
         self._due_at = 0.0
+        self._beaten_at: float | None = None
         self._lock = threading.Lock()
+
+    @property
+    def process_id(self) -> str:
+        """This process's name in ``<prefix>:procs``."""
+        return self._process_id or _process_id()
 
     def due(self) -> bool:
         """Whether this call should refresh the heartbeat: one call per interval does."""
@@ -75,11 +91,18 @@ class Heartbeat:
 
     def call(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
         """The keys and arguments of the ``HEARTBEAT`` script."""
-        return (self._key,), (self._process_id or _process_id(), *self._ttl_args)
+        return (self._key,), (self.process_id, *self._ttl_args)
 
     def seen(self, reply: Any) -> bool:
-        """Remember the count a ``HEARTBEAT`` answered; True when it changed."""
-        n = max(1, int(reply))
+        """Remember what a ``HEARTBEAT`` answered; True when the count changed."""
+        had, *members = reply
+        t = time.monotonic()
+        # A second short of the TTL: a beat that was late by the clocks' skew is no loss.
+        if not had and self._beaten_at is not None and t - self._beaten_at < self._ttl - 1.0:
+            self.lost_data = True
+        self._beaten_at = t
+        self.members = tuple(str(m) for m in members)
+        n = max(1, len(members))
         if n == self.count:
             return False
         self.count = n

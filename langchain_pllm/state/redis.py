@@ -58,7 +58,7 @@ import threading
 import time
 import weakref
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import NoScriptError, RedisError
 
@@ -70,8 +70,9 @@ from langchain_pllm.state.base import (
     Periods,
     StateBackend,
 )
-from langchain_pllm.state.fallback import LocalFallback, Records
+from langchain_pllm.state.fallback import LocalFallback
 from langchain_pllm.state.heartbeat import DEFAULT_INTERVAL, Heartbeat
+from langchain_pllm.state.outage import Returns
 from langchain_pllm.state.redis_client import (
     LOST,
     UNAVAILABLE,
@@ -83,11 +84,12 @@ from langchain_pllm.state.redis_client import (
 )
 from langchain_pllm.state.redis_counts import RedisReads
 from langchain_pllm.state.redis_layout import Call, RedisLayout, RedisLease
+from langchain_pllm.state.redis_rejoin import RedisRejoin
 from langchain_pllm.state.redis_scripts import (
     ACQUIRE,
     HEARTBEAT,
+    RECONCILE,
     RELEASE,
-    REPLAY,
     Script,
 )
 from langchain_pllm.urls import redact_url, take_query_options
@@ -104,15 +106,7 @@ _STATS_TTL = 86_400.0
 _URL_OPTIONS = ("lease_ttl", "key_prefix")
 
 
-class _Rejoin(NamedTuple):
-    """One round trip back to Redis: what it sends, and the fallback's records it carries."""
-
-    calls: list[tuple[Script, Call]]
-    taken: Records
-    beat: bool
-
-
-class RedisState(RedisReads, StateBackend):
+class RedisState(RedisRejoin, RedisReads, StateBackend):
     """Windows, breakers, leases and counters in Redis, shared by every process using it.
 
     Args:
@@ -131,6 +125,8 @@ class RedisState(RedisReads, StateBackend):
         heartbeat_interval: Seconds between refreshes of this process's liveness in Redis.
         process_id: This process's name among the live processes; by default one name per OS
             process (host, pid and a random part), shared by every state in it.
+        outage: ``exact`` (no window span over its limit, counting the fallback's starts) or
+            ``share`` (a share of each limit at once; see ``fallback.py``).
     """
 
     def __init__(
@@ -146,7 +142,10 @@ class RedisState(RedisReads, StateBackend):
         stats_ttl: float = _STATS_TTL,
         heartbeat_interval: float = DEFAULT_INTERVAL,
         process_id: str | None = None,
+        outage: str = "exact",
     ) -> None:
+        if outage not in ("exact", "share"):
+            raise ValueError(f"outage must be 'exact' or 'share', got {outage!r}")
         self.url = url
         self.timeout = timeout
         self.lease_ttl = lease_ttl
@@ -171,7 +170,12 @@ class RedisState(RedisReads, StateBackend):
         self._salt = secrets.token_hex(4)
         self._heartbeat = Heartbeat(key_prefix, heartbeat_interval, process_id)
         self._fallback = LocalFallback(
-            redact_url(url), local_share, retry_interval, self._new_lease_id
+            redact_url(url), local_share, retry_interval, self._new_lease_id, outage == "exact"
+        )
+        # A process that keeps calling tries Redis again within a retry interval and a timeout
+        # of its last failed try: by then every process of the fleet is back.
+        self._returns = Returns(
+            self._layout, self._fallback, self._heartbeat, retry_interval + 2 * timeout
         )
         # Cleanups of cancelled acquires still waiting for their reply (strong references).
         self._orphans: set[asyncio.Task[None]] = set()
@@ -198,6 +202,7 @@ class RedisState(RedisReads, StateBackend):
             # one machine): a fleet needs the one clock it shares, the server's.
             "server_time": clock.real,
             "key_prefix": options.get("key_prefix", "pllm"),
+            "outage": config.outage,
         }
 
     @classmethod
@@ -216,6 +221,11 @@ class RedisState(RedisReads, StateBackend):
     def local_share(self) -> float | None:
         """Share of each limit this process takes while Redis is away (``None``: 1/n)."""
         return self._fallback.local_share
+
+    @property
+    def outage(self) -> str:
+        """``exact`` or ``share``: what the fallback may start while Redis is away."""
+        return "exact" if self._fallback.exact else "share"
 
     @property
     def retry_interval(self) -> float:
@@ -309,92 +319,32 @@ class RedisState(RedisReads, StateBackend):
                 replies.append(exc)
         return replies
 
-    def _seen(self, reply: Any) -> None:
-        """A heartbeat's count of live processes: the fallback's shares follow it."""
+    def _ref(self, now: float | None) -> float:
+        """``now`` in the fallback's records' clock: with the server's clock, this moment.
+
+        A call without ``now`` under a manual clock is dated by the last acquire Redis answered.
+        """
+        if self.server_time:
+            return time.monotonic()
+        return now if now is not None else max(0.0, self._returns.last_ok)
+
+    def _away(self, exc: BaseException, now: float | None = None) -> None:
+        """A call failed: the fallback takes over, the outage dated by this moment."""
+        self._fallback.went_away(exc, self._ref(now))
+
+    def _seen(self, reply: Any, now: float | None = None) -> None:
+        """A heartbeat's live processes: the fallback's shares follow their count.
+
+        Given ``now`` (a heartbeat outside a rejoin), a Redis found to have forgotten this
+        process counts as an outage that began and ended now (``outage.py``).
+        """
         if self._heartbeat.seen(reply):
             self._fallback.processes_seen(self._heartbeat.count or 1)
-
-    # Redis away and back ---------------------------------------------------------------------
-
-    def _usable(self, now: float) -> bool:
-        """Whether to ask Redis now; the one caller that tries it again rejoins it first."""
-        due = self._fallback.retry_due()
-        if due is None:
-            return True
-        return due and self._rejoin(now)
-
-    async def _ausable(self, now: float) -> bool:
-        """Async twin of ``_usable``."""
-        due = self._fallback.retry_due()
-        if due is None:
-            return True
-        return due and await self._arejoin(now)
-
-    def _rejoin_plan(self, now: float, beat: bool) -> _Rejoin | None:
-        """The next round trip back to Redis; ``None`` when nothing is left to send.
-
-        The heartbeat (first trip only) and one ``REPLAY`` per key for the fallback's starts
-        still inside their window.
-        """
-        taken = self._fallback.take()
-        # Ages from the caller's clock; with the server's clock, from this very moment.
-        ref = time.monotonic() if self.server_time else now
-        calls: list[tuple[Script, Call]] = []
-        if beat:
-            calls.append((HEARTBEAT, self._heartbeat.call()))
-        for key, window, entries in self._fallback.replays(taken, ref):
-            calls.append((REPLAY, self._layout.replay(key, window, entries, now)))
-        if not calls:
-            return None
-        return _Rejoin(calls, taken, beat)
-
-    def _rejoin_failed(self, plan: _Rejoin, exc: BaseException) -> bool:
-        """Keep the records for the next try; True when Redis is away (else re-raise)."""
-        self._fallback.restore(plan.taken)
-        if not isinstance(exc, UNAVAILABLE):
-            return False
-        self._fallback.went_away(exc)
-        return True
-
-    def _rejoined(self, plan: _Rejoin, replies: list[Any]) -> None:
-        if plan.beat:
-            if isinstance(replies[0], int):
-                self._seen(replies[0])
-            self._fallback.came_back()
-        failed = [r for r in replies if isinstance(r, Exception)]
-        if failed:
-            logger.debug("replaying fallback starts into Redis failed: %s", failed[0])
-
-    def _rejoin(self, now: float) -> bool:
-        """Try Redis again: heartbeat and replay of the fallback's starts, one round trip.
-
-        Starts recorded by other threads during that round trip are replayed in a second one.
-        """
-        beat = True
-        while (plan := self._rejoin_plan(now, beat)) is not None:
-            try:
-                replies = self._send_all(plan.calls)
-            except BaseException as exc:
-                if self._rejoin_failed(plan, exc):
-                    return False
-                raise
-            self._rejoined(plan, replies)
-            beat = False
-        return True
-
-    async def _arejoin(self, now: float) -> bool:
-        """Async twin of ``_rejoin``."""
-        beat = True
-        while (plan := self._rejoin_plan(now, beat)) is not None:
-            try:
-                replies = await self._asend_all(plan.calls)
-            except BaseException as exc:
-                if self._rejoin_failed(plan, exc):
-                    return False
-                raise
-            self._rejoined(plan, replies)
-            beat = False
-        return True
+        if self._heartbeat.lost_data:
+            self._heartbeat.lost_data = False
+            if now is not None:
+                ref = self._ref(now)
+                self._returns.ended(self._returns.outage(ref, start=ref), [])
 
     # acquire -----------------------------------------------------------------------------------
 
@@ -444,12 +394,17 @@ class RedisState(RedisReads, StateBackend):
         lease_id = self._new_lease_id()
         plan = self._layout.quota_plan(key, limits, tokens, now, ask, periods)
         keys, args = self._layout.acquire(key, limits, tokens, now, lease_id, plan)
+        returns = self._returns
+        returns.known[key] = limits
         try:
             if self._heartbeat.due():
-                self._seen(self._run(HEARTBEAT, *self._heartbeat.call()))
+                self._seen(self._run(HEARTBEAT, *self._heartbeat.call()), now)
+            if (first := returns.pending(key, limits, now, self._ref(now))) is not None:
+                self._run(RECONCILE, *first)
             reply = self._run(ACQUIRE, keys, args)
+            returns.last_ok = self._ref(now)
         except UNAVAILABLE as exc:
-            fallback.went_away(exc)
+            self._away(exc, now)
             return fallback.acquire(key, limits, tokens, now, breaker)
         try:
             return self._layout.acquired(key, limits, tokens, now, lease_id, reply, plan)
@@ -475,9 +430,13 @@ class RedisState(RedisReads, StateBackend):
         lease_id = self._new_lease_id()
         plan = self._layout.quota_plan(key, limits, tokens, now, ask, periods)
         keys, args = self._layout.acquire(key, limits, tokens, now, lease_id, plan)
+        returns = self._returns
+        returns.known[key] = limits
         try:
             if self._heartbeat.due():
-                self._seen(await self._arun(HEARTBEAT, *self._heartbeat.call()))
+                self._seen(await self._arun(HEARTBEAT, *self._heartbeat.call()), now)
+            if (first := returns.pending(key, limits, now, self._ref(now))) is not None:
+                await self._arun(RECONCILE, *first)
             # In a task of its own, so that a cancelled caller does not cut the exchange short
             # and lose the reply: the server may grant the lease all the same.
             call = asyncio.ensure_future(self._arun(ACQUIRE, keys, args))
@@ -494,8 +453,9 @@ class RedisState(RedisReads, StateBackend):
                 with contextlib.suppress(asyncio.CancelledError):
                     await asyncio.wait((cleanup,), timeout=3 * self.timeout)
                 raise
+            returns.last_ok = self._ref(now)
         except UNAVAILABLE as exc:
-            fallback.went_away(exc)
+            self._away(exc, now)
             return fallback.acquire(key, limits, tokens, now, breaker)
         try:
             return self._layout.acquired(key, limits, tokens, now, lease_id, reply, plan)
@@ -542,7 +502,7 @@ class RedisState(RedisReads, StateBackend):
         try:
             self._run(RELEASE, *call)
         except UNAVAILABLE as exc:
-            self._fallback.went_away(exc)
+            self._away(exc, now)
 
     async def arelease(
         self,
@@ -562,7 +522,7 @@ class RedisState(RedisReads, StateBackend):
         try:
             await self._arun(RELEASE, *call)
         except UNAVAILABLE as exc:
-            self._fallback.went_away(exc)
+            self._away(exc, now)
 
     def close(self) -> None:
         """Close this process's sync connections (async ones close with their loops)."""

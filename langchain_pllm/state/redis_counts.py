@@ -45,6 +45,8 @@ class RedisReads:
 
         async def _ausable(self, now: float) -> bool: ...
 
+        def _away(self, exc: BaseException, now: float | None = None) -> None: ...
+
     def snapshot(
         self, key: str, limits: Limits, now: float, periods: Periods | None = None
     ) -> KeySnapshot:
@@ -55,7 +57,7 @@ class RedisReads:
         try:
             reply = self._run(SNAPSHOT, *self._layout.snapshot(key, limits, now, periods))
         except UNAVAILABLE as exc:
-            fallback.went_away(exc)
+            self._away(exc, now)
             return fallback.snapshot(key, limits, now)
         return self._layout.snapshot_of(reply, now)
 
@@ -69,7 +71,7 @@ class RedisReads:
         try:
             reply = await self._arun(SNAPSHOT, *self._layout.snapshot(key, limits, now, periods))
         except UNAVAILABLE as exc:
-            fallback.went_away(exc)
+            self._away(exc, now)
             return fallback.snapshot(key, limits, now)
         return self._layout.snapshot_of(reply, now)
 
@@ -86,7 +88,7 @@ class RedisReads:
         try:
             self._run(COUNT_VALIDATION, *self._layout.count_validation(key))
         except UNAVAILABLE as exc:
-            fallback.went_away(exc)
+            self._away(exc)
             fallback.local.count_validation_failure(key)
 
     async def acount_validation_failure(self, key: str) -> None:
@@ -98,7 +100,7 @@ class RedisReads:
         try:
             await self._arun(COUNT_VALIDATION, *self._layout.count_validation(key))
         except UNAVAILABLE as exc:
-            fallback.went_away(exc)
+            self._away(exc)
             fallback.local.count_validation_failure(key)
 
     def count_spend(self, key: str, cost: float, cached_tokens: int) -> None:
@@ -113,7 +115,7 @@ class RedisReads:
         try:
             self._run(COUNT_SPEND, *self._layout.count_spend(key, cost, cached_tokens))
         except UNAVAILABLE as exc:
-            fallback.went_away(exc)
+            self._away(exc)
             fallback.local.count_spend(key, cost, cached_tokens)
 
     async def acount_spend(self, key: str, cost: float, cached_tokens: int) -> None:
@@ -125,7 +127,7 @@ class RedisReads:
         try:
             await self._arun(COUNT_SPEND, *self._layout.count_spend(key, cost, cached_tokens))
         except UNAVAILABLE as exc:
-            fallback.went_away(exc)
+            self._away(exc)
             fallback.local.count_spend(key, cost, cached_tokens)
 
     def recall_conversation(self, digest: bytes) -> str | None:
@@ -135,7 +137,7 @@ class RedisReads:
         try:
             found = self._client.get(self._layout.conversation_key(digest))
         except UNAVAILABLE as exc:
-            self._fallback.went_away(exc)
+            self._away(exc)
             return None
         return found if isinstance(found, str) else None
 
@@ -146,7 +148,7 @@ class RedisReads:
         try:
             found = await self._aclient().get(self._layout.conversation_key(digest))
         except UNAVAILABLE as exc:
-            self._fallback.went_away(exc)
+            self._away(exc)
             return None
         return found if isinstance(found, str) else None
 
@@ -157,7 +159,7 @@ class RedisReads:
         try:
             self._client.set(self._layout.conversation_key(digest), key, px=int(ttl * 1000))
         except UNAVAILABLE as exc:
-            self._fallback.went_away(exc)
+            self._away(exc)
 
     async def aremember_conversation(self, digest: bytes, key: str, ttl: float) -> None:
         """Async twin of ``remember_conversation``."""
@@ -168,4 +170,4 @@ class RedisReads:
                 self._layout.conversation_key(digest), key, px=int(ttl * 1000)
             )
         except UNAVAILABLE as exc:
-            self._fallback.went_away(exc)
+            self._away(exc)

@@ -307,7 +307,7 @@ class RedisLayout:
             self._state_ttl(breaker, retry_after),
         )
 
-    # snapshot, counters, replay ----------------------------------------------------------------
+    # snapshot, counters, reconcile -------------------------------------------------------------
 
     def snapshot(self, key: str, limits: Limits, now: float, periods: Periods | None) -> Call:
         """The ``SNAPSHOT`` call reading ``key``."""
@@ -355,17 +355,42 @@ class RedisLayout:
             self.stats_ttl_ms,
         )
 
-    def replay(
+    def reconcile(
         self,
         key: str,
         window: float,
-        entries: list[tuple[str, float, int | None]],
         now: float,
+        process_id: str,
+        entries: list[tuple[str, float, int | None]],
+        lost: tuple[float, int | None, int | None] | None = None,
+        placeholders: tuple[float, int, int, tuple[str, ...]] | None = None,
     ) -> Call:
-        """The ``REPLAY`` call writing starts made elsewhere (member, age, tokens) into ``key``."""
-        args: list[str] = []
-        for member, age, tokens in entries:
-            args += (member, repr(age), "" if tokens is None else str(int(tokens)))
+        """The ``RECONCILE`` call of ``key`` after an outage (the script says what each does).
+
+        Args:
+            key: The key's fingerprint.
+            window: Its request and token window, seconds.
+            now: The caller's time.
+            process_id: This process's name among the live processes.
+            entries: This process's fallback starts: member, age, tokens.
+            lost: The outage's age (since its start here), rate limit and tpm: the
+                script stands in for lost windows, and skips processes back since.
+            placeholders: Seconds from now they are scored at, requests and tokens per
+                process, and the processes they stand for.
+        """
+        args: list[str] = [process_id]
+        if lost is None:
+            args += ("", "-1", "-1")
+        else:
+            age, rate, tpm = lost
+            args += (repr(age), str(-1 if rate is None else rate), str(-1 if tpm is None else tpm))
+        if placeholders is None:
+            args += ("", "0", "0", "0")
+        else:
+            ahead, requests, tokens, processes = placeholders
+            args += (repr(ahead), str(requests), str(tokens), str(len(processes)), *processes)
+        for member, age, used in entries:
+            args += (member, repr(age), "" if used is None else str(int(used)))
         starts_key, tokens_key, _, state_key = self.key_names(key)
         head = (self.now_arg(now), repr(float(window)), self.window_ttl(window), self.stats_ttl_ms)
         return (starts_key, tokens_key, state_key), (*head, *args)

@@ -16,8 +16,8 @@ __all__ = [
     "COUNT_VALIDATION",
     "HEARTBEAT",
     "QUOTA",
+    "RECONCILE",
     "RELEASE",
-    "REPLAY",
     "SNAPSHOT",
     "Script",
 ]
@@ -309,32 +309,84 @@ return 1
 )
 
 # Liveness is real time, whatever clock the caller keeps: always the server's clock.
-# KEYS: procs. ARGV: process id, seconds it stays live, key ttl ms. Returns the live count.
+# KEYS: procs. ARGV: process id, seconds it stays live, key ttl ms. Returns 1 when the process
+# was still listed (0: first beat, expired, or a Redis that lost its data), then the live ids.
 HEARTBEAT = Script(
     """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', string.format('%.17g', now))
+local had = redis.call('ZSCORE', KEYS[1], ARGV[1]) and 1 or 0
 redis.call('ZADD', KEYS[1], string.format('%.17g', now + tonumber(ARGV[2])), ARGV[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
-return redis.call('ZCARD', KEYS[1])
+local reply = redis.call('ZRANGE', KEYS[1], 0, -1)
+table.insert(reply, 1, had)
+return reply
 """
 )
 
-# Writes requests started on the local fallback into the Redis windows. Ages, not times, travel:
-# the fallback's times are in the caller's clock, the scripts may run on the server's.
-# KEYS: starts, tokens, state. ARGV: now, window, window key ttl ms, state ttl ms, then per
-# start: member, age, tokens ('' when the key has no tpm).
-REPLAY = Script(
+# After an outage, per key: stand-ins for what Redis may have lost, this process's fallback
+# starts written back, and placeholders for other processes still serving locally
+# (``outage.py`` says why each is needed). Ages, not times, travel: the fallback's times are in
+# the caller's clock, the scripts may run on the server's.
+# KEYS: starts, tokens, state. ARGV: now, window, window key ttl ms, state ttl ms, this
+# process's id, age of the outage's start ('' = share mode: write the starts back only), rate
+# limit and tpm (-1 = none), seconds from now the placeholders are scored at ('' = none),
+# placeholder requests and tokens per process, number of processes, their ids, then per start:
+# member, age, tokens ('' when the key has no tpm).
+# In the state hash, ``back|<id>`` is when a process last reconciled the key (no placeholders
+# for it if that is after the outage began) and ``ph|<id>`` its placeholders: count, tokens,
+# score. Both are pruned once they can no longer matter.
+RECONCILE = Script(
     PRELUDE
     + EXPIRE_TOKENS
     + """
 local starts, tk, st = KEYS[1], KEYS[2], KEYS[3]
-local cutoff = fmt(now - tonumber(ARGV[2]))
+local window = tonumber(ARGV[2])
+local cutoff = fmt(now - window)
 redis.call('ZREMRANGEBYSCORE', starts, '-inf', cutoff)
 local sum = expire_tokens(tk, st, cutoff)
 local has_tokens = false
-for i = 5, #ARGV, 3 do
+local began = nil
+if ARGV[6] ~= '' then began = now - tonumber(ARGV[6]) end
+-- No state hash: the key's windows may have been lost (a restart without persistence). Its
+-- starts before the outage all lie before the outage's start: fill its windows as of then. The
+-- names are fixed, so a second process back adds nothing.
+if began and began > now - window and redis.call('EXISTS', st) == 0 then
+  local lost = fmt(began)
+  for i = 1, tonumber(ARGV[7]) do redis.call('ZADD', starts, 'NX', lost, 'lost|' .. i) end
+  if tonumber(ARGV[8]) > 0 then
+    has_tokens = true
+    if redis.call('ZADD', tk, 'NX', lost, 'lost|' .. ARGV[8]) == 1 then
+      sum = sum + tonumber(ARGV[8])
+    end
+  end
+end
+local function drop(field)
+  local held = redis.call('HGET', st, field)
+  if not held then return end
+  local k, tok = string.match(held, '^(%d+),(%d+)')
+  for i = 1, tonumber(k) do redis.call('ZREM', starts, field .. '|' .. i) end
+  if tonumber(tok) > 0 and redis.call('ZREM', tk, field .. '|t|' .. tok) == 1 then
+    sum = sum - tonumber(tok)
+  end
+  redis.call('HDEL', st, field)
+end
+if began then
+  local fields = redis.call('HKEYS', st)
+  for i = 1, #fields do
+    local f = fields[i]
+    if string.sub(f, 1, 5) == 'back|' then
+      if tonumber(redis.call('HGET', st, f)) < now - 86400 then redis.call('HDEL', st, f) end
+    elseif string.sub(f, 1, 3) == 'ph|' then
+      local at = tonumber(string.match(redis.call('HGET', st, f), ',([^,]+)$'))
+      if at < now - window then drop(f) end
+    end
+  end
+end
+drop('ph|' .. ARGV[5])
+local n = tonumber(ARGV[12])
+for i = 13 + n, #ARGV, 3 do
   local at = fmt(now - tonumber(ARGV[i + 1]))
   redis.call('ZADD', starts, at, ARGV[i])
   if ARGV[i + 2] ~= '' then
@@ -345,6 +397,25 @@ for i = 5, #ARGV, 3 do
     end
   end
 end
+if ARGV[9] ~= '' then
+  local at = fmt(now + tonumber(ARGV[9]))
+  local k, tok = tonumber(ARGV[10]), tonumber(ARGV[11])
+  for j = 13, 12 + n do
+    local field = 'ph|' .. ARGV[j]
+    local seen = tonumber(redis.call('HGET', st, 'back|' .. ARGV[j]))
+    if not (seen and began and seen >= began) then
+      drop(field)
+      for i = 1, k do redis.call('ZADD', starts, at, field .. '|' .. i) end
+      if tok > 0 then
+        has_tokens = true
+        redis.call('ZADD', tk, at, field .. '|t|' .. tok)
+        sum = sum + tok
+      end
+      redis.call('HSET', st, field, k .. ',' .. tok .. ',' .. at)
+    end
+  end
+end
+if began then redis.call('HSET', st, 'back|' .. ARGV[5], clock) end
 redis.call('PEXPIRE', starts, ARGV[3])
 if has_tokens then redis.call('PEXPIRE', tk, ARGV[3]) end
 if has_tokens or redis.call('EXISTS', st) == 1 then

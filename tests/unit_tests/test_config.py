@@ -568,6 +568,8 @@ def test_balancer_accepts_a_cluster_url_and_hides_its_password() -> None:
         ("state", "postgres://db", "state must be memory or a redis://"),
         ("retry_policy", "fixd", "did you mean 'fixed'"),
         ("retry_policy", 3, "retry_policy must be one of: fixed, infinite, retry_once"),
+        ("outage", "exactly", "outage must be one of: exact, share, got 'exactly'"),
+        ("outage", "shar", "did you mean 'share'"),
     ],
 )
 def test_bad_balancer_values(key: str, value: Any, expected: str) -> None:

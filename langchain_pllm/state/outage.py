@@ -1,0 +1,157 @@
+"""Back from an outage: what each key's Redis windows need before anyone acquires on them again.
+
+Three things can break a limit once Redis answers again, and one ``RECONCILE`` script per key
+(one hash slot) mends each (``redis_scripts.py``):
+
+1. **Redis lost the windows** (a restart without persistence): a key with no state hash may
+   have held starts from before the outage that the restart forgot. They all lie before the
+   outage's start here (the first failed call, which came after Redis died), so the script
+   fills the key's windows as of that start: one ``lost|i`` member per request of the limit
+   and one ``lost|<tpm>`` token entry, with fixed names so a second process back adds nothing.
+   Keys that were merely idle get them too: one window of waiting, nothing worse.
+2. **This process's fallback starts** are written back (``fallback.py`` keeps them).
+3. **Processes not back yet** may still be serving their share locally: once the outage lasted
+   long enough for fallback starts (the return, plus ``cover`` seconds by which any process that
+   keeps calling must be back, reaches one window past this process's last good call), the
+   returning process writes, per other live process of the last heartbeat,
+   placeholders worth that process's share (``ph|<id>|i`` and ``ph|<id>|t|<tokens>``, counted
+   in the hash under ``ph|<id>``), scored ``cover`` seconds ahead. Each process deletes its own
+   when it reconciles the key, in the same script that writes its real starts. A process that
+   was back already, or died, leaves one share unused for at most ``cover`` plus one window.
+
+In ``share`` mode only 2 happens (the old behaviour). Keys this process knew before the outage
+are reconciled in the round trip that rejoins Redis; a key met for the first time later is
+reconciled before its first acquire, while the outage can still matter to it. A process that
+never saw the outage but whose heartbeat finds it was forgotten by Redis (``heartbeat.py``)
+treats that moment as an outage that began and ended then.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from typing import TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:
+    from langchain_pllm.state.base import Limits
+    from langchain_pllm.state.fallback import LocalFallback, Replay
+    from langchain_pllm.state.heartbeat import Heartbeat
+    from langchain_pllm.state.redis_layout import Call, RedisLayout
+
+__all__ = ["Outage", "Returns"]
+
+
+class Outage(NamedTuple):
+    """One outage as this process saw it, every time in the caller's clock."""
+
+    start: float
+    """Its first failed call here."""
+    last_ok: float
+    """The last call Redis answered before it."""
+    back: float
+    """When Redis answered again."""
+    peers: tuple[str, ...]
+    """The other live processes as the last heartbeat before it listed them."""
+
+
+class Returns:
+    """Which keys to reconcile after the last outage, and the ``RECONCILE`` call of each.
+
+    Args:
+        layout: Key names and script arguments.
+        fallback: The local fallback (its mode, outage start and shares).
+        heartbeat: This process's name and the live processes.
+        cover: Seconds after its return by which a process that keeps calling is back too.
+    """
+
+    def __init__(
+        self, layout: RedisLayout, fallback: LocalFallback, heartbeat: Heartbeat, cover: float
+    ) -> None:
+        self.cover = cover
+        self.known: dict[str, Limits] = {}
+        """Every key this process acquired on, with its latest limits."""
+        self.last_ok = -math.inf
+        """When Redis last answered an acquire, in the caller's clock."""
+        self._layout = layout
+        self._fallback = fallback
+        self._heartbeat = heartbeat
+        self._outage: Outage | None = None
+        self._done: set[str] = set()
+        self._lock = threading.Lock()
+
+    def outage(self, back: float, start: float | None = None) -> Outage:
+        """The outage ending at ``back``: it began at the fallback's start unless told."""
+        own = self._heartbeat.process_id
+        peers = tuple(p for p in self._heartbeat.members if p != own)
+        began = self._fallback.start if start is None else start
+        return Outage(began, self.last_ok, back, peers)
+
+    def calls(
+        self, replays: list[Replay], now: float, ref: float, outage: Outage | None
+    ) -> list[tuple[str, Call]]:
+        """The rejoin's calls: per key with fallback starts and, after an outage, every key known.
+
+        Args:
+            replays: This process's fallback starts per key.
+            now: The caller's time.
+            ref: The same moment in the records' clock.
+            outage: The outage that ends, or ``None`` for starts recorded since the return.
+        """
+        out: list[tuple[str, Call]] = []
+        replayed = {key for key, _, _ in replays}
+        for key, window, entries in replays:
+            out.append((key, self._call(key, window, now, ref, entries, outage)))
+        if outage is not None and self._fallback.exact:
+            for key, limits in list(self.known.items()):
+                if key not in replayed and self._relevant(limits, ref, outage):
+                    out.append((key, self._call(key, limits.window, now, ref, [], outage)))
+        return out
+
+    def ended(self, outage: Outage, keys: list[str]) -> None:
+        """Redis is back after ``outage``; ``keys`` were reconciled in the same round trip."""
+        if not self._fallback.exact:
+            return
+        with self._lock:
+            self._outage = outage
+            self._done = set(keys)
+
+    def pending(self, key: str, limits: Limits, now: float, ref: float) -> Call | None:
+        """The call to send before ``key``'s acquire, when the last outage still matters to it."""
+        outage = self._outage
+        if outage is None or key in self._done:
+            return None
+        with self._lock:
+            if key in self._done:
+                return None
+            self._done.add(key)
+        if not self._relevant(limits, ref, outage):
+            return None
+        return self._call(key, limits.window, now, ref, [], outage)
+
+    def _relevant(self, limits: Limits, ref: float, outage: Outage) -> bool:
+        if limits.rate_limit is None and limits.tpm is None:
+            return False
+        return ref < max(outage.start, outage.back + self.cover) + limits.window
+
+    def _call(
+        self,
+        key: str,
+        window: float,
+        now: float,
+        ref: float,
+        entries: list[tuple[str, float, int | None]],
+        outage: Outage | None,
+    ) -> Call:
+        own = self._heartbeat.process_id
+        limits = self.known.get(key)
+        if outage is None or limits is None or not self._fallback.exact:
+            return self._layout.reconcile(key, window, now, own, entries)
+        lost = (max(0.0, ref - outage.start), limits.rate_limit, limits.tpm)
+        placeholders = None
+        until = outage.back + self.cover
+        if outage.peers and until >= outage.last_ok + limits.window:
+            share = self._fallback.scaled(limits)
+            requests, tokens = share.rate_limit or 0, share.tpm or 0
+            if requests or tokens:
+                placeholders = (until - ref, requests, tokens, outage.peers)
+        return self._layout.reconcile(key, window, now, own, entries, lost, placeholders)
