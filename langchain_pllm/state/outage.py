@@ -24,12 +24,26 @@ are reconciled in the round trip that rejoins Redis; a key met for the first tim
 reconciled before its first acquire, while the outage can still matter to it. A process that
 never saw the outage but whose heartbeat finds it was forgotten by Redis (``heartbeat.py``)
 treats that moment as an outage that began and ended then.
+
+On a cluster in ``exact`` mode there is no local serving at all (``DownKeys``): a cluster
+fails one master at a time, and a process that never met the away master would keep acquiring
+the live masters' keys on Redis beside the others' local shares of them. There a key whose
+master is away waits for its promoted replica, and only the stand-ins (1) apply.
+
+What stays best effort: a process that made no call during the outage, and whose heartbeat was
+not due, acquires on the returned Redis without knowing of it, before any process back has
+reconciled the key; a failover's last writes the replica had not received (milliseconds,
+asynchronous replication) are lost with the state hash still present, so no stand-ins; the
+``limits:`` windows a restart lost get no stand-ins; and shares assume every process sees the
+same count of live processes.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
+import time
 from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
@@ -38,7 +52,9 @@ if TYPE_CHECKING:
     from langchain_pllm.state.heartbeat import Heartbeat
     from langchain_pllm.state.redis_layout import Call, RedisLayout
 
-__all__ = ["Outage", "Returns"]
+__all__ = ["DownKeys", "Outage", "Returns"]
+
+logger = logging.getLogger("langchain_pllm")
 
 
 class Outage(NamedTuple):
@@ -128,6 +144,13 @@ class Returns:
             return None
         return self._call(key, limits.window, now, ref, [], outage)
 
+    def stand_ins(self, key: str, limits: Limits, now: float, ref: float, start: float) -> Call:
+        """The call filling ``key``'s windows as of ``start`` if its state was lost."""
+        lost = (max(0.0, ref - start), limits.rate_limit, limits.tpm)
+        return self._layout.reconcile(
+            key, limits.window, now, self._heartbeat.process_id, [], lost, None
+        )
+
     def _relevant(self, limits: Limits, ref: float, outage: Outage) -> bool:
         if limits.rate_limit is None and limits.tpm is None:
             return False
@@ -155,3 +178,71 @@ class Returns:
             if requests or tokens:
                 placeholders = (until - ref, requests, tokens, outage.peers)
         return self._layout.reconcile(key, window, now, own, entries, lost, placeholders)
+
+
+class DownKeys:
+    """``exact`` mode on a cluster: a key whose master does not answer waits for it alone.
+
+    A cluster fails node by node: while one master is away (its replica being promoted), the
+    others serve their keys as before. Serving the away node's keys from a local share would
+    race processes that never saw the outage, so nothing starts outside Redis: such a key
+    refuses (the balancer sends its requests to other keys) until one caller per
+    ``retry_interval`` finds it answering again. Before its first acquire then, stand-ins fill
+    its windows if the failover lost its state (``Returns.stand_ins``).
+
+    Args:
+        where: The Redis URL, redacted, for the log lines.
+        retry_interval: Seconds between attempts on a key that did not answer.
+    """
+
+    def __init__(self, where: str, retry_interval: float) -> None:
+        self.retry_interval = retry_interval
+        self._where = where
+        self._down: dict[str, list[float]] = {}  # key -> [outage start, next try (monotonic)]
+        self._lock = threading.Lock()
+
+    @property
+    def any(self) -> bool:
+        """Whether some key's master is away."""
+        return bool(self._down)
+
+    def wait(self, key: str, now: float) -> float | None:
+        """``None`` to ask Redis now; else when to try ``key`` again, in the caller's clock."""
+        entry = self._down.get(key)
+        if entry is None:
+            return None
+        with self._lock:
+            t = time.monotonic()
+            if t >= entry[1]:
+                entry[1] = t + self.retry_interval  # this caller tries; the others wait
+                return None
+            return now + max(0.005, entry[1] - t)
+
+    def went_away(self, key: str | None, exc: BaseException, at: float, now: float) -> float:
+        """A call on ``key`` failed at ``at``: it waits; the first key away logs a warning."""
+        with self._lock:
+            first = not self._down
+            if key is not None:
+                entry = self._down.setdefault(key, [at, 0.0])
+                entry[1] = time.monotonic() + self.retry_interval
+        if first and key is not None:
+            logger.warning(
+                "Redis state at %s unreachable for some keys (%s: %s); they wait for it "
+                "(outage: exact), the others are served as before",
+                self._where,
+                type(exc).__name__,
+                exc,
+            )
+        return now + self.retry_interval
+
+    def started(self, key: str) -> float | None:
+        """When ``key``'s outage began, if it is away."""
+        entry = self._down.get(key)
+        return None if entry is None else entry[0]
+
+    def came_back(self, key: str) -> None:
+        """``key`` answered again; the last key back logs once."""
+        with self._lock:
+            if self._down.pop(key, None) is None or self._down:
+                return
+        logger.info("Redis state at %s answers again for every key", self._where)

@@ -21,10 +21,14 @@ used as is, so tests drive time.
 
 Redis away or slow: every call has a short timeout (``redis_timeout``, default 0.25 s) and is
 never retried by the client. On an error the state serves from the local fallback
-(``fallback.py``: a share of each limit, the share following the count of live processes kept by
-the fleet heartbeat, ``heartbeat.py``) and tries Redis again at most every ``retry_interval``
-seconds; the heartbeat and the replay of the fallback's starts go out in the one pipelined round
-trip that rejoins Redis (best effort). A Redis lease released while Redis is away is dropped: its
+(``fallback.py``: in the default ``exact`` mode nothing for one window, then a floor share of
+each limit; in ``share`` mode a share at once; the share follows the count of live processes
+kept by the fleet heartbeat, ``heartbeat.py``) and tries Redis again at most every
+``retry_interval`` seconds (``redis_rejoin.py``); the heartbeat and one ``RECONCILE`` per key
+(``outage.py``: stand-ins for windows a restart lost, the fallback's starts, placeholders for
+processes not back yet) go out in the one pipelined round trip that rejoins Redis. On a cluster
+in ``exact`` mode nothing is served locally: a key whose master is away waits for its replica,
+the others go on (``DownKeys``). A Redis lease released while Redis is away is dropped: its
 in-flight entry expires with its lease, its window entries age out, and what its outcome would
 have taught the breaker and counters is lost. A call that timed out may still have run on the
 server; its lease expires too.
@@ -33,7 +37,7 @@ Reads and counters (``snapshot``, ``count_spend``, conversation affinity) are in
 ``redis_counts.py``, a mixin of ``RedisState``.
 
 Sync and async twins: what each operation sends is built once (``redis_layout.py``, and
-``_rejoin_plan`` and ``_release_plan`` here, which also route to the fallback), and the twins
+``redis_rejoin.py``, and ``_release_plan`` here, which also routes to the fallback), and the twins
 only do the I/O.
 
 Cancellation: the async ``acquire`` runs its script in a task of its own; if the caller is
@@ -72,7 +76,7 @@ from langchain_pllm.state.base import (
 )
 from langchain_pllm.state.fallback import LocalFallback
 from langchain_pllm.state.heartbeat import DEFAULT_INTERVAL, Heartbeat
-from langchain_pllm.state.outage import Returns
+from langchain_pllm.state.outage import DownKeys, Returns
 from langchain_pllm.state.redis_client import (
     LOST,
     UNAVAILABLE,
@@ -177,6 +181,11 @@ class RedisState(RedisRejoin, RedisReads, StateBackend):
         self._returns = Returns(
             self._layout, self._fallback, self._heartbeat, retry_interval + 2 * timeout
         )
+        self._down = (
+            DownKeys(redact_url(url), retry_interval)
+            if self.cluster and outage == "exact"
+            else None
+        )
         # Cleanups of cancelled acquires still waiting for their reply (strong references).
         self._orphans: set[asyncio.Task[None]] = set()
 
@@ -244,8 +253,8 @@ class RedisState(RedisRejoin, RedisReads, StateBackend):
 
     @property
     def is_redis_available(self) -> bool:
-        """False while this process serves from its local fallback."""
-        return not self._fallback.active
+        """False while this process serves from its local fallback (or a key's master is away)."""
+        return not self._fallback.active and not (self._down is not None and self._down.any)
 
     # Plumbing --------------------------------------------------------------------------------
 
@@ -329,7 +338,14 @@ class RedisState(RedisRejoin, RedisReads, StateBackend):
         return now if now is not None else max(0.0, self._returns.last_ok)
 
     def _away(self, exc: BaseException, now: float | None = None) -> None:
-        """A call failed: the fallback takes over, the outage dated by this moment."""
+        """A call failed: the fallback takes over, the outage dated by this moment.
+
+        On a cluster in ``exact`` mode nothing is served locally: only the acquires of a key
+        whose master is away wait for it (``DownKeys``); other calls just fail softly.
+        """
+        if self._down is not None:
+            self._down.went_away(None, exc, 0.0, 0.0)
+            return
         self._fallback.went_away(exc, self._ref(now))
 
     def _seen(self, reply: Any, now: float | None = None) -> None:
@@ -347,6 +363,38 @@ class RedisState(RedisRejoin, RedisReads, StateBackend):
                 self._returns.ended(self._returns.outage(ref, start=ref), [])
 
     # acquire -----------------------------------------------------------------------------------
+
+    def _key_waits(self, key: str, limits: Limits, now: float) -> float | None:
+        """Before an acquire: note the key; on a cluster, wait while its master is away."""
+        self._returns.known[key] = limits
+        return None if self._down is None else self._down.wait(key, now)
+
+    def _first_call(self, key: str, limits: Limits, now: float) -> Call | None:
+        """What ``RECONCILE`` must mend before this acquire, if anything (``outage.py``)."""
+        ref = self._ref(now)
+        if self._down is not None and (start := self._down.started(key)) is not None:
+            return self._returns.stand_ins(key, limits, now, ref, start)
+        return self._returns.pending(key, limits, now, ref)
+
+    def _answered(self, key: str, now: float) -> None:
+        self._returns.last_ok = self._ref(now)
+        if self._down is not None and self._down.any:
+            self._down.came_back(key)
+
+    def _acquire_failed(
+        self,
+        exc: BaseException,
+        key: str,
+        limits: Limits,
+        tokens: int,
+        now: float,
+        breaker: BreakerPolicy,
+    ) -> Lease | float:
+        """Redis did not answer: the fallback serves, or on a cluster (exact) the key waits."""
+        if self._down is not None:
+            return self._down.went_away(key, exc, self._ref(now), now)
+        self._away(exc, now)
+        return self._fallback.acquire(key, limits, tokens, now, breaker)
 
     def _disown(self, key: str, lease_id: str, now: float, breaker: BreakerPolicy) -> None:
         with contextlib.suppress(*UNAVAILABLE):  # then it expires with its lease
@@ -386,26 +434,30 @@ class RedisState(RedisRejoin, RedisReads, StateBackend):
         """Check every limit and reserve in one atomic script (see ``MemoryState.acquire``).
 
         While Redis is away the local fallback keeps ``rate_limit``, ``tpm`` and the
-        concurrency cap only, not the ``limits:`` windows.
+        concurrency cap only; in ``exact`` mode a key with ``limits:`` windows waits for Redis,
+        in ``share`` mode they are not kept.
         """
         fallback = self._fallback
         if fallback.active and not self._usable(now):
             return fallback.acquire(key, limits, tokens, now, breaker)
+        if (wait := self._key_waits(key, limits, now)) is not None:
+            return wait
         lease_id = self._new_lease_id()
         plan = self._layout.quota_plan(key, limits, tokens, now, ask, periods)
         keys, args = self._layout.acquire(key, limits, tokens, now, lease_id, plan)
-        returns = self._returns
-        returns.known[key] = limits
         try:
             if self._heartbeat.due():
-                self._seen(self._run(HEARTBEAT, *self._heartbeat.call()), now)
-            if (first := returns.pending(key, limits, now, self._ref(now))) is not None:
+                try:
+                    self._seen(self._run(HEARTBEAT, *self._heartbeat.call()), now)
+                except UNAVAILABLE:
+                    if self._down is None:
+                        raise  # one server: Redis is away; a cluster: that node only
+            if (first := self._first_call(key, limits, now)) is not None:
                 self._run(RECONCILE, *first)
             reply = self._run(ACQUIRE, keys, args)
-            returns.last_ok = self._ref(now)
         except UNAVAILABLE as exc:
-            self._away(exc, now)
-            return fallback.acquire(key, limits, tokens, now, breaker)
+            return self._acquire_failed(exc, key, limits, tokens, now, breaker)
+        self._answered(key, now)
         try:
             return self._layout.acquired(key, limits, tokens, now, lease_id, reply, plan)
         except BaseException:
@@ -427,15 +479,19 @@ class RedisState(RedisRejoin, RedisReads, StateBackend):
         fallback = self._fallback
         if fallback.active and not await self._ausable(now):
             return fallback.acquire(key, limits, tokens, now, breaker)
+        if (wait := self._key_waits(key, limits, now)) is not None:
+            return wait
         lease_id = self._new_lease_id()
         plan = self._layout.quota_plan(key, limits, tokens, now, ask, periods)
         keys, args = self._layout.acquire(key, limits, tokens, now, lease_id, plan)
-        returns = self._returns
-        returns.known[key] = limits
         try:
             if self._heartbeat.due():
-                self._seen(await self._arun(HEARTBEAT, *self._heartbeat.call()), now)
-            if (first := returns.pending(key, limits, now, self._ref(now))) is not None:
+                try:
+                    self._seen(await self._arun(HEARTBEAT, *self._heartbeat.call()), now)
+                except UNAVAILABLE:
+                    if self._down is None:
+                        raise
+            if (first := self._first_call(key, limits, now)) is not None:
                 await self._arun(RECONCILE, *first)
             # In a task of its own, so that a cancelled caller does not cut the exchange short
             # and lose the reply: the server may grant the lease all the same.
@@ -453,10 +509,9 @@ class RedisState(RedisRejoin, RedisReads, StateBackend):
                 with contextlib.suppress(asyncio.CancelledError):
                     await asyncio.wait((cleanup,), timeout=3 * self.timeout)
                 raise
-            returns.last_ok = self._ref(now)
         except UNAVAILABLE as exc:
-            self._away(exc, now)
-            return fallback.acquire(key, limits, tokens, now, breaker)
+            return self._acquire_failed(exc, key, limits, tokens, now, breaker)
+        self._answered(key, now)
         try:
             return self._layout.acquired(key, limits, tokens, now, lease_id, reply, plan)
         except BaseException:

@@ -529,22 +529,30 @@ class TestRedisCluster:
         assert other.is_redis_available
         assert state.snapshot(KEY, lim, T0 + 1).window_used == 3
 
-    def test_a_killed_master_falls_back_then_its_promoted_replica_serves(
+    def test_a_killed_masters_keys_wait_for_its_promoted_replica_and_the_rest_go_on(
         self, redis_cluster: LocalCluster, cluster_url: str, caplog: pytest.LogCaptureFixture
     ) -> None:
-        state = shared(cluster_url, timeout=0.3, retry_interval=0.2, local_share=0.5)
+        state, other = shared(cluster_url, timeout=0.3, retry_interval=0.2), shared(cluster_url)
         lim = limits(rate=4)
         take(state, lim, T0)
         redis_cluster.wait_healthy()  # the start reached the replica (asynchronous replication)
         doomed = redis_cluster.master_of(f"pllm:{{{KEY}}}:starts")
+        alive = next(
+            k
+            for k in (f"{i:016x}" for i in range(1000))
+            if redis_cluster.master_of(f"pllm:{{{k}}}:starts") is not doomed
+        )
         with caplog.at_level(logging.INFO, logger="langchain_pllm"):
             doomed.kill()
-            # The outage rule: the window counts as full until one window after the first
-            # failure; until then a request waits, for Redis at the latest (the retry interval).
+            # Exact on a cluster: a key whose master is away waits for it (the balancer sends
+            # its requests elsewhere); it is tried again after the retry interval.
             wake = state.acquire(KEY, lim, 0, T0 + 1, BREAKER)
             assert isinstance(wake, float)
             assert T0 + 1 < wake <= T0 + 1 + 0.2
             assert not state.is_redis_available
+            # A key on another master is served by Redis as before, seen by every process.
+            take(state, lim, T0 + 1, key=alive)
+            assert other.snapshot(alive, lim, T0 + 1).window_used == 1
             redis_cluster.wait_healthy()  # the replica took over
             time.sleep(0.25)  # the retry interval, in real time
             # Back on the promoted replica: its copy of the start, and all the rest (the
