@@ -20,10 +20,12 @@ Three things can break a limit once Redis answers again, and one ``RECONCILE`` s
    was back already, or died, leaves one share unused for at most ``cover`` plus one window.
 
 In ``share`` mode only 2 happens (the old behaviour). Keys this process knew before the outage
-are reconciled in the round trip that rejoins Redis; a key met for the first time later is
-reconciled before its first acquire, while the outage can still matter to it. A process that
-never saw the outage but whose heartbeat finds it was forgotten by Redis (``heartbeat.py``)
-treats that moment as an outage that began and ended then.
+are reconciled in the round trip that rejoins Redis. A process that never saw the outage but
+whose heartbeat finds it was forgotten by Redis (``heartbeat.py``) treats that moment as an
+outage that began and ended then, and reconciles each key it had used before its next acquire
+on it. A process reconciles only keys it started requests on (a new key, or one only others
+used, is theirs to mend): a key that no process had used gets no stand-ins, and one used by
+others is mended as soon as the first of them is back.
 
 On a cluster in ``exact`` mode there is no local serving at all (``DownKeys``): a cluster
 fails one master at a time, and a process that never met the away master would keep acquiring
@@ -85,22 +87,30 @@ class Returns:
     ) -> None:
         self.cover = cover
         self.known: dict[str, Limits] = {}
-        """Every key this process acquired on, with its latest limits."""
+        """Every key this process started a request on, with its latest limits."""
         self.last_ok = -math.inf
         """When Redis last answered an acquire, in the caller's clock."""
         self._layout = layout
         self._fallback = fallback
         self._heartbeat = heartbeat
         self._outage: Outage | None = None
-        self._done: set[str] = set()
+        self._pending: set[str] = set()
         self._lock = threading.Lock()
 
-    def outage(self, back: float, start: float | None = None) -> Outage:
-        """The outage ending at ``back``: it began at the fallback's start unless told."""
+    def outage(self, back: float) -> Outage:
+        """The outage this process's fallback served through, ending at ``back``."""
         own = self._heartbeat.process_id
         peers = tuple(p for p in self._heartbeat.members if p != own)
-        began = self._fallback.start if start is None else start
-        return Outage(began, self.last_ok, back, peers)
+        return Outage(self._fallback.start, self.last_ok, back, peers)
+
+    def forgotten(self, now: float) -> Outage:
+        """Redis lost its data without this process seeing it fail: an outage at ``now``.
+
+        Stand-ins only: this process never left, and holding room for every other process
+        in case one is still away would cost each key a share for a while after every restart
+        (or ``FLUSHALL``); those that are away hold room for the others when they come back.
+        """
+        return Outage(now, self.last_ok, now, ())
 
     def calls(
         self, replays: list[Replay], now: float, ref: float, outage: Outage | None
@@ -129,17 +139,17 @@ class Returns:
             return
         with self._lock:
             self._outage = outage
-            self._done = set(keys)
+            self._pending = set(self.known).difference(keys)
 
     def pending(self, key: str, limits: Limits, now: float, ref: float) -> Call | None:
         """The call to send before ``key``'s acquire, when the last outage still matters to it."""
         outage = self._outage
-        if outage is None or key in self._done:
+        if outage is None or key not in self._pending:
             return None
         with self._lock:
-            if key in self._done:
+            if key not in self._pending:
                 return None
-            self._done.add(key)
+            self._pending.discard(key)
         if not self._relevant(limits, ref, outage):
             return None
         return self._call(key, limits.window, now, ref, [], outage)

@@ -360,13 +360,12 @@ class RedisState(RedisRejoin, RedisReads, StateBackend):
             self._heartbeat.lost_data = False
             if now is not None:
                 ref = self._ref(now)
-                self._returns.ended(self._returns.outage(ref, start=ref), [])
+                self._returns.ended(self._returns.forgotten(ref), [])
 
     # acquire -----------------------------------------------------------------------------------
 
-    def _key_waits(self, key: str, limits: Limits, now: float) -> float | None:
-        """Before an acquire: note the key; on a cluster, wait while its master is away."""
-        self._returns.known[key] = limits
+    def _key_waits(self, key: str, now: float) -> float | None:
+        """On a cluster (exact), whether ``key`` waits while its master is away."""
         return None if self._down is None else self._down.wait(key, now)
 
     def _first_call(self, key: str, limits: Limits, now: float) -> Call | None:
@@ -376,8 +375,9 @@ class RedisState(RedisRejoin, RedisReads, StateBackend):
             return self._returns.stand_ins(key, limits, now, ref, start)
         return self._returns.pending(key, limits, now, ref)
 
-    def _answered(self, key: str, now: float) -> None:
+    def _answered(self, key: str, limits: Limits, now: float) -> None:
         self._returns.last_ok = self._ref(now)
+        self._returns.known[key] = limits
         if self._down is not None and self._down.any:
             self._down.came_back(key)
 
@@ -394,6 +394,13 @@ class RedisState(RedisRejoin, RedisReads, StateBackend):
         if self._down is not None:
             return self._down.went_away(key, exc, self._ref(now), now)
         self._away(exc, now)
+        return self._local(key, limits, tokens, now, breaker)
+
+    def _local(
+        self, key: str, limits: Limits, tokens: int, now: float, breaker: BreakerPolicy
+    ) -> Lease | float:
+        """The fallback's acquire; the key is reconciled on the return (``outage.py``)."""
+        self._returns.known[key] = limits
         return self._fallback.acquire(key, limits, tokens, now, breaker)
 
     def _disown(self, key: str, lease_id: str, now: float, breaker: BreakerPolicy) -> None:
@@ -439,8 +446,8 @@ class RedisState(RedisRejoin, RedisReads, StateBackend):
         """
         fallback = self._fallback
         if fallback.active and not self._usable(now):
-            return fallback.acquire(key, limits, tokens, now, breaker)
-        if (wait := self._key_waits(key, limits, now)) is not None:
+            return self._local(key, limits, tokens, now, breaker)
+        if (wait := self._key_waits(key, now)) is not None:
             return wait
         lease_id = self._new_lease_id()
         plan = self._layout.quota_plan(key, limits, tokens, now, ask, periods)
@@ -457,7 +464,7 @@ class RedisState(RedisRejoin, RedisReads, StateBackend):
             reply = self._run(ACQUIRE, keys, args)
         except UNAVAILABLE as exc:
             return self._acquire_failed(exc, key, limits, tokens, now, breaker)
-        self._answered(key, now)
+        self._answered(key, limits, now)
         try:
             return self._layout.acquired(key, limits, tokens, now, lease_id, reply, plan)
         except BaseException:
@@ -478,8 +485,8 @@ class RedisState(RedisRejoin, RedisReads, StateBackend):
         """Async twin of ``acquire``; a lease granted after the caller was cancelled is freed."""
         fallback = self._fallback
         if fallback.active and not await self._ausable(now):
-            return fallback.acquire(key, limits, tokens, now, breaker)
-        if (wait := self._key_waits(key, limits, now)) is not None:
+            return self._local(key, limits, tokens, now, breaker)
+        if (wait := self._key_waits(key, now)) is not None:
             return wait
         lease_id = self._new_lease_id()
         plan = self._layout.quota_plan(key, limits, tokens, now, ask, periods)
@@ -511,7 +518,7 @@ class RedisState(RedisRejoin, RedisReads, StateBackend):
                 raise
         except UNAVAILABLE as exc:
             return self._acquire_failed(exc, key, limits, tokens, now, breaker)
-        self._answered(key, now)
+        self._answered(key, limits, now)
         try:
             return self._layout.acquired(key, limits, tokens, now, lease_id, reply, plan)
         except BaseException:
