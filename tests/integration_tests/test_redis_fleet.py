@@ -376,6 +376,28 @@ def _check_window(
     assert used_arrived >= 0.98 * capacity, f"{name}: only {used_arrived} of {capacity} arrived"
 
 
+def _check_outage_windows(
+    name: str, server: FakeOpenAIServer, model: dict[str, Any], reservations: ReservationLog
+) -> None:
+    """No slack for an outage: every window span at most ``LIMIT``, reserved and arrived.
+
+    Reservations include the starts written back after the outage; arrivals are counted over
+    ``WINDOW - LAG`` (their lag behind the reservations, see the module docstring).
+    """
+    log = by_key(server)
+    for key in [p["name"] for p in model["providers"]]:
+        arrived = heaviest_span([(r.time, 1) for r in log[key]], WINDOW - LAG)
+        reserved = heaviest_span(
+            [(t, 1) for t in reservations.of(model, key, "starts").values()], WINDOW
+        )
+        print(
+            f"\n{name} {key}: heaviest window of Redis reservations {reserved}, of arrivals "
+            f"{arrived} (over {WINDOW - LAG}s; limit {LIMIT}); {len(log[key])} requests"
+        )
+        assert reserved <= LIMIT, key
+        assert arrived <= LIMIT, key
+
+
 # Tests --------------------------------------------------------------------------------------------
 
 
@@ -566,18 +588,9 @@ def test_redis_stopped_and_restarted_mid_run_loses_no_request(
     # Back on the restarted server: the last requests were counted there.
     stats = BalancedChatModel(**model).get_stats()
     assert sum(s["total_requests"] for s in stats.values()) > 0
-    log = by_key(server)
-    for key in keys:
-        arrived = heaviest_span([(r.time, 1) for r in log[key]], WINDOW - LAG)
-        reserved = heaviest_span(
-            [(t, 1) for t in reservations.of(model, key, "starts").values()], WINDOW
-        )
-        print(
-            f"\nrestart {key}: heaviest window of Redis reservations {reserved}, of arrivals "
-            f"{arrived} (over {WINDOW - LAG}s; limit {LIMIT}); {len(log[key])} requests"
-        )
-        assert reserved <= LIMIT, key
-        assert arrived <= LIMIT, key
+    _check_outage_windows(
+        "restart (Redis stopped 1 s, restarted empty)", server, model, reservations
+    )
 
 
 def test_pllm_top_once_shows_the_whole_fleets_in_flight_and_window_use(
@@ -669,19 +682,12 @@ def test_on_a_cluster_four_processes_keep_the_limit_through_a_killed_master(
     assert [r["errors"] for r in results] == [[]] * 4
     assert sum(r["ok"] for r in results) == len(server.requests)  # no request lost
     assert all(r.status == 200 for r in server.requests)
-    log = by_key(server)
-    for key in keys:
-        arrived = heaviest_span([(r.time, 1) for r in log[key]], WINDOW - LAG)
-        reserved = heaviest_span(
-            [(t, 1) for t in reservations.of(model, key, "starts").values()], WINDOW
-        )
-        print(
-            f"\ncluster {key}: master killed, replica promoted after {promoted_after:.2f}s; "
-            f"heaviest window of arrivals {arrived}, of Redis reservations {reserved} "
-            f"(limit {LIMIT}); {len(log[key])} requests"
-        )
-        assert arrived <= LIMIT, key
-        assert reserved <= LIMIT, key
+    _check_outage_windows(
+        f"cluster (master killed, replica promoted after {promoted_after:.2f}s)",
+        server,
+        model,
+        reservations,
+    )
     assert any("unreachable" in message for w in fleet for _, message in w.call("logs")["logs"]), (
         "no process noticed the outage"
     )
