@@ -8,7 +8,7 @@ Three things can break a limit once Redis answers again, and one ``RECONCILE`` s
    outage's start here (the first failed call, which came after Redis died), so the script
    fills the key's windows as of that start: one ``lost|i`` member per request of the limit
    and one ``lost|<tpm>`` token entry, with fixed names so a second process back adds nothing.
-   Keys that were merely idle get them too: one window of waiting, nothing worse.
+   Keys that were merely idle (their state expired) get them too: one window of waiting.
 2. **This process's fallback starts** are written back (``fallback.py`` keeps them).
 3. **Processes not back yet** may still be serving their share locally: once the outage lasted
    long enough for fallback starts (the return, plus ``cover`` seconds by which any process that
@@ -19,7 +19,7 @@ Three things can break a limit once Redis answers again, and one ``RECONCILE`` s
    when it reconciles the key, in the same script that writes its real starts. A process that
    was back already, or died, leaves one share unused for at most ``cover`` plus one window.
 
-In ``share`` mode only 2 happens (the old behaviour). Keys this process knew before the outage
+In ``share`` mode only 2 happens (the old behaviour). Keys this process started requests on
 are reconciled in the round trip that rejoins Redis. A process that never saw the outage but
 whose heartbeat finds it was forgotten by Redis (``heartbeat.py``) treats that moment as an
 outage that began and ended then, and reconciles each key it had used before its next acquire
@@ -128,7 +128,8 @@ class Returns:
         for key, window, entries in replays:
             out.append((key, self._call(key, window, now, ref, entries, outage)))
         if outage is not None and self._fallback.exact:
-            for key, limits in list(self.known.items()):
+            # A copy first: other threads add keys (``dict.copy`` runs under the GIL at once).
+            for key, limits in self.known.copy().items():
                 if key not in replayed and self._relevant(limits, ref, outage):
                     out.append((key, self._call(key, limits.window, now, ref, [], outage)))
         return out
@@ -139,7 +140,7 @@ class Returns:
             return
         with self._lock:
             self._outage = outage
-            self._pending = set(self.known).difference(keys)
+            self._pending = set(self.known.copy()).difference(keys)
 
     def pending(self, key: str, limits: Limits, now: float, ref: float) -> Call | None:
         """The call to send before ``key``'s acquire, when the last outage still matters to it."""
