@@ -7,9 +7,11 @@ when that run ends, failed when it errors; runs below a root (the model inside a
 parser) only add their retries. The total is the one given (``PllmProgress(total=N)``) or else
 what has started so far: ``abatch`` and chains start every item at once, a thread-pool
 ``batch`` as workers free up. Retries are the balancer's further attempts, read from each
-reply's ``response_metadata["attempts"]``, plus any ``with_retry`` retries. A chain's own
-``batch`` runs each step for every item before the next step, so its items all finish at the
-end (retries and items in flight move meanwhile); ``batch_as_completed`` finishes them one by one.
+reply's ``response_metadata["attempts"]`` (or, for an item that finally fails, from the
+``attempts`` the balancer sets on the error it raises), plus any ``with_retry`` retries. A
+chain's own ``batch`` runs each step for every item before the next step, so its items all
+finish at the end (retries and items in flight move meanwhile); ``batch_as_completed``
+finishes them one by one.
 
 ``BalancedEmbeddings`` has no LangChain run to report; it tells its handlers of texts through
 ``on_embed_start`` / ``on_embed_batch_end`` / ``on_embed_error`` (see ``EmbedReport``), where
@@ -288,7 +290,10 @@ class PllmProgress(BaseCallbackHandler):
         self._end_root(run_id, error=False)
 
     def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
-        """A model run failed after every attempt the policy allowed."""
+        """A model run failed after every attempt the policy allowed: count its retries too."""
+        retries = _retries_of(error)
+        if retries:
+            self._count(retries=retries)
         self._end_root(run_id, error=True)
 
     def on_chain_end(self, outputs: Any, *, run_id: UUID, **kwargs: Any) -> None:
@@ -314,8 +319,8 @@ class PllmProgress(BaseCallbackHandler):
         self._count(succeeded=texts, retries=max(0, attempts - 1))
 
     def on_embed_error(self, texts: int, error: BaseException) -> None:
-        """The call failed: ``texts`` texts got no vector."""
-        self._count(failed=texts)
+        """The call failed: ``texts`` texts got no vector (after the error's ``attempts``)."""
+        self._count(failed=texts, retries=_retries_of(error))
 
     # Explicit end ----------------------------------------------------------------------------
 
@@ -332,6 +337,12 @@ class PllmProgress(BaseCallbackHandler):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _retries_of(error: BaseException) -> int:
+    """The further attempts the balancer made before raising ``error`` (its ``attempts``)."""
+    attempts = getattr(error, "attempts", None)  # a list on ValidationFailedError: not ours
+    return attempts - 1 if isinstance(attempts, int) and attempts > 1 else 0
 
 
 def _resolve(display: Display, file: TextIO | None) -> tuple[Display, TextIO]:

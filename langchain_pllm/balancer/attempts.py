@@ -9,6 +9,7 @@ budget each provider call may take. Both are written once for the four call path
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import math
 from collections.abc import AsyncIterator
@@ -203,6 +204,16 @@ class Attempts:
             self.tried.add(m.index)
             self.last_error = exc
         return outcome
+
+    def gave_up(self, exc: BaseException) -> BaseException:
+        """Note on the error the request ends with how many attempts it made (``exc.attempts``).
+
+        A caller counting retries (``PllmProgress``) then counts those of a request that
+        finally failed too; ``0`` when no key ever had capacity for it.
+        """
+        with contextlib.suppress(AttributeError, TypeError):  # an exception refusing attributes
+            exc.attempts = self.count  # type: ignore[attr-defined]
+        return exc
 
     def again(self) -> bool:
         """After the release of a failed attempt: whether to try another key now.

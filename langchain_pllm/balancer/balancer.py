@@ -108,10 +108,11 @@ class Balancer:
         # After a real failure, the caller gets that failure: "no capacity" would mask it (the
         # remaining keys are resting or open because of errors like it).
         if req.last_error is not None:
-            raise req.last_error
+            raise req.gave_up(req.last_error)
         waited = now - req.wait_start
         max_wait = self.config.max_wait
-        raise no_provider_error(self.members, self.state, req.only, now, waited, max_wait)
+        error = no_provider_error(self.members, self.state, req.only, now, waited, max_wait)
+        raise req.gave_up(error)
 
     def _refused(self, m: Member, wake: float, now: float) -> None:
         with self._lock:
@@ -327,6 +328,10 @@ class Balancer:
 
         Returns:
             The result, the member that served it and the number of attempts made.
+
+        Raises:
+            BaseException: The last attempt's error, or ``NoProviderAvailableError`` when no
+                key had capacity in time; either carries ``attempts``, the attempts made.
         """
         req = self._attempts(avoid, only, affinity, spill, resume)
         if self.affinity is not None:
@@ -341,6 +346,7 @@ class Balancer:
                 self._release(m, lease, req.failed(m, e), None, e)
                 if req.again():
                     continue
+                req.gave_up(e)
                 raise
             finally:
                 if token is not None:
@@ -377,6 +383,7 @@ class Balancer:
                 await self._arelease(m, lease, req.failed(m, e), None, e)
                 if req.again():
                     continue
+                req.gave_up(e)
                 raise
             finally:
                 if token is not None:
@@ -434,6 +441,7 @@ class Balancer:
                 self._release(m, lease, outcome, used or None, e)
                 if req.again():
                     continue
+                req.gave_up(e)
                 raise
             self._release(m, lease, Outcome.SUCCESS, used or None)
             if self.affinity is not None:
@@ -486,6 +494,7 @@ class Balancer:
                 await self._arelease(m, lease, outcome, used or None, e)
                 if req.again():
                     continue
+                req.gave_up(e)
                 raise
             await self._arelease(m, lease, Outcome.SUCCESS, used or None)
             if self.affinity is not None:

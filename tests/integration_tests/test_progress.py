@@ -110,6 +110,39 @@ def test_a_chain_batch_counts_items_failures_and_learns_its_total(
     assert len(openai_srv.requests) == 20
 
 
+def test_items_that_finally_fail_still_count_their_retries(
+    servers: tuple[FakeOpenAIServer, FakeAnthropicServer],
+) -> None:
+    openai_srv, _ = servers
+    model = BalancedChatModel(
+        providers=[
+            {
+                "vendor": "openai",
+                "api_key": f"sk-r-{i}",
+                "model": "m",
+                "api_base": openai_srv.base_url,
+            }
+            for i in range(3)
+        ],
+        balancer=FORGIVING,
+        max_retries=2,
+    )
+    chain = ChatPromptTemplate.from_messages([("human", "q {i}")]) | model | StrOutputParser()
+    # One at a time: the first item meets all six faults, fails after 3 attempts; so does the
+    # second; the other three are answered at once.
+    openai_srv.enqueue(*[Fault(status=500)] * 6)
+    progress = PllmProgress(display="none")
+    results = chain.batch(
+        [{"i": i} for i in range(5)],
+        config={"callbacks": [progress], "max_concurrency": 1},
+        return_exceptions=True,
+    )
+    failures = [r for r in results if isinstance(r, Exception)]
+    assert [getattr(f, "attempts", None) for f in failures] == [3, 3]
+    assert (progress.succeeded, progress.failed) == (3, 2)
+    assert progress.retries == len(openai_srv.requests) - 5 == 4
+
+
 def test_model_batch_with_a_given_total_and_retries(
     servers: tuple[FakeOpenAIServer, FakeAnthropicServer],
 ) -> None:
@@ -192,6 +225,32 @@ async def test_embeddings_show_progress_draws_and_a_failed_call_counts_its_texts
     with pytest.raises(Exception, match="401"):
         broken.embed_documents([f"t{i}" for i in range(20)])
     assert (progress.succeeded, progress.failed, progress.in_flight) == (0, 20, 0)
+
+
+def test_a_failed_embedding_call_counts_the_retries_it_made(
+    servers: tuple[FakeOpenAIServer, FakeAnthropicServer],
+) -> None:
+    openai_srv, _ = servers
+    progress = PllmProgress(display="none")
+    emb = BalancedEmbeddings(
+        providers=[
+            {
+                "vendor": "openai",
+                "api_key": f"sk-f-{i}",
+                "model": "text-embedding-3-small",
+                "api_base": openai_srv.base_url,
+            }
+            for i in range(2)
+        ],
+        balancer=FORGIVING,
+        max_retries=1,
+        callbacks=[progress],
+    )
+    openai_srv.fault_for_key(None, Fault(status=500))
+    with pytest.raises(Exception, match="500") as caught:
+        emb.embed_documents(["one text: one batch, one balancer call"])
+    assert getattr(caught.value, "attempts", None) == 2
+    assert (progress.failed, progress.retries) == (1, len(openai_srv.requests) - 1) == (1, 1)
 
 
 def test_rate_and_line_come_from_the_clock() -> None:
