@@ -91,7 +91,7 @@ class Balancer:
         )
         self._waiters: list[Callable[[], None]] = []
         self._local = state.is_local
-        self.observer = PoolObserver(self.members, self.get_stats)
+        self.observer = PoolObserver(self.members, self.get_stats, clock.now())
         self.args = StateArgs(self.members, clock, config)  # what the state hears per key
         self._spent_logged: set[int] = set()  # spent keys already logged in this episode
         self.limits = ProcessLimits(config.window, self._lock)  # learned here, per process

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import math
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Iterator
@@ -185,12 +186,16 @@ class PoolObserver:
     Args:
         members: The balancer's members (indexed by ``Member.index``).
         stats: The balancer's ``get_stats``; held weakly, so gauges never keep a pool alive.
+        born: When the pool was built (a younger pool's requests/s are over its age).
     """
 
     def __init__(
-        self, members: list[Member], stats: Callable[[], dict[str, dict[str, Any]]]
+        self,
+        members: list[Member],
+        stats: Callable[[], dict[str, dict[str, Any]]],
+        born: float = -math.inf,
     ) -> None:
-        self.recent = [RecentAttempts() for _ in members]
+        self.recent = [RecentAttempts(born) for _ in members]
         self.labels = [_labels(m) for m in members]
         self._ids = {m.config.id: i for i, m in enumerate(members)}
         self._stats = weakref.WeakMethod(stats)

@@ -81,11 +81,13 @@ class RecentAttempts:
         "_lock",
         "_next",
         "_seconds",
+        "born",
         "input_tokens",
         "output_tokens",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, born: float = -math.inf) -> None:
+        self.born = born  # when counting began: a younger key's rate is over its age
         self._lock = threading.Lock()
         self._latencies: list[float] = []
         self._next = 0
@@ -119,12 +121,22 @@ class RecentAttempts:
                 self.input_tokens += used.input_tokens
                 self.output_tokens += used.output_tokens
 
+    def span(self, now: float) -> float:
+        """Seconds the rate is over: the last ``RATE_SPAN``, or the age if younger (>= 1 s).
+
+        Dividing a young pool's requests by the whole minute would under-report its rate
+        (12 requests in its first 2 s are 6/s, not 0.2/s). At least a second: the buckets are
+        whole seconds, and a pool a few milliseconds old has no rate worth a spike.
+        """
+        return min(float(RATE_SPAN), max(1.0, now - self.born))
+
     def stats(self, now: float) -> dict[str, Any]:
         """The stats fields these attempts give, read at ``now``.
 
         Returns:
             ``latency_p50`` and ``latency_p95`` (seconds, ``None`` before any success),
-            ``requests_per_second`` over the last ``RATE_SPAN`` seconds, ``input_tokens`` and
+            ``requests_per_second`` over the last ``RATE_SPAN`` seconds (over the age when
+            younger, ``span``), ``input_tokens`` and
             ``output_tokens``.
         """
         current = int(now)
@@ -139,7 +151,7 @@ class RecentAttempts:
         return {
             "latency_p50": _percentile(ordered, 0.50) if ordered else None,
             "latency_p95": _percentile(ordered, 0.95) if ordered else None,
-            "requests_per_second": recent / RATE_SPAN,
+            "requests_per_second": recent / self.span(now),
             "input_tokens": inp,
             "output_tokens": out,
         }

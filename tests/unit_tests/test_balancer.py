@@ -565,3 +565,14 @@ def test_each_attempt_gets_what_is_left_of_the_request_deadline() -> None:
     assert balancer.call(run)[0] == "ok from openai-0"
     assert budgets == [pytest.approx(10.0), pytest.approx(6.0)]  # the 4 s rest was spent
     assert ATTEMPT_BUDGET.get() is None  # nothing leaks out of the call
+
+
+def test_requests_per_second_of_a_young_pool_is_over_its_age() -> None:
+    balancer, _, clock = make_balancer(n=1)
+    clock.advance(0.5)
+    for _ in range(12):  # 12 requests in the pool's first 2 seconds: 6/s, not 12/60
+        balancer.call(lambda p: p.run())
+        clock.advance(1.5 / 12)
+    assert balancer.get_stats()["openai-0"]["requests_per_second"] == pytest.approx(6.0)
+    clock.advance(118.0)  # two minutes on, the minute holds none of them
+    assert balancer.get_stats()["openai-0"]["requests_per_second"] == 0.0

@@ -59,6 +59,20 @@ def test_requests_per_second_covers_the_last_minute() -> None:
     assert (stats["input_tokens"], stats["output_tokens"]) == (120, 240)
 
 
+def test_a_young_key_divides_by_its_age_not_the_minute() -> None:
+    recent = RecentAttempts(born=100.0)
+    for second in range(5):  # 3 a second for the first five seconds
+        for quarter in (0.25, 0.5, 0.75):
+            recent.add(100 + second + quarter, 0.1, None)
+    assert recent.stats(105.0)["requests_per_second"] == pytest.approx(15 / 5)
+    # Quiet since: the age keeps growing, then the window is the minute again.
+    assert recent.stats(130.0)["requests_per_second"] == pytest.approx(15 / 30)
+    # A minute old: the minute (second 100 has just left it).
+    assert recent.stats(160.0)["requests_per_second"] == pytest.approx(12 / RATE_SPAN)
+    # Less than a second old: over one second, not a spike over milliseconds.
+    assert RecentAttempts(born=100.0).span(100.01) == 1.0
+
+
 def test_token_usage_survives_copy_and_pickle() -> None:
     # A memory state's running total starts as 0 + usage, so get_stats() hands one out.
     usage = TokenUsage(3, 4, 9)
