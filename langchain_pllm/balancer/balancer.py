@@ -89,6 +89,12 @@ class Balancer:
             if policy == "retry_once"
             else 1 + config.max_retries
         )
+        # Read once: pydantic attribute reads on every call add up on the hot path.
+        self._timeout = config.request_timeout
+        self._spill = config.spill
+        # The infinite policy retries "until success, cancellation or timeout": only the
+        # request's own deadline bounds its waits, not max_wait.
+        self._max_wait = math.inf if self.max_attempts == math.inf else config.max_wait
         self._waiters: list[Callable[[], None]] = []
         self._local = state.is_local
         self.observer = PoolObserver(self.members, self.get_stats, clock.now())
@@ -135,24 +141,23 @@ class Balancer:
                     event = threading.Event()
                     self._waiters.append(event.set)
             if isinstance(c, Member):
-                held = self.limits.hold(c, tokens, now)
+                held = None if self.limits.idle else self.limits.hold(c, tokens, now)
                 if held is not None and not isinstance(held, list):
                     self._refused(c, held, now)
                     continue
                 try:
                     c.provider.prepare(False)
-                    extra = self.args.acquire(c, now, tokens)
-                    r = self.state.acquire(c.key, c.limits, tokens, now, self.breaker, **extra)
+                    r = self._take(c, tokens, now)
                 except BaseException:
                     self.limits.keep(held, None)
                     self._abandoned(c)
                     raise
-                self.limits.keep(held, r)
+                if held is not None:
+                    self.limits.keep(held, r)
                 if isinstance(r, Lease):
                     if req.count:
                         self.observer.retried(c)
-                    HEADER_REST.set(None)  # this attempt's reply headers report afresh
-                    HEADER_LIMITS.set(None)
+                    _fresh_headers()
                     return c, r
                 self._refused(c, r, now)
                 continue
@@ -169,16 +174,16 @@ class Balancer:
                     event = asyncio.Event()
                     self._waiters.append(_async_setter(event))
             if isinstance(c, Member):
-                held = self.limits.hold(c, tokens, now)
+                held = None if self.limits.idle else self.limits.hold(c, tokens, now)
                 if held is not None and not isinstance(held, list):
                     self._refused(c, held, now)
                     continue
                 try:
                     c.provider.prepare(True)
-                    extra = self.args.acquire(c, now, tokens)
                     if self._local:
-                        r = self.state.acquire(c.key, c.limits, tokens, now, self.breaker, **extra)
+                        r = self._take(c, tokens, now)
                     else:
+                        extra = self.args.acquire(c, now, tokens)
                         r = await self.state.aacquire(
                             c.key, c.limits, tokens, now, self.breaker, **extra
                         )
@@ -186,16 +191,27 @@ class Balancer:
                     self.limits.keep(held, None)
                     self._abandoned(c)
                     raise
-                self.limits.keep(held, r)
+                if held is not None:
+                    self.limits.keep(held, r)
                 if isinstance(r, Lease):
                     if req.count:
                         self.observer.retried(c)
-                    HEADER_REST.set(None)  # this attempt's reply headers report afresh
-                    HEADER_LIMITS.set(None)
+                    _fresh_headers()
                     return c, r
                 self._refused(c, r, now)
                 continue
             await clock.await_event(event, self._wait_target(req, c, now))
+
+    def _take(self, c: Member, tokens: int, now: float) -> Lease | float:
+        """The state's sync acquire: the extra keywords only for keys that have them.
+
+        Only keys with calendar days or budgets send them, so a state written before them
+        still works (and an empty ``**`` costs a dict merge per call on the hot path).
+        """
+        if self.args.needed:
+            extra = self.args.acquire(c, now, tokens)
+            return self.state.acquire(c.key, c.limits, tokens, now, self.breaker, **extra)
+        return self.state.acquire(c.key, c.limits, tokens, now, self.breaker)
 
     def _after_release(
         self,
@@ -207,10 +223,20 @@ class Balancer:
     ) -> None:
         now = self.clock.now()
         self.observer.attempt(m, lease, outcome, used, now)
+        limits = self.limits
+        # Skipped when it has nothing to do: no reservation held, nothing to learn from.
+        learn = (
+            not limits.idle
+            or exc is not None
+            or (outcome is Outcome.SUCCESS and HEADER_LIMITS.get() is not None)
+        )
         with self._lock:
-            self.limits.released(m, lease, outcome, used, exc, now)  # before ``done``
+            if learn:
+                limits.released(m, lease, outcome, used, exc, now)  # before ``done``
             self.picker.done(m, PICKER_FAILED[outcome])
-            waiters, self._waiters = self._waiters, []
+            waiters = self._waiters
+            if waiters:
+                self._waiters = []
         for wake in waiters:
             wake()
         if outcome is Outcome.EXHAUSTED:
@@ -231,15 +257,24 @@ class Balancer:
         tokens_used: int | None = None,
         exc: BaseException | None = None,
     ) -> None:
-        self.state.release(
-            lease,
-            outcome,
-            self.clock.now(),
-            self.breaker,
-            tokens_used=tokens_used,
-            retry_after=self.args.rest(m, outcome, exc),
-            **self.args.usage(m, tokens_used),
-        )
+        args = self.args
+        rest = args.rest(m, outcome, exc)
+        now = self.clock.now()
+        if args.needed:
+            usage = args.usage(m, tokens_used)
+            self.state.release(
+                lease,
+                outcome,
+                now,
+                self.breaker,
+                tokens_used=tokens_used,
+                retry_after=rest,
+                **usage,
+            )
+        else:
+            self.state.release(
+                lease, outcome, now, self.breaker, tokens_used=tokens_used, retry_after=rest
+            )
         self._after_release(m, lease, outcome, tokens_used, exc)
 
     async def _arelease(
@@ -265,14 +300,16 @@ class Balancer:
         exc: BaseException | None,
     ) -> None:
         try:
+            args = self.args
+            usage = args.usage(m, tokens_used)
             await self.state.arelease(
                 lease,
                 outcome,
                 self.clock.now(),
                 self.breaker,
                 tokens_used=tokens_used,
-                retry_after=self.args.rest(m, outcome, exc),
-                **self.args.usage(m, tokens_used),
+                retry_after=args.rest(m, outcome, exc),
+                **usage,
             )
         finally:
             self._after_release(m, lease, outcome, tokens_used, exc)
@@ -287,15 +324,12 @@ class Balancer:
         spill: bool | None,
         resume: bool,
     ) -> Attempts:
-        # The infinite policy retries "until success, cancellation or timeout": only the
-        # request's own deadline bounds its waits, not max_wait.
-        max_wait = math.inf if self.max_attempts == math.inf else self.config.max_wait
         return Attempts(
             self.clock,
-            self.config.request_timeout,
+            self._timeout,
             self.max_attempts,
-            max_wait,
-            self.config.spill if spill is None else spill,
+            self._max_wait,
+            self._spill if spill is None else spill,
             avoid,
             only,
             affinity if self.affinity is not None else None,
@@ -334,7 +368,7 @@ class Balancer:
                 key had capacity in time; either carries ``attempts``, the attempts made.
         """
         req = self._attempts(avoid, only, affinity, spill, resume)
-        if self.affinity is not None:
+        if req.affinity is not None and self.affinity is not None:
             self.affinity.recall(req)
         while True:
             m, lease = self._acquire(req, tokens)
@@ -353,7 +387,7 @@ class Balancer:
                     ATTEMPT_BUDGET.reset(token)
             used = tokens_of(result) if tokens_of else None
             self._release(m, lease, Outcome.SUCCESS, used)
-            if self.affinity is not None:
+            if req.affinity is not None and self.affinity is not None:
                 self.affinity.remember(req, m)
             return result, m, req.count
 
@@ -371,7 +405,7 @@ class Balancer:
     ) -> tuple[T, Member, int]:
         """Async twin of ``call``."""
         req = self._attempts(avoid, only, affinity, spill, resume)
-        if self.affinity is not None:
+        if req.affinity is not None and self.affinity is not None:
             await self.affinity.arecall(req)
         while True:
             m, lease = await self._aacquire(req, tokens)
@@ -390,7 +424,7 @@ class Balancer:
                     ATTEMPT_BUDGET.reset(token)
             used = tokens_of(result) if tokens_of else None
             await self._arelease(m, lease, Outcome.SUCCESS, used)
-            if self.affinity is not None:
+            if req.affinity is not None and self.affinity is not None:
                 await self.affinity.aremember(req, m)
             return result, m, req.count
 
@@ -408,7 +442,7 @@ class Balancer:
     ) -> Iterator[tuple[C, Member, int]]:
         """Stream from a chosen provider; fail over only while nothing has been yielded."""
         req = self._attempts(avoid, only, affinity, spill, resume)
-        if self.affinity is not None:
+        if req.affinity is not None and self.affinity is not None:
             self.affinity.recall(req)
         while True:
             m, lease = self._acquire(req, tokens)
@@ -444,7 +478,7 @@ class Balancer:
                 req.gave_up(e)
                 raise
             self._release(m, lease, Outcome.SUCCESS, used or None)
-            if self.affinity is not None:
+            if req.affinity is not None and self.affinity is not None:
                 self.affinity.remember(req, m)
             return
 
@@ -462,7 +496,7 @@ class Balancer:
     ) -> AsyncIterator[tuple[C, Member, int]]:
         """Async twin of ``stream``."""
         req = self._attempts(avoid, only, affinity, spill, resume)
-        if self.affinity is not None:
+        if req.affinity is not None and self.affinity is not None:
             await self.affinity.arecall(req)
         while True:
             m, lease = await self._aacquire(req, tokens)
@@ -497,7 +531,7 @@ class Balancer:
                 req.gave_up(e)
                 raise
             await self._arelease(m, lease, Outcome.SUCCESS, used or None)
-            if self.affinity is not None:
+            if req.affinity is not None and self.affinity is not None:
                 await self.affinity.aremember(req, m)
             return
 
@@ -525,6 +559,14 @@ class Balancer:
         """Per-provider stats as DESIGN.md section 2 lists them (plus a few extras)."""
         now = self.clock.now()
         return pool_stats(self.members, self.state, self.args, self.limits, self.observer, now)
+
+
+def _fresh_headers() -> None:
+    """This attempt's reply headers report afresh (a set only where a reply left a value)."""
+    if HEADER_REST.get() is not None:
+        HEADER_REST.set(None)
+    if HEADER_LIMITS.get() is not None:
+        HEADER_LIMITS.set(None)
 
 
 def _async_setter(event: asyncio.Event) -> Callable[[], None]:

@@ -192,29 +192,32 @@ class Picker:
                 chosen = prefer
                 break
             ready = self._ready[rank]
-            skipped: list[tuple[float, float, int, int, int]] = []
-            outside: list[tuple[float, float, int, int, int]] = []
+            # Entries stepped over go back after the pick; most picks step over none, so
+            # the list is made only when one is.
+            back: list[tuple[float, float, int, int, int]] | None = None
+            first_tried: Member | None = None
             while ready:
                 entry = heapq.heappop(ready)
                 m = members[entry[3]]
                 if entry[4] != m.version or m.parked:
                     continue
-                if only is not None and m.index not in only:
-                    outside.append(entry)
-                    continue
-                if tried and m.index in tried:
-                    skipped.append(entry)
-                    continue
-                chosen = m
-                break
-            for entry in skipped:
-                heapq.heappush(ready, entry)
-            for entry in outside:
-                heapq.heappush(ready, entry)
+                if only is None or m.index in only:  # else outside the call's model: step over
+                    if not tried or m.index not in tried:
+                        chosen = m
+                        break
+                    if first_tried is None:  # tried already: the fallback if all were
+                        first_tried = m
+                if back is None:
+                    back = [entry]
+                else:
+                    back.append(entry)
+            if back is not None:
+                for entry in back:
+                    heapq.heappush(ready, entry)
             if chosen is not None:
                 break
-            if fallback is None and skipped:
-                fallback = members[skipped[0][3]]
+            if fallback is None and first_tried is not None:
+                fallback = first_tried
         if chosen is None:
             # Every ready member was tried: the best of the lowest tier goes again (its heap
             # entry turns stale below).

@@ -4,7 +4,9 @@ Two kinds, both per process: windows a reply's rate-limit headers stated (``lear
 concurrency caps a "too much concurrency" answer lowered (``crowding``). They are checked
 before the state, so a key that learned "5 a minute" is refused here like a full window (and
 its reservation freed if the state then refuses), and a cut key is refused like one at its
-concurrency cap (a release frees it). A pool that has learned nothing pays one truth test.
+concurrency cap (a release frees it). Until a key learns something (``idle``) the balancer
+skips these hooks on its hot path, so a pool that never meets a stated limit pays one
+attribute read per step.
 """
 
 from __future__ import annotations
@@ -30,13 +32,14 @@ class ProcessLimits:
         lock: The balancer's lock, which also guards the picker.
     """
 
-    __slots__ = ("_leases", "_lock", "cuts", "learned")
+    __slots__ = ("_leases", "_lock", "cuts", "idle", "learned")
 
     def __init__(self, window: float, lock: threading.Lock) -> None:
         self._lock = lock
         self.learned = LearnedLimits()  # limits the vendors' headers taught
         self.cuts = ConcurrencyCuts(window)  # caps lowered by "too much concurrency"
         self._leases: dict[int, list[Handle]] = {}  # id(lease) -> its reservations
+        self.idle = True  # nothing learned or cut yet, ever: ``hold`` and ``keep`` do nothing
 
     def __bool__(self) -> bool:
         return bool(self.learned) or bool(self.cuts)
@@ -76,12 +79,14 @@ class ProcessLimits:
         """After a release, under the lock (before the picker counts it done): settle and learn."""
         if exc is not None and getattr(exc, "concurrency_exceeded", False):
             self.cuts.refused(m.index, m.active, now)  # ``active`` still counts this attempt
+            self.idle = False
         held = self._leases.pop(id(lease), None) if self._leases else None
         if held is not None:
             LearnedLimits.settle(held, used, cancel=False)
         stated = HEADER_LIMITS.get() if outcome is Outcome.SUCCESS else None
         if stated:
             self.learned.learn(m.index, m.limits, stated, now)
+            self.idle = False
 
     def stats(self, m: Member, now: float) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
         """``m``'s concurrency cut (or ``None``) and learned windows, for ``get_stats()``."""

@@ -33,7 +33,7 @@ class StateArgs:
         config: The balancer's settings (``default_retry_after``, ``exhausted_rest``).
     """
 
-    __slots__ = ("_clock", "_days", "_default_rest", "_exhausted_rest", "last_ask")
+    __slots__ = ("_clock", "_days", "_default_rest", "_exhausted_rest", "last_ask", "needed")
 
     def __init__(self, members: list[Member], clock: Clock, config: BalancerConfig) -> None:
         self._clock = clock
@@ -46,6 +46,9 @@ class StateArgs:
             if m.limits.calendar and m.config.quota_reset is not None
         }
         self.last_ask: dict[int, float] = {}  # each budgeted key's last cost estimate
+        # Whether any key has calendar days or ``limits:`` windows; without, ``acquire`` and
+        # ``usage`` always answer ``{}`` and the balancer does not ask them.
+        self.needed = bool(self._days) or any(m.limits.windows for m in members)
 
     def _periods(self, m: Member, now: float) -> Periods | None:
         days = self._days.get(m.index)

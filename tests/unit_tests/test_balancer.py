@@ -576,3 +576,23 @@ def test_requests_per_second_of_a_young_pool_is_over_its_age() -> None:
     assert balancer.get_stats()["openai-0"]["requests_per_second"] == pytest.approx(6.0)
     clock.advance(118.0)  # two minutes on, the minute holds none of them
     assert balancer.get_stats()["openai-0"]["requests_per_second"] == 0.0
+
+
+def test_hooks_stay_off_the_hot_path_until_configured_or_learned() -> None:
+    # The no-I/O cost of a call (README's benchmark) depends on these staying off for a plain
+    # pool; a budget or a learned limit must still turn them on.
+    plain, _, _ = make_balancer()
+    for _ in range(3):
+        plain.call(lambda p: p.run())
+    assert plain.limits.idle
+    assert not plain.args.needed
+    budgeted, _, _ = make_balancer(limits={"limits": {"requests": "5/minute"}})
+    assert budgeted.args.needed
+    # A vendor's "too much concurrency" (Zhipu 1302) cuts the key's cap: the hooks turn on.
+    crowded, providers, _ = make_balancer()
+    refusal = model_error(ModelRateLimitError, "1302: too many in flight", retry_after=0)
+    refusal.concurrency_exceeded = True  # type: ignore[attr-defined]
+    providers[0].script = [refusal]
+    providers[1].script = [refusal]
+    crowded.call(lambda p: p.run())
+    assert not crowded.limits.idle
