@@ -20,7 +20,15 @@ from typing import Any
 from langchain_pllm.config.quotas import DAY, QuotaReset
 from langchain_pllm.state.base import KeySnapshot, Limits, Periods
 
-__all__ = ["DayPeriods", "budget_full", "cost_ask", "cost_used", "limits_of", "window_stats"]
+__all__ = [
+    "DayPeriods",
+    "budget_full",
+    "cost_ask",
+    "cost_used",
+    "has_budget",
+    "limits_of",
+    "window_stats",
+]
 
 
 def limits_of(config: Any, window: float) -> Limits:
@@ -39,19 +47,20 @@ def _split(tokens: int) -> tuple[int, int, int]:
     )
 
 
-def cost_ask(config: Any, limits: Limits, tokens: int) -> dict[str, float] | None:
-    """What a request reserves in a key's cost windows (``None``: the key has none)."""
-    if config.price is None or not any(w.resource == "cost" for w in limits.windows):
-        return None
+def has_budget(config: Any, limits: Limits) -> bool:
+    """Whether a key has a ``cost`` window (a budget) and a price to count it in."""
+    return config.price is not None and any(w.resource == "cost" for w in limits.windows)
+
+
+def cost_ask(config: Any, tokens: int) -> dict[str, float]:
+    """What a request reserves in a budgeted key's cost windows (see ``has_budget``)."""
     prompt, reply, _ = _split(tokens)
     return {"cost": config.price.cost(prompt, reply)}
 
 
-def cost_used(config: Any, limits: Limits, tokens_used: int | None) -> dict[str, float] | None:
-    """What a finished request settles in a key's cost windows (``None``: nothing to settle)."""
-    if tokens_used is None or config.price is None:
-        return None
-    if not any(w.resource == "cost" for w in limits.windows):
+def cost_used(config: Any, tokens_used: int | None) -> dict[str, float] | None:
+    """What a finished request settles in a budgeted key's cost windows (``None``: nothing)."""
+    if tokens_used is None:
         return None
     return {"cost": config.price.cost(*_split(tokens_used))}
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from langchain_pllm.balancer.picker import Member
-from langchain_pllm.balancer.quota import DayPeriods, cost_ask, cost_used
+from langchain_pllm.balancer.quota import DayPeriods, cost_ask, cost_used, has_budget
 from langchain_pllm.clock import Clock
 from langchain_pllm.providers.rate_headers import HEADER_REST
 from langchain_pllm.state.base import Outcome, Periods
@@ -33,7 +33,15 @@ class StateArgs:
         config: The balancer's settings (``default_retry_after``, ``exhausted_rest``).
     """
 
-    __slots__ = ("_clock", "_days", "_default_rest", "_exhausted_rest", "last_ask", "needed")
+    __slots__ = (
+        "_budgeted",
+        "_clock",
+        "_days",
+        "_default_rest",
+        "_exhausted_rest",
+        "last_ask",
+        "needed",
+    )
 
     def __init__(self, members: list[Member], clock: Clock, config: BalancerConfig) -> None:
         self._clock = clock
@@ -45,10 +53,11 @@ class StateArgs:
             for m in members
             if m.limits.calendar and m.config.quota_reset is not None
         }
+        self._budgeted = frozenset(m.index for m in members if has_budget(m.config, m.limits))
         self.last_ask: dict[int, float] = {}  # each budgeted key's last cost estimate
-        # Whether any key has calendar days or ``limits:`` windows; without, ``acquire`` and
-        # ``usage`` always answer ``{}`` and the balancer does not ask them.
-        self.needed = bool(self._days) or any(m.limits.windows for m in members)
+        # Whether any key has calendar days or a budget; without, ``acquire`` and ``usage``
+        # always answer ``{}`` and the balancer does not ask them.
+        self.needed = bool(self._days) or bool(self._budgeted)
 
     def _periods(self, m: Member, now: float) -> Periods | None:
         days = self._days.get(m.index)
@@ -58,16 +67,14 @@ class StateArgs:
         """Keywords of an acquire (or a snapshot, without ``tokens``) of ``m`` at ``now``."""
         periods = self._periods(m, now) if self._days else None
         out: dict[str, Any] = {"periods": periods} if periods is not None else {}
-        if tokens is not None and m.limits.windows:
-            ask = cost_ask(m.config, m.limits, tokens)
-            if ask is not None:
-                out["ask"] = ask
-                self.last_ask[m.index] = ask["cost"]  # what "budget" in get_stats measures by
+        if tokens is not None and m.index in self._budgeted:
+            ask = out["ask"] = cost_ask(m.config, tokens)
+            self.last_ask[m.index] = ask["cost"]  # what "budget" in get_stats measures by
         return out
 
     def usage(self, m: Member, tokens_used: int | None) -> dict[str, Any]:
         """Keywords of a release: the real cost, only for a key with a budget."""
-        usage = cost_used(m.config, m.limits, tokens_used) if m.limits.windows else None
+        usage = cost_used(m.config, tokens_used) if m.index in self._budgeted else None
         return {"usage": usage} if usage is not None else {}
 
     def rest(self, m: Member, outcome: Outcome, exc: BaseException | None) -> float | None:

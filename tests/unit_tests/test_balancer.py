@@ -586,7 +586,10 @@ def test_hooks_stay_off_the_hot_path_until_configured_or_learned() -> None:
         plain.call(lambda p: p.run())
     assert plain.limits.idle
     assert not plain.args.needed
-    budgeted, _, _ = make_balancer(limits={"limits": {"requests": "5/minute"}})
+    windowed, _, _ = make_balancer(limits={"limits": {"requests": "5/minute"}})
+    assert not windowed.args.needed  # a request window needs no price and no calendar day
+    budget = {"limits": {"cost": "100/day"}, "price": {"input": 1.0, "output": 2.0}}
+    budgeted, _, _ = make_balancer(limits=budget)
     assert budgeted.args.needed
     # A vendor's "too much concurrency" (Zhipu 1302) cuts the key's cap: the hooks turn on.
     crowded, providers, _ = make_balancer()
