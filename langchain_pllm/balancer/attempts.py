@@ -2,8 +2,9 @@
 
 ``outcome_of`` maps the LangChain model error a provider raised onto an ``Outcome`` for the
 state and a decision (retry elsewhere, or raise now); ``Attempts`` keeps one request's retry
-bookkeeping against its policy and deadline: the keys it tried, the last error, the attempt
-budget each provider call may take. Both are written once for the four call paths.
+bookkeeping against its policy (``AttemptPolicy``, read once from the config) and deadline:
+the keys it tried, the last error, the attempt budget each provider call may take. Both are
+written once for the four call paths.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import contextlib
 import contextvars
 import math
 from collections.abc import AsyncIterator
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from langchain_core.exceptions import (
     ModelAPIError,
@@ -32,7 +33,10 @@ from langchain_pllm.exceptions import model_error
 from langchain_pllm.providers.base import ATTEMPT_BUDGET
 from langchain_pllm.state.base import Outcome
 
-__all__ = ["PICKER_FAILED", "Attempts", "outcome_of"]
+if TYPE_CHECKING:
+    from langchain_pllm.config import BalancerConfig
+
+__all__ = ["PICKER_FAILED", "AttemptPolicy", "Attempts", "outcome_of"]
 
 C = TypeVar("C")
 
@@ -222,3 +226,52 @@ class Attempts:
         release to a remote state takes time of its own.
         """
         return self.retry and self.clock.now() < self.deadline
+
+
+class AttemptPolicy:
+    """What every request of a pool starts from, read once from the balancer's settings.
+
+    Args:
+        config: The balancer's settings (retry policy, timeouts, spill, affinity).
+        clock: The balancer's clock.
+    """
+
+    __slots__ = ("affinity", "clock", "limit", "max_wait", "spill", "timeout")
+
+    def __init__(self, config: BalancerConfig, clock: Clock) -> None:
+        policy = config.retry_policy
+        self.limit = (
+            math.inf
+            if policy == "infinite"
+            else 2
+            if policy == "retry_once"
+            else 1 + config.max_retries
+        )
+        # The infinite policy retries "until success, cancellation or timeout": only the
+        # request's own deadline bounds its waits, not max_wait.
+        self.max_wait = math.inf if self.limit == math.inf else config.max_wait
+        self.timeout = config.request_timeout
+        self.spill = config.spill
+        self.affinity = config.affinity != "off"
+        self.clock = clock
+
+    def start(
+        self,
+        avoid: set[int] | None,
+        only: frozenset[int] | None,
+        affinity: bytes | None,
+        spill: bool | None,
+        resume: bool,
+    ) -> Attempts:
+        """A request's bookkeeping (see ``Balancer.call`` for the arguments)."""
+        return Attempts(
+            self.clock,
+            self.timeout,
+            self.limit,
+            self.max_wait,
+            self.spill if spill is None else spill,
+            avoid,
+            only,
+            affinity if self.affinity else None,
+            resume,
+        )

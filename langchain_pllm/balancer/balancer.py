@@ -16,13 +16,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from langchain_pllm.balancer.affinity import AffinityMap, ConversationKeys
-from langchain_pllm.balancer.attempts import PICKER_FAILED, Attempts, outcome_of
+from langchain_pllm.balancer.attempts import PICKER_FAILED, AttemptPolicy, Attempts, outcome_of
 from langchain_pllm.balancer.metrics import PoolObserver
 from langchain_pllm.balancer.picker import Member, Picker
 from langchain_pllm.balancer.process_limits import ProcessLimits
@@ -81,20 +80,7 @@ class Balancer:
             else None
         )
         self.breaker = BreakerPolicy(config.breaker_threshold, config.health_check_interval)
-        policy = config.retry_policy
-        self.max_attempts = (
-            math.inf
-            if policy == "infinite"
-            else 2
-            if policy == "retry_once"
-            else 1 + config.max_retries
-        )
-        # Read once: pydantic attribute reads on every call add up on the hot path.
-        self._timeout = config.request_timeout
-        self._spill = config.spill
-        # The infinite policy retries "until success, cancellation or timeout": only the
-        # request's own deadline bounds its waits, not max_wait.
-        self._max_wait = math.inf if self.max_attempts == math.inf else config.max_wait
+        self.policy = AttemptPolicy(config, clock)  # read once: not per call from pydantic
         self._waiters: list[Callable[[], None]] = []
         self._local = state.is_local
         self.observer = PoolObserver(self.members, self.get_stats, clock.now())
@@ -316,26 +302,6 @@ class Balancer:
 
     # Calls -------------------------------------------------------------------------------------
 
-    def _attempts(
-        self,
-        avoid: set[int] | None,
-        only: frozenset[int] | None,
-        affinity: bytes | None,
-        spill: bool | None,
-        resume: bool,
-    ) -> Attempts:
-        return Attempts(
-            self.clock,
-            self._timeout,
-            self.max_attempts,
-            self._max_wait,
-            self._spill if spill is None else spill,
-            avoid,
-            only,
-            affinity if self.affinity is not None else None,
-            resume,
-        )
-
     def call(
         self,
         fn: Callable[[Provider], T],
@@ -367,7 +333,7 @@ class Balancer:
             BaseException: The last attempt's error, or ``NoProviderAvailableError`` when no
                 key had capacity in time; either carries ``attempts``, the attempts made.
         """
-        req = self._attempts(avoid, only, affinity, spill, resume)
+        req = self.policy.start(avoid, only, affinity, spill, resume)
         if req.affinity is not None and self.affinity is not None:
             self.affinity.recall(req)
         while True:
@@ -404,7 +370,7 @@ class Balancer:
         spill: bool | None = None,
     ) -> tuple[T, Member, int]:
         """Async twin of ``call``."""
-        req = self._attempts(avoid, only, affinity, spill, resume)
+        req = self.policy.start(avoid, only, affinity, spill, resume)
         if req.affinity is not None and self.affinity is not None:
             await self.affinity.arecall(req)
         while True:
@@ -441,7 +407,7 @@ class Balancer:
         spill: bool | None = None,
     ) -> Iterator[tuple[C, Member, int]]:
         """Stream from a chosen provider; fail over only while nothing has been yielded."""
-        req = self._attempts(avoid, only, affinity, spill, resume)
+        req = self.policy.start(avoid, only, affinity, spill, resume)
         if req.affinity is not None and self.affinity is not None:
             self.affinity.recall(req)
         while True:
@@ -495,7 +461,7 @@ class Balancer:
         spill: bool | None = None,
     ) -> AsyncIterator[tuple[C, Member, int]]:
         """Async twin of ``stream``."""
-        req = self._attempts(avoid, only, affinity, spill, resume)
+        req = self.policy.start(avoid, only, affinity, spill, resume)
         if req.affinity is not None and self.affinity is not None:
             await self.affinity.arecall(req)
         while True:
