@@ -220,9 +220,9 @@ class Balancer:
             if learn:
                 limits.released(m, lease, outcome, used, exc, now)  # before ``done``
             self.picker.done(m, PICKER_FAILED[outcome])
-            waiters = self._waiters
+            waiters: list[Callable[[], None]] | tuple[()] = self._waiters or ()
             if waiters:
-                self._waiters = []
+                self._waiters = []  # a new list only when someone waits
         for wake in waiters:
             wake()
         if outcome is Outcome.EXHAUSTED:
