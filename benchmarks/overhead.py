@@ -609,9 +609,13 @@ def main() -> None:
         loop.close()
 
     fan: list[overhead_async.FanRow] = []
-    # Slow calls, so the pool's capacity (64 calls/s at 8 keys) is far below what this
-    # process's CPU allows even on a busy machine: the ratio then measures spreading alone.
-    fan_latency, per_key = 0.5, 4
+    # Slow calls, so the pool's capacity (32 calls/s at 8 keys) stays far below what this
+    # process's CPU allows: the ratio then measures spreading. Every key's slots start
+    # together and a fixed latency keeps them in step, so each wave's 32 replies and next
+    # requests queue on one event loop (and on the server's): ~1 ms of CPU each, 30+ ms a
+    # wave. At 0.5 s that queue was 6% of every call on a quiet machine and 10-15% on a busy
+    # one, and one raw client per key (perfect spreading) lost as much as the balancer.
+    fan_latency, per_key = 1.0, 4
     if "fan-out" not in skip:
         with ServerProcess(latency=fan_latency) as slow:
             fan = asyncio.run(
@@ -621,7 +625,7 @@ def main() -> None:
                     [1, 2, 4, 8],
                     per_key,
                     fan_latency,
-                    3.0,
+                    4.0,
                     max(3, args.rounds // 3),
                 )
             )

@@ -10,9 +10,11 @@ Embeddings fan-out. A second fake server answers every request after a fixed lat
 may hold `per_key` requests in flight (`max_concurrency`), so a key's capacity is
 `per_key / latency` calls per second and a pool's is the sum. `BalancedEmbeddings` embeds one
 text per request (`batch_size=1`) over 1, 2, 4 and 8 keys; the ratio of the calls per second it
-reaches to that sum says how much of the pool the balancer leaves unused. The same texts sent
-by one raw aiohttp client per key, each with its own semaphore (perfect spreading, no balancer),
-show what the machine allows.
+reaches to that sum says how much of the pool goes unused. The capacity of the ratio is taken
+at the latency the server really gave (its mean hold of that round's requests, which a loaded
+machine stretches past the configured one); the nominal ratio is printed beside it. The same
+texts sent by one warmed raw aiohttp client per key, each with its own semaphore (perfect
+spreading, no balancer), in the same rounds, show what the machine allows.
 
 Acceptance. `verdicts` prints the issue's target ratios next to this run's figures.
 """
