@@ -8,9 +8,10 @@ config says ``http_backend: httpx``; sync clients always use the SDK's httpx cli
 All keys of one endpoint share one pool: one ``DefaultAioHttpClient`` per (endpoint, event
 loop), each key a cheap per-key view of it (``with_options(api_key=...)``; the SDKs send the key
 per request). Its connection limit is the sum of the ``max_concurrency`` of the endpoint's keys
-when every key sets one (each provider declares its key when built), else ``MAX_CONNECTIONS``. Its aiohttp session binds to the loop of its first request, so pools are per loop,
-and they are closed while their loop still runs: a parked async generator per loop, whose
-``finally`` the loop's ``shutdown_asyncgens`` (run by ``asyncio.run`` and pytest's runners) runs
+when every key sets one (each provider declares its key when built), else ``MAX_CONNECTIONS``.
+Its aiohttp session binds to the loop of its first request, so pools are per loop, and they
+are closed while their loop still runs: a parked async generator per loop, whose ``finally``
+the loop's ``shutdown_asyncgens`` (run by ``asyncio.run`` and pytest's runners) runs
 before the loop closes. Per-key clients are never closed: closing one closes the shared pool for
 every key.
 """
