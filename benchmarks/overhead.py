@@ -62,14 +62,31 @@ EXPECTED = "echo: hi"
 
 
 def _serve(conn: Any, latency: float) -> None:
-    """Child process: serve until the parent sends anything (or goes away)."""
+    """Child process: serve until the parent sends "stop" (or goes away).
+
+    "holds" asks for the seconds the server held each embeddings request since the last ask
+    (from the handler's start to its reply, the fixed latency included): the latency a key
+    really had, which a loaded machine stretches past the one configured.
+    """
     from langchain_pllm.testing import FakeOpenAIServer
 
+    holds: list[float] = []
+
+    class TimedServer(FakeOpenAIServer):
+        async def _serve_embeddings(self, request: Any, model: str) -> Any:
+            began = time.monotonic()
+            try:
+                return await super()._serve_embeddings(request, model)
+            finally:
+                holds.append(time.monotonic() - began)
+
     # A short request log: a long run must not grow the server's memory.
-    with FakeOpenAIServer(max_recorded=1000, latency=latency) as server:
+    with TimedServer(max_recorded=1000, latency=latency) as server:
         conn.send(server.base_url)
         with contextlib.suppress(EOFError):
-            conn.recv()
+            while conn.recv() == "holds":
+                conn.send(holds[:])
+                holds.clear()
 
 
 class ServerProcess:
@@ -88,6 +105,12 @@ class ServerProcess:
             raise RuntimeError("the fake server process did not start")
         self.base_url = self._conn.recv()
         return self
+
+    def holds(self) -> list[float]:
+        """Seconds the server held each embeddings request since the last call."""
+        self._conn.send("holds")
+        held: list[float] = self._conn.recv()
+        return held
 
     def __exit__(self, *exc: object) -> None:
         self._conn.send("stop")
@@ -585,15 +608,25 @@ def main() -> None:
         loop.run_until_complete(loop.shutdown_asyncgens())
         loop.close()
 
-    fan: list[tuple[int, float, float, float]] = []
-    # Slow calls, so the pool's capacity (64 calls/s at 8 keys) is far below what this
-    # process's CPU allows even on a busy machine: the ratio then measures spreading alone.
-    fan_latency, per_key = 0.5, 4
+    fan: list[overhead_async.FanRow] = []
+    # Slow calls, so the pool's capacity (32 calls/s at 8 keys) stays far below what this
+    # process's CPU allows: the ratio then measures spreading. Every key's slots start
+    # together and a fixed latency keeps them in step, so each wave's 32 replies and next
+    # requests queue on one event loop (and on the server's): ~1 ms of CPU each, 30+ ms a
+    # wave. At 0.5 s that queue was 6% of every call on a quiet machine and 10-15% on a busy
+    # one, and one raw client per key (perfect spreading) lost as much as the balancer.
+    fan_latency, per_key = 1.0, 4
     if "fan-out" not in skip:
         with ServerProcess(latency=fan_latency) as slow:
             fan = asyncio.run(
                 overhead_async.fan_out(
-                    slow.base_url, [1, 2, 4, 8], per_key, fan_latency, 3.0, max(3, args.rounds // 3)
+                    slow.base_url,
+                    slow.holds,
+                    [1, 2, 4, 8],
+                    per_key,
+                    fan_latency,
+                    4.0,
+                    max(3, args.rounds // 3),
                 )
             )
         print("fan-out done", file=sys.stderr)
@@ -624,7 +657,7 @@ def main() -> None:
             )
     if fan:
         print("\n" + overhead_async.fan_out_table(fan, per_key, fan_latency))
-        extra.append(("embeddings fan-out, worst pool size", min(r / c for _, r, c, _ in fan), 0.9))
+        extra.append(("embeddings fan-out, worst pool size", min(r.ratio for r in fan), 0.9))
     print("\n" + overhead_async.verdicts(contestants, args.high, extra))
     print(
         "\n| keys in pool | `Balancer.call` around a no-I/O call, µs | three tiers, the first "

@@ -8,7 +8,8 @@ response: its ``type`` stands for the status it would have had.
 
 from __future__ import annotations
 
-import inspect
+import json
+import sys
 from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
@@ -113,6 +114,11 @@ def classify_anthropic_error(exc: BaseException, provider_id: str) -> BaseExcept
 
 _SDK_ERRORS = (anthropic.AnthropicError, httpx2.HTTPError, ValueError)
 
+# The SDK's per-model cap on non-streaming max_tokens (``create`` reads it), if it has one.
+_NONSTREAMING_TOKENS: Mapping[str, int] = getattr(
+    sys.modules.get("anthropic._constants"), "MODEL_NONSTREAMING_TOKENS", {}
+)
+
 
 class AnthropicProvider(Provider):
     """A key of Anthropic's Messages API."""
@@ -142,12 +148,6 @@ class AnthropicProvider(Provider):
             payload["timeout"] = timeout
         return payload, json_format
 
-    def _message(self, resp: Any, json_format: JsonFormat | None) -> AIMessage:
-        with parsing_reply(self.id):
-            return message_of(
-                resp, json_format, model_provider=self.model_provider, provider_id=self.id
-            )
-
     def _stream_reader(
         self, payload: dict[str, Any], json_format: JsonFormat | None
     ) -> AnthropicStreamReader:
@@ -157,29 +157,66 @@ class AnthropicProvider(Provider):
 
     # Chat --------------------------------------------------------------------------------------
 
+    # Replies through the SDK's raw ``post`` (as the OpenAI provider does): its transport, auth,
+    # headers, timeouts and error classes, without the typed ``create``'s request options and
+    # reply models, about 400 µs of CPU a call (~30% of the SDK's). Streams stay typed.
+
+    def _post_args(self, client: Any, payload: dict[str, Any]) -> dict[str, Any]:
+        """``post`` arguments for the ``messages.create`` arguments ``payload``."""
+        body = dict(payload)
+        options: dict[str, Any] = {}
+        headers = dict(body.pop("extra_headers", None) or {})
+        for name in ("user_profile_id", "workspace_id"):
+            value = body.pop(name, None)
+            if value is not None:
+                headers.setdefault("anthropic-" + name.replace("_", "-"), value)
+        if headers:
+            options["headers"] = headers
+        query = body.pop("extra_query", None)
+        if query:
+            options["params"] = query
+        extra = body.pop("extra_body", None)
+        if extra:
+            options["extra_json"] = extra
+        if "timeout" in body:
+            options["timeout"] = body.pop("timeout")
+        elif client.timeout == anthropic.DEFAULT_TIMEOUT:
+            # What ``create`` does first: refuse a non-streaming call that may outrun the
+            # default 10 minutes (the caller should stream), else keep that default.
+            options["timeout"] = client._calculate_nonstreaming_timeout(
+                body["max_tokens"], _NONSTREAMING_TOKENS.get(body["model"])
+            )
+        return {"body": body, "options": options, "cast_to": httpx2.Response}
+
+    def _raw_message(self, raw: httpx2.Response, json_format: JsonFormat | None) -> AIMessage:
+        report(anthropic_rest(raw.headers), anthropic_limits(raw.headers))
+        with parsing_reply(self.id):
+            return message_of(
+                json.loads(raw.content),
+                json_format,
+                model_provider=self.model_provider,
+                provider_id=self.id,
+            )
+
     def chat(self, request: ChatRequest) -> AIMessage:
         """One Messages API call."""
         payload, json_format = self._payload(request)
+        client = self.sync_client
         try:
-            raw = self.sync_client.messages.with_raw_response.create(**payload)
-            report(anthropic_rest(raw.headers), anthropic_limits(raw.headers))
-            resp = raw.parse()
+            raw = client.post("/v1/messages", **self._post_args(client, payload))
         except _SDK_ERRORS as e:
             raise classify_anthropic_error(e, self.id) from e
-        return self._message(resp, json_format)
+        return self._raw_message(raw, json_format)
 
     async def achat(self, request: ChatRequest) -> AIMessage:
         """One Messages API call, async."""
         payload, json_format = self._payload(request)
+        client = self.async_client
         try:
-            raw = await self.async_client.messages.with_raw_response.create(**payload)
-            report(anthropic_rest(raw.headers), anthropic_limits(raw.headers))
-            resp = raw.parse()
-            if inspect.isawaitable(resp):  # the async raw response parses in a coroutine
-                resp = await resp
+            raw = await client.post("/v1/messages", **self._post_args(client, payload))
         except _SDK_ERRORS as e:
             raise classify_anthropic_error(e, self.id) from e
-        return self._message(resp, json_format)
+        return self._raw_message(raw, json_format)
 
     def stream(self, request: ChatRequest) -> Iterator[AIMessageChunk]:
         """Stream a Messages API call."""

@@ -323,24 +323,29 @@ def usage_of(start: Any, end: Any = None) -> UsageMetadata | None:
     last = end if end is not None else start
 
     def pick(name: str) -> int:
-        value = getattr(last, name, None)
+        value = _field(last, name)
         if value is None and start is not None:
-            value = getattr(start, name, None)
+            value = _field(start, name)
         return int(value or 0)
 
     cache_read = pick("cache_read_input_tokens")
     cache_creation = pick("cache_creation_input_tokens")
     # Anthropic's input_tokens leaves out cached tokens; LangChain counts them as input.
     input_tokens = pick("input_tokens") + cache_read + cache_creation
-    output_tokens = int(getattr(last, "output_tokens", 0) or 0)
-    details = getattr(last, "output_tokens_details", None)
+    output_tokens = int(_field(last, "output_tokens") or 0)
+    details = _field(last, "output_tokens_details")
     return make_usage(
         input_tokens,
         output_tokens,
         cache_read=cache_read,
         cache_creation=cache_creation,
-        reasoning=getattr(details, "thinking_tokens", None) if details else None,
+        reasoning=_field(details, "thinking_tokens") if details else None,
     )
+
+
+def _field(obj: Any, name: str) -> Any:
+    # Counts come as the reply's JSON (a raw call) or as the SDK's stream event models.
+    return obj.get(name) if isinstance(obj, Mapping) else getattr(obj, name, None)
 
 
 def finish_reason_of(
@@ -366,9 +371,13 @@ def _refusal(provider_id: str, message: AIMessage) -> ModelRefusalError:
 
 
 def message_of(
-    resp: Any, json_format: JsonFormat | None, *, model_provider: str, provider_id: str
+    resp: Mapping[str, Any],
+    json_format: JsonFormat | None,
+    *,
+    model_provider: str,
+    provider_id: str,
 ) -> AIMessage:
-    """A Messages API reply as an ``AIMessage``: a string when only text, else Anthropic's blocks.
+    """A Messages API reply (its JSON) as an ``AIMessage``: a string when only text, else blocks.
 
     The forced JSON tool's call becomes the text; a refusal to give that JSON raises
     ``ModelRefusalError``.
@@ -376,49 +385,49 @@ def message_of(
     blocks: list[dict[str, Any]] = []
     tool_calls = []
     only_text = True
-    for block in resp.content:
-        kind = block.type
+    for block in resp["content"]:
+        kind = block["type"]
         if kind == "text":
-            out: dict[str, Any] = {"type": "text", "text": block.text}
-            if getattr(block, "citations", None):
-                out["citations"] = [c.model_dump(mode="json") for c in block.citations]
+            out: dict[str, Any] = {"type": "text", "text": block["text"]}
+            if block.get("citations"):
+                out["citations"] = list(block["citations"])
                 only_text = False
             blocks.append(out)
         elif kind == "tool_use":
-            if json_format is not None and block.name == json_format.name:
-                blocks.append({"type": "text", "text": json.dumps(block.input)})
+            name, args = block["name"], block["input"]
+            if json_format is not None and name == json_format.name:
+                blocks.append({"type": "text", "text": json.dumps(args)})
                 continue
             only_text = False
-            blocks.append(
-                {"type": "tool_use", "id": block.id, "name": block.name, "input": block.input}
-            )
-            tool_calls.append(tool_call(name=block.name, args=block.input, id=block.id))
+            blocks.append({"type": "tool_use", "id": block["id"], "name": name, "input": args})
+            tool_calls.append(tool_call(name=name, args=args, id=block["id"]))
         elif kind == "thinking":
             only_text = False
             blocks.append(
-                {"type": "thinking", "thinking": block.thinking, "signature": block.signature}
+                {"type": "thinking", "thinking": block["thinking"], "signature": block["signature"]}
             )
         elif kind == "redacted_thinking":
             only_text = False
-            blocks.append({"type": "redacted_thinking", "data": block.data})
+            blocks.append({"type": "redacted_thinking", "data": block["data"]})
+    stop_reason = resp.get("stop_reason")
     metadata: dict[str, Any] = {
-        "finish_reason": finish_reason_of(resp.stop_reason, json_format, bool(tool_calls)),
-        "stop_reason": resp.stop_reason,
-        "model_name": resp.model,
+        "finish_reason": finish_reason_of(stop_reason, json_format, bool(tool_calls)),
+        "stop_reason": stop_reason,
+        "model_name": resp["model"],
         "model_provider": model_provider,
-        "id": resp.id,
+        "id": resp["id"],
     }
-    if resp.stop_sequence:
-        metadata["stop_sequence"] = resp.stop_sequence
+    if resp.get("stop_sequence"):
+        metadata["stop_sequence"] = resp["stop_sequence"]
     texts = [b["text"] for b in blocks if b["type"] == "text"]
     message = AIMessage(
         content="".join(texts) if only_text else list(blocks),
         tool_calls=tool_calls,
-        usage_metadata=usage_of(resp.usage),
+        usage_metadata=usage_of(resp.get("usage")),
         response_metadata=metadata,
-        id=resp.id,
+        id=resp["id"],
     )
-    if json_format is not None and resp.stop_reason == "refusal" and not texts:
+    if json_format is not None and stop_reason == "refusal" and not texts:
         raise _refusal(provider_id, message)
     return message
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 
-from langchain_pllm.providers.transport import pooled_sdk_client
+from langchain_pllm.providers.transport import declare_key, pooled_sdk_client
 
 if TYPE_CHECKING:
     from langchain_pllm.config import ProviderConfig
@@ -153,6 +153,7 @@ class Provider:
 
     def __init__(self, config: ProviderConfig) -> None:
         self.config = config
+        declare_key(config)  # before any client: the endpoint's shared pool is sized from it
         self.id = config.id
         self.model = config.model
         self._sync_client: Any = None

@@ -7,9 +7,11 @@ config says ``http_backend: httpx``; sync clients always use the SDK's httpx cli
 
 All keys of one endpoint share one pool: one ``DefaultAioHttpClient`` per (endpoint, event
 loop), each key a cheap per-key view of it (``with_options(api_key=...)``; the SDKs send the key
-per request). Its aiohttp session binds to the loop of its first request, so pools are per loop,
-and they are closed while their loop still runs: a parked async generator per loop, whose
-``finally`` the loop's ``shutdown_asyncgens`` (run by ``asyncio.run`` and pytest's runners) runs
+per request). Its connection limit is the sum of the ``max_concurrency`` of the endpoint's keys
+when every key sets one (each provider declares its key when built), else ``MAX_CONNECTIONS``.
+Its aiohttp session binds to the loop of its first request, so pools are per loop, and they
+are closed while their loop still runs: a parked async generator per loop, whose ``finally``
+the loop's ``shutdown_asyncgens`` (run by ``asyncio.run`` and pytest's runners) runs
 before the loop closes. Per-key clients are never closed: closing one closes the shared pool for
 every key.
 """
@@ -34,6 +36,8 @@ __all__ = [
     "DEFAULT_HTTP_BACKEND",
     "HttpBackend",
     "aiohttp_connection_failure",
+    "connection_limit",
+    "declare_key",
     "http_backend_of",
     "pooled_sdk_client",
 ]
@@ -43,10 +47,10 @@ HttpBackend = Literal["aiohttp", "httpx"]
 DEFAULT_HTTP_BACKEND: HttpBackend = "aiohttp"
 """The backend of a provider whose config and balancer name none."""
 
-# Connections one shared aiohttp pool may hold open at once. aiohttp opens them on demand, so
-# this is a ceiling, not a reservation: above any concurrency a pool reaches short of it (the
-# SDKs' own default, and what c256 on one endpoint needs with room to spare).
 MAX_CONNECTIONS = 1000
+"""Connections of an endpoint's shared aiohttp pool when some key there sets no concurrency
+limit: the SDKs' own default, and what c256 on one endpoint needs with room to spare. aiohttp
+opens connections on demand, so this is a ceiling, not a reservation."""
 
 # httpx pools are sharded per endpoint: one httpx pool's bookkeeping grows with its
 # connections, and building more than a few clients per endpoint costs tens of ms each (TLS).
@@ -138,12 +142,44 @@ def _loop_pools(loop: asyncio.AbstractEventLoop) -> _LoopPools:
     return pools
 
 
-def _aiohttp_transport(client_cls: Any) -> Any:
-    """A new ``DefaultAioHttpClient`` of the SDK that ``client_cls`` belongs to."""
+# Each endpoint's keys and their concurrency limits (``None``: none), declared when a provider
+# is built, so the first client built for an endpoint already knows the whole pool's demand.
+# Per key fingerprint: two pools holding one key share its state, and so its limit.
+_DEMAND: dict[str, dict[str, int | None]] = {}
+
+
+def declare_key(config: ProviderConfig) -> None:
+    """Note a key's concurrency limit on its endpoint (the provider's constructor calls this)."""
+    with _POOLS_LOCK:
+        keys = _DEMAND.setdefault(config.api_base, {})
+        limit = config.concurrency
+        known = keys.get(config.key_fingerprint, 0)
+        # The same key declared twice with two limits: the looser one is what it may need.
+        keys[config.key_fingerprint] = None if limit is None or known is None else max(known, limit)
+
+
+def connection_limit(url: str) -> int:
+    """Connections the shared aiohttp pool of ``url`` may open at once.
+
+    The sum of the ``max_concurrency`` of every key declared on that endpoint when every one
+    sets it (the balancer never has more of their requests in flight, so more connections
+    would never be used), else ``MAX_CONNECTIONS``. The pool serves that one endpoint, so its
+    limit is also its per-host limit.
+    """
+    with _POOLS_LOCK:
+        limits = list(_DEMAND.get(url, {}).values())
+    if not limits or any(limit is None for limit in limits):
+        return MAX_CONNECTIONS
+    return sum(limit for limit in limits if limit is not None)
+
+
+def _aiohttp_transport(client_cls: Any, limit: int) -> Any:
+    """A new ``DefaultAioHttpClient`` of ``client_cls``'s SDK, at most ``limit`` connections."""
     import httpx2
 
     sdk = sys.modules[client_cls.__module__.split(".")[0]]
-    return sdk.DefaultAioHttpClient(limits=httpx2.Limits(max_connections=MAX_CONNECTIONS))
+    # The SDK's aiohttp transport passes ``max_connections`` on as the connector's ``limit``.
+    return sdk.DefaultAioHttpClient(limits=httpx2.Limits(max_connections=limit))
 
 
 def pooled_sdk_client(
@@ -170,9 +206,12 @@ def pooled_sdk_client(
     if inspect.iscoroutinefunction(getattr(client_cls, "close", None)):
         loop = asyncio.get_running_loop()
     aio = loop is not None and http_backend_of(config) == "aiohttp"
-    # One aiohttp pool serves every key of an endpoint; httpx pools are sharded by key.
+    # One aiohttp pool serves every key of an endpoint, sized from their declared concurrency
+    # (a pool declared later on the same endpoint that raises the sum gets a larger pool for
+    # the keys built from then on); httpx pools are sharded by key.
+    limit = connection_limit(url) if aio else 0
     shard = -1 if aio else int(config.key_fingerprint[:8], 16) % _HTTPX_SHARDS
-    key = (client_cls, url, config.timeout, shard)
+    key = (client_cls, url, config.timeout, shard, limit)
     with _POOLS_LOCK:
         if loop is None:
             table = _SYNC_POOLS
@@ -190,10 +229,11 @@ def pooled_sdk_client(
             if config.timeout is not None:
                 args["timeout"] = config.timeout
             if aio and pools is not None:
-                transport_key = (client_cls, url)
+                transport_key = (client_cls, url, limit)
                 transport = pools.transports.get(transport_key)
                 if transport is None:
-                    transport = pools.transports[transport_key] = _aiohttp_transport(client_cls)
+                    transport = _aiohttp_transport(client_cls, limit)
+                    pools.transports[transport_key] = transport
                     pools.closing.append(transport.aclose)
                 args["http_client"] = transport
             base = table[key] = client_cls(**args)

@@ -437,6 +437,47 @@ def test_usage_counts_cached_input_and_thinking() -> None:
     }
 
 
+def test_usage_from_a_reply_json_counts_the_same() -> None:
+    # Plain calls read the reply's JSON (a raw post); streams read the SDK's models.
+    from langchain_pllm.providers.anthropic_convert import usage_of
+
+    usage = {
+        "input_tokens": 10,
+        "output_tokens": 5,
+        "cache_read_input_tokens": 100,
+        "cache_creation_input_tokens": 20,
+        "output_tokens_details": {"thinking_tokens": 3},
+    }
+    assert usage_of(usage) == {
+        "input_tokens": 130,
+        "output_tokens": 5,
+        "total_tokens": 135,
+        "input_token_details": {"cache_read": 100, "cache_creation": 20},
+        "output_token_details": {"reasoning": 3},
+    }
+
+
+async def test_the_raw_post_sends_extra_headers_body_and_workspace(
+    fake_anthropic_server: FakeAnthropicServer,
+) -> None:
+    srv = fake_anthropic_server
+    model = model_for(srv)
+    kwargs: dict[str, Any] = {
+        "extra_headers": {"x-trace": "t-1"},
+        "extra_body": {"metadata": {"user_id": "u-1"}},
+        "workspace_id": "ws-1",
+    }
+    assert (model.invoke("hi", **kwargs)).content == "echo: hi"
+    assert (await model.ainvoke("hi", **kwargs)).content == "echo: hi"
+    for rec in srv.requests[-2:]:
+        assert rec.headers["x-trace"] == "t-1"
+        assert rec.headers["anthropic-workspace-id"] == "ws-1"
+        assert rec.headers["anthropic-version"]  # the SDK's own headers still go
+        assert rec.body["metadata"] == {"user_id": "u-1"}
+        assert "workspace_id" not in rec.body
+        assert "extra_headers" not in rec.body
+
+
 # Thinking: FakeAnthropicServer does not think, so a canned Messages API reply stands in -----
 
 _THINKING_BLOCKS: list[dict[str, Any]] = [
