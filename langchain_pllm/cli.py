@@ -273,7 +273,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="live table of every key of a config's pools",
         description="Show every key of a config's pools (state, requests in flight, each "
         "window's use of its limit, tokens, errors), refreshed. With a redis:// state the "
-        "numbers are the whole fleet's. Keys are never shown.",
+        "numbers are the whole fleet's (this process's own while Redis is away, as the header "
+        "says). Keys are never shown.",
     )
     p.add_argument("config", nargs="?", default="pllm.yaml", help="default: pllm.yaml")
     p.add_argument("--once", action="store_true", help="print one frame and exit")
