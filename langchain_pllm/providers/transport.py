@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import aiohttp
 
+from langchain_pllm.providers.tls import system_context
+
 if TYPE_CHECKING:
     from langchain_pllm.config import ProviderConfig
 
@@ -143,7 +145,17 @@ def _aiohttp_transport(client_cls: Any) -> Any:
     import httpx2
 
     sdk = sys.modules[client_cls.__module__.split(".")[0]]
-    return sdk.DefaultAioHttpClient(limits=httpx2.Limits(max_connections=MAX_CONNECTIONS))
+    return sdk.DefaultAioHttpClient(
+        limits=httpx2.Limits(max_connections=MAX_CONNECTIONS), verify=system_context()
+    )
+
+
+def _httpx_client(client_cls: Any) -> Any:
+    """The SDK's own default httpx client for ``client_cls``, on the shared TLS context."""
+    sdk = sys.modules[client_cls.__module__.split(".")[0]]
+    async_cls = inspect.iscoroutinefunction(getattr(client_cls, "close", None))
+    http_cls = sdk.DefaultAsyncHttpxClient if async_cls else sdk.DefaultHttpxClient
+    return http_cls(verify=system_context())
 
 
 def pooled_sdk_client(
@@ -196,6 +208,8 @@ def pooled_sdk_client(
                     transport = pools.transports[transport_key] = _aiohttp_transport(client_cls)
                     pools.closing.append(transport.aclose)
                 args["http_client"] = transport
+            else:
+                args["http_client"] = _httpx_client(client_cls)
             base = table[key] = client_cls(**args)
             if pools is not None and not aio:
                 pools.closing.append(base.close)
