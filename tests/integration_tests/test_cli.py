@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import fcntl
 import os
 import pty
@@ -88,11 +89,11 @@ class Terminal:
         os.close(slave)
         self.master: int | None = master
         self.out = ""
+        self._decode = codecs.getincrementaldecoder("utf-8")(errors="replace").decode
 
     def read(self, until: str | None = None, timeout: float = 120) -> str:
         """Read until ``until`` appears in what came after this call began (or the end)."""
         start = len(self.out)
-        chunks: list[bytes] = []
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if until is not None and until in self.out[start:]:
@@ -109,13 +110,17 @@ class Terminal:
                 break
             if not data:
                 break
-            chunks.append(data)
-            self.out += data.decode(errors="replace")
+            self.out += self._decode(data)  # a character split between reads stays whole
         return self.out[start:]
 
-    def close(self, timeout: float = 10) -> int:
-        """Wait for the exit (killed if it does not come); its exit code."""
+    def close(self, timeout: float = 30) -> int:
+        """Wait for the exit, reading on (a full terminal blocks its writer); the exit code.
+
+        Killed if the exit does not come in time.
+        """
         try:
+            if self.master is not None:
+                self.read(timeout=timeout)  # to the end of its output
             return self.proc.wait(timeout)
         finally:
             if self.proc.poll() is None:
@@ -128,9 +133,8 @@ class Terminal:
 def run_in_terminal(*args: str, timeout: float = 120) -> tuple[int, str]:
     """Run ``python -m langchain_pllm ARGS`` on a pseudo-terminal to its end; exit, output."""
     term = Terminal(*args)
-    started = time.monotonic()
-    out = term.read(timeout=timeout)
-    return term.close(max(1.0, timeout - (time.monotonic() - started))), out
+    code = term.close(timeout)
+    return code, term.out
 
 
 def test_demo_on_a_terminal_is_a_live_view_whose_frames_change() -> None:
@@ -391,7 +395,7 @@ def test_top_on_a_terminal_says_its_numbers_are_local_while_redis_is_away(tmp_pa
     finally:
         if term.proc.poll() is None:
             term.proc.kill()
-        term.close()
+        term.close(timeout=5)
         redis_server.close()
     assert "watched" in term.out
     assert "sk-top-away" not in term.out
