@@ -390,7 +390,7 @@ def test_top_on_a_terminal_says_its_numbers_are_local_while_redis_is_away(tmp_pa
         redis_server.start()
         assert fleet in term.read(until=fleet, timeout=30), term.out  # back: fleet-wide again
     finally:
-        term.proc.kill()  # what a live view does on Ctrl-C is test_demo_on_a_terminal's
+        term.proc.kill()  # the view runs until stopped; how it stops is not checked here
         term.close(timeout=5)
         redis_server.close()
     assert "watched" in term.out
