@@ -89,17 +89,46 @@ def top(args: argparse.Namespace) -> int:
         print(f"config error: {e}", file=sys.stderr)
         return 2
     state = config.balancer.model_dump()["state"]  # the password of a Redis URL redacted
-    scope = (
-        "this process only: use a redis:// state to watch a fleet"
-        if state == "memory"
-        else "fleet-wide: every process sharing it"
-    )
+    scope = _Scope(state, [face.balancer_instance.state for _, face in faces])
 
     def frame() -> Group:
-        header = Text(f"pllm top  {args.config}  state {state} ({scope})  {time.strftime('%X')}")
-        return Group(header, *(StatsTable(face.get_stats(), title) for title, face in faces))
+        # The tables first: reading the stats is what finds Redis away (or back).
+        tables = [StatsTable(face.get_stats(), title) for title, face in faces]
+        now = time.strftime("%X")
+        header = Text(f"pllm top  {args.config}  state {state} ({scope(now)})  {now}")
+        return Group(header, *tables)
 
     return _watch(frame, args.interval, args.once)
+
+
+class _Scope:
+    """Whose numbers ``pllm top`` shows: the fleet's, or this process's alone.
+
+    With a Redis state they are the fleet's while Redis answers. While it is away the state
+    serves this process's local view, and the header says so until Redis answers again, with
+    the time this view first found it away (the state keeps no such time; an outage begun
+    before ``pllm top`` started shows the time of its first frame).
+
+    Args:
+        state: The configured state, as shown (a Redis URL has its password redacted).
+        backends: The state backends of the pools shown.
+    """
+
+    def __init__(self, state: str, backends: list[Any]) -> None:
+        self._memory = state == "memory"
+        self._backends = backends
+        self._away_since: str | None = None
+
+    def __call__(self, now: str) -> str:
+        """The scope of the frame drawn at ``now`` (``HH:MM:SS``), read after its stats."""
+        if self._memory:
+            return "this process only: use a redis:// state to watch a fleet"
+        if all(getattr(b, "is_redis_available", True) for b in self._backends):
+            self._away_since = None
+            return "fleet-wide: every process sharing it"
+        if self._away_since is None:
+            self._away_since = now
+        return f"this process only: Redis away since {self._away_since}"
 
 
 def _watch(frame: Callable[[], Any], interval: float, once: bool) -> int:
@@ -244,7 +273,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="live table of every key of a config's pools",
         description="Show every key of a config's pools (state, requests in flight, each "
         "window's use of its limit, tokens, errors), refreshed. With a redis:// state the "
-        "numbers are the whole fleet's. Keys are never shown.",
+        "numbers are the whole fleet's (this process's own while Redis is away, as the header "
+        "says). Keys are never shown.",
     )
     p.add_argument("config", nargs="?", default="pllm.yaml", help="default: pllm.yaml")
     p.add_argument("--once", action="store_true", help="print one frame and exit")

@@ -12,8 +12,9 @@ Instruments follow the GenAI semantic conventions where they have one:
 ``gen_ai.operation.name``, ``gen_ai.provider.name`` and ``gen_ai.request.model``. The pool's own
 are named ``pllm.*``: attempts by outcome, retries, waits, and observable gauges read from the
 state when a reader collects: requests in flight, each window's use and limit, the provider's
-state (one series per state, 1 for the current one) and the seconds it still rests. Every
-series carries ``pllm.provider.id`` (the provider's name or id) and never anything of the key.
+state (one series per state, 1 for the current one) and the seconds it still rests. The five
+gauges share one ``get_stats`` per pool per collection. Every series carries
+``pllm.provider.id`` (the provider's name or id) and never anything of the key.
 
 Without the extra the import below fails once, at import time, and the observer keeps only
 the recent stats: no instrument, no call, no cost.
@@ -25,6 +26,7 @@ import contextlib
 import contextvars
 import math
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -107,14 +109,16 @@ class _Instruments:
             "pllm.waits", unit="{wait}", description="Requests that waited for free capacity."
         )
         self.pools: weakref.WeakSet[PoolObserver] = weakref.WeakSet()
+        self.collection = _Collection(self.pools)
 
         def gauge(name: str, unit: str, description: str, read: _Reader) -> None:
+            self.collection.gauges.add(name)
+
             def callback(_options: Any) -> Iterable[Any]:
                 out = []
-                for pool in list(self.pools):
-                    for labels, row in pool.rows():
-                        for value, extra in read(row):
-                            out.append(_otel_observation(value, {**labels, **extra}))
+                for labels, row in self.collection.rows(name):
+                    for value, extra in read(row):
+                        out.append(_otel_observation(value, {**labels, **extra}))
                 return out
 
             meter.create_observable_gauge(name, [callback], unit=unit, description=description)
@@ -139,6 +143,48 @@ class _Instruments:
             "Seconds the provider still rests after a 429.",
             lambda r: [(r.get("resting_for") or 0.0, {})],
         )
+
+
+_Rows = list[tuple[dict[str, str], dict[str, Any]]]
+
+
+class _Collection:
+    """One ``get_stats`` per pool per collection, shared by the gauges.
+
+    The OpenTelemetry Python API has no callback for several instruments at once, and a reader
+    calls each gauge's callback in turn; each would read the state (a Redis round trip per key)
+    on its own. So the first gauge of a collection reads every live pool and the others reuse
+    those rows. A collection is told from the next by the gauges themselves: a gauge asking
+    again for rows it has read starts a new one. The age bound keeps a gauge that a collection
+    skipped (a reader's timeout) from reading rows of an earlier one.
+
+    Args:
+        pools: The live pools (held weakly by the caller).
+    """
+
+    MAX_AGE = 1.0
+    """Seconds rows may be reused within one collection (real time: readers run on it)."""
+
+    def __init__(self, pools: Iterable[PoolObserver]) -> None:
+        self._pools = pools
+        self.gauges: set[str] = set()
+        """The name of every gauge that reads the rows."""
+        self._unread: set[str] = set()
+        self._rows: _Rows = []
+        self._taken = 0.0
+        self._lock = threading.Lock()
+
+    def rows(self, gauge: str) -> _Rows:
+        """Every live pool's labels and stats rows, for ``gauge`` in this collection."""
+        with self._lock:
+            fresh = time.monotonic() - self._taken < self.MAX_AGE
+            if gauge not in self._unread or not fresh:
+                # Nothing is left to reuse if the read below fails: the next gauge reads again.
+                self._unread, self._rows = set(), []
+                self._rows = [row for pool in list(self._pools) for row in pool.rows()]
+                self._unread, self._taken = set(self.gauges), time.monotonic()
+            self._unread.discard(gauge)
+            return self._rows
 
 
 _INSTRUMENTS: _Instruments | None = None
@@ -204,7 +250,7 @@ class PoolObserver:
             self._otel = _instruments()
             self._otel.pools.add(self)
 
-    def rows(self) -> list[tuple[dict[str, str], dict[str, Any]]]:
+    def rows(self) -> _Rows:
         """Each provider's labels and stats row, for the gauges (empty once the pool is gone)."""
         stats = self._stats()
         if stats is None:

@@ -50,6 +50,7 @@ from langchain_pllm.providers.google_convert import (
     message_of,
     request_args,
 )
+from langchain_pllm.providers.tls import bundled_context
 
 __all__ = ["GoogleProvider", "classify_google_error"]
 
@@ -186,6 +187,8 @@ class GoogleProvider(Provider):
             # Not a retry policy: one attempt. Without any retry options the aiohttp path
             # silently retries a dropped connection once, after sleeping 1-10 s.
             "retry_options": genai_types.HttpRetryOptions(attempts=1),
+            # The context the SDK would build for its aiohttp session, built once (tls.py).
+            "async_client_args": {"ssl": bundled_context()},
         }
         if self.config.timeout is not None:
             http["timeout"] = int(self.config.timeout * 1000)  # milliseconds

@@ -29,6 +29,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import aiohttp
 
+from langchain_pllm.providers.tls import system_context
+
 if TYPE_CHECKING:
     from langchain_pllm.config import ProviderConfig
 
@@ -179,7 +181,17 @@ def _aiohttp_transport(client_cls: Any, limit: int) -> Any:
 
     sdk = sys.modules[client_cls.__module__.split(".")[0]]
     # The SDK's aiohttp transport passes ``max_connections`` on as the connector's ``limit``.
-    return sdk.DefaultAioHttpClient(limits=httpx2.Limits(max_connections=limit))
+    return sdk.DefaultAioHttpClient(
+        limits=httpx2.Limits(max_connections=limit), verify=system_context()
+    )
+
+
+def _httpx_client(client_cls: Any) -> Any:
+    """The SDK's own default httpx client for ``client_cls``, on the shared TLS context."""
+    sdk = sys.modules[client_cls.__module__.split(".")[0]]
+    async_cls = inspect.iscoroutinefunction(getattr(client_cls, "close", None))
+    http_cls = sdk.DefaultAsyncHttpxClient if async_cls else sdk.DefaultHttpxClient
+    return http_cls(verify=system_context())
 
 
 def pooled_sdk_client(
@@ -236,6 +248,8 @@ def pooled_sdk_client(
                     pools.transports[transport_key] = transport
                     pools.closing.append(transport.aclose)
                 args["http_client"] = transport
+            else:
+                args["http_client"] = _httpx_client(client_cls)
             base = table[key] = client_cls(**args)
             if pools is not None and not aio:
                 pools.closing.append(base.close)

@@ -24,6 +24,10 @@ from langchain_pllm.balancer import ManualClock
 from langchain_pllm.testing import FakeVendorServer
 from tests.integration_tests.vendor_pool import VENDORS, entry, sent_by, servers
 
+# One transport (tests/integration_tests/conftest.py): options reach each vendor's body the same way
+# on both; the call timeout is the transport's to enforce, so that test runs on both.
+pytestmark = pytest.mark.one_transport
+
 __all__ = ["servers"]  # the module-scoped fixture, used by name
 
 SCHEMA = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
@@ -155,6 +159,7 @@ def test_every_cell_of_the_table_is_tested() -> None:
 # timeout ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.both_transports
 @pytest.mark.parametrize("vendor", VENDORS)
 @pytest.mark.parametrize("run_async", [False, True], ids=["sync", "async"])
 async def test_a_call_timeout_bounds_the_attempt_on_every_vendor(

@@ -32,6 +32,11 @@ from langchain_pllm import BalancedChatModel, NoProviderAvailableError
 from langchain_pllm.balancer import ManualClock
 from langchain_pllm.testing import FakeOpenAIServer, Fault
 
+# One transport (tests/integration_tests/conftest.py): what the balancer decides from status codes
+# and intact replies. Tests whose outcome the transport carries (latency in flight, dropped
+# connections, the Retry-After header) run on both.
+pytestmark = pytest.mark.one_transport
+
 MODEL = "gpt-4o-mini"
 
 
@@ -91,6 +96,7 @@ def test_idle_pool_rotates_least_recently_used(srv: FakeOpenAIServer, clock: Man
     assert served_keys(srv) == [a, b, c] * 2
 
 
+@pytest.mark.both_transports
 async def test_busy_provider_is_passed_over_for_an_idle_one(
     srv: FakeOpenAIServer, clock: ManualClock
 ) -> None:
@@ -211,6 +217,7 @@ async def test_async_failover(srv: FakeOpenAIServer, clock: ManualClock) -> None
     assert served_keys(srv) == [a, b]
 
 
+@pytest.mark.both_transports
 @pytest.mark.parametrize("run_async", [False, True], ids=["sync", "async"])
 async def test_429_rests_exactly_that_key_for_retry_after(
     srv: FakeOpenAIServer, clock: ManualClock, run_async: bool
@@ -451,6 +458,7 @@ def test_retry_shortcut_arguments_override_balancer_settings(
     assert len(srv.requests) == 3
 
 
+@pytest.mark.both_transports
 @pytest.mark.parametrize("run_async", [False, True], ids=["sync", "async"])
 async def test_infinite_policy_retries_until_success(
     srv: FakeOpenAIServer, clock: ManualClock, run_async: bool
@@ -610,6 +618,7 @@ async def test_concurrent_calls_never_exceed_the_rate_limit(
 # Batches under faults --------------------------------------------------------------------------
 
 
+@pytest.mark.both_transports
 async def test_abatch_500_with_30_percent_faults_delivers_each_once_in_order(
     srv: FakeOpenAIServer,
 ) -> None:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import codecs
 import fcntl
 import os
 import pty
 import re
 import select
+import shutil
 import socket
 import struct
 import subprocess
@@ -66,43 +68,72 @@ def test_demo_answers_every_prompt_and_shows_each_key() -> None:
     assert "| claude " in done.stdout  # the final table, in ASCII
 
 
-def run_in_terminal(*args: str, timeout: float = 120) -> tuple[int, str]:
-    """Run ``python -m langchain_pllm ARGS`` on a pseudo-terminal of 160x50; its exit, output."""
-    master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 160, 0, 0))
-    env = {**os.environ, "TERM": "xterm-256color", "COLUMNS": "160", "LINES": "50"}
-    env.pop("NO_COLOR", None)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "langchain_pllm", *args],
-        stdin=slave,
-        stdout=slave,
-        stderr=slave,
-        env=env,
-        close_fds=True,
-    )
-    os.close(slave)
-    chunks: list[bytes] = []
-    deadline = time.monotonic() + timeout
-    try:
+class Terminal:
+    """``python -m langchain_pllm ARGS`` on a pseudo-terminal of 160x50, read as it writes."""
+
+    def __init__(self, *args: str, cwd: Path | None = None) -> None:
+        master, slave = pty.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 160, 0, 0))
+        env = {**os.environ, "TERM": "xterm-256color", "COLUMNS": "160", "LINES": "50"}
+        env.pop("NO_COLOR", None)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "langchain_pllm", *args],
+            stdin=slave,
+            stdout=slave,
+            stderr=slave,
+            env=env,
+            close_fds=True,
+            cwd=cwd,
+        )
+        os.close(slave)
+        self.master: int | None = master
+        self.out = ""
+        self._decode = codecs.getincrementaldecoder("utf-8")(errors="replace").decode
+
+    def read(self, until: str | None = None, timeout: float = 120) -> str:
+        """Read until ``until`` appears in what came after this call began (or the end)."""
+        start = len(self.out)
+        deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            ready, _, _ = select.select([master], [], [], 1.0)
+            if until is not None and until in self.out[start:]:
+                break
+            assert self.master is not None
+            ready, _, _ = select.select([self.master], [], [], 1.0)
             if not ready:
-                if proc.poll() is not None:
+                if self.proc.poll() is not None:
                     break
                 continue
             try:
-                data = os.read(master, 65536)
+                data = os.read(self.master, 65536)
             except OSError:  # the child closed the terminal
                 break
             if not data:
                 break
-            chunks.append(data)
-        code = proc.wait(max(1.0, deadline - time.monotonic()))
-    finally:
-        os.close(master)
-        if proc.poll() is None:
-            proc.kill()
-    return code, b"".join(chunks).decode(errors="replace")
+            self.out += self._decode(data)  # a character split between reads stays whole
+        return self.out[start:]
+
+    def close(self, timeout: float = 30) -> int:
+        """Wait for the exit, reading on (a full terminal blocks its writer); the exit code.
+
+        Killed if the exit does not come in time.
+        """
+        try:
+            if self.master is not None:
+                self.read(timeout=timeout)  # to the end of its output
+            return self.proc.wait(timeout)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+            if self.master is not None:
+                os.close(self.master)
+                self.master = None
+
+
+def run_in_terminal(*args: str, timeout: float = 120) -> tuple[int, str]:
+    """Run ``python -m langchain_pllm ARGS`` on a pseudo-terminal to its end; exit, output."""
+    term = Terminal(*args)
+    code = term.close(timeout)
+    return code, term.out
 
 
 def test_demo_on_a_terminal_is_a_live_view_whose_frames_change() -> None:
@@ -332,3 +363,35 @@ def test_check_ping_reports_a_spent_key_as_spent_and_fails(tmp_path: Path) -> No
             kinds[parts[1]] = parts[4]
     assert kinds == {"good": "ok", "spent": "spent"}
     assert "1 of 2 keys usable; unusable: spent" in done.stdout
+
+
+def test_top_on_a_terminal_says_its_numbers_are_local_while_redis_is_away(tmp_path: Path) -> None:
+    from tests.redis_fixture import RedisServer
+
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed: run scripts/setup.sh")
+    redis_server = RedisServer().start()
+    (tmp_path / "pllm.yaml").write_text(
+        "llm:\n  openai:\n    - {name: watched, api_key: sk-top-away, model: m, rate_limit: 5}\n"
+        f"balancer:\n  state: '{redis_server.url}'\n"
+    )
+    fleet = "(fleet-wide: every process sharing it)"
+    away = re.compile(r"\(this process only: Redis away since (\d\d:\d\d:\d\d)\)")
+    term = Terminal("top", "--interval", "0.2", cwd=tmp_path)  # ./pllm.yaml: one header line
+    try:
+        assert fleet in term.read(until=fleet, timeout=60), term.out
+        redis_server.stop()
+        while_away = term.read(until="Redis away", timeout=30)
+        while_away += term.read(until="Redis away", timeout=30)  # and the next frame
+        since = away.findall(while_away)
+        assert len(since) >= 2, while_away
+        assert len(set(since)) == 1  # the time it went away, not each frame's
+        assert fleet not in while_away[while_away.index("Redis away") :]
+        redis_server.start()
+        assert fleet in term.read(until=fleet, timeout=30), term.out  # back: fleet-wide again
+    finally:
+        term.proc.kill()  # the view runs until stopped; how it stops is not checked here
+        term.close(timeout=5)
+        redis_server.close()
+    assert "watched" in term.out
+    assert "sk-top-away" not in term.out

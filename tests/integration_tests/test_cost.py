@@ -30,6 +30,10 @@ from langchain_pllm.testing import (
     FakeZhipuServer,
 )
 
+# One transport (tests/integration_tests/conftest.py): cost is read from the usage of intact
+# replies.
+pytestmark = pytest.mark.one_transport
+
 # Per million tokens; dear enough that a short reply costs cents.
 PRICE = {"input": 1500.0, "output": 6000.0, "cached_input": 375.0}
 SYSTEM = "You are a meticulous assistant who answers in full sentences. " * 12

@@ -13,6 +13,9 @@ from langchain_pllm.testing import FakeOpenAIServer, FakeVendorServer
 from langchain_pllm.testing.replies import embedding_vector
 from tests.integration_tests.vendor_pool import entry, sent_by, servers
 
+# One transport (tests/integration_tests/conftest.py): vector sizes are read from intact replies.
+pytestmark = pytest.mark.one_transport
+
 __all__ = ["servers"]  # the module-scoped fixture, used by name
 
 TEXTS = [f"text {i}" for i in range(12)]

@@ -20,6 +20,10 @@ from langchain_pllm.balancer import ManualClock
 from langchain_pllm.testing import FakeOpenAIServer, Fault
 from langchain_pllm.testing.replies import embedding_vector
 
+# One transport (tests/integration_tests/conftest.py): batching and failover over intact replies;
+# many requests in flight at once and cancelled batches run on both.
+pytestmark = pytest.mark.one_transport
+
 MODEL = "text-embedding-3-small"
 DIMS = 8
 TEXTS = [f"text number {i} about {i % 7} things" for i in range(1000)]
@@ -91,6 +95,7 @@ def test_1000_texts_over_two_keys_go_out_at_once_in_order(srv: FakeOpenAIServer)
     assert_idle(emb)
 
 
+@pytest.mark.both_transports
 async def test_async_1000_texts_over_two_keys_go_out_at_once_in_order(
     srv: FakeOpenAIServer,
 ) -> None:
@@ -271,6 +276,7 @@ def test_a_failed_batch_fails_the_call_fast(srv: FakeOpenAIServer) -> None:
     assert time.monotonic() - started < 0.5
 
 
+@pytest.mark.both_transports
 async def test_async_a_failed_batch_cancels_the_others(srv: FakeOpenAIServer) -> None:
     import asyncio
 

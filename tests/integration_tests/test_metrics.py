@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from langchain_pllm import BalancedChatModel, BalancedEmbeddings
+from langchain_pllm.balancer.balancer import Balancer
 from langchain_pllm.testing import FakeAnthropicServer, FakeOpenAIServer, Fault
 
 # One transport: the counts below accumulate over module-scoped servers, one metric reader and
@@ -215,6 +216,61 @@ def test_window_gauges_show_use_of_each_limit(
     assert limit == {("requests",): 10, ("tokens",): 10_000}
     tokens = sum(r.prompt_tokens + r.completion_tokens for r in served(servers, "otel-window"))
     assert used[("tokens",)] == tokens
+
+
+GAUGES = (
+    "pllm.provider.active_requests",
+    "pllm.provider.window.usage",
+    "pllm.provider.window.limit",
+    "pllm.provider.state",
+    "pllm.provider.resting",
+)
+
+
+def test_the_gauges_share_one_read_of_the_stats_per_collection(
+    reader: Any, servers: tuple[FakeOpenAIServer, FakeAnthropicServer], monkeypatch: Any
+) -> None:
+    # Count the reads of this pool's stats (each a state read per key: Redis round trips with
+    # a shared state); the pool's observer takes the counting method when it is built.
+    reads: Counter[int] = Counter()
+    get_stats = Balancer.get_stats
+
+    def counted(self: Balancer) -> dict[str, dict[str, Any]]:
+        reads[id(self)] += 1
+        return get_stats(self)
+
+    monkeypatch.setattr(Balancer, "get_stats", counted)
+    openai_srv, _ = servers
+    model = BalancedChatModel(
+        providers=[
+            {
+                "vendor": "openai",
+                "api_key": f"sk-once-{i}",
+                "model": "otel-once",
+                "api_base": openai_srv.base_url,
+                "rate_limit": 50,
+            }
+            for i in range(3)
+        ]
+    )
+    model.invoke("hi")
+    mine = id(model.balancer_instance)
+    for collection in range(1, 4):
+        before = reads[mine]
+        data = reader.get_metrics_data()
+        assert reads[mine] - before == 1, f"collection {collection}"
+    # And every gauge still carries every provider of the pool, from that one read.
+    seen = {
+        (metric.name, point.attributes["pllm.provider.id"])
+        for resource in data.resource_metrics
+        for scope in resource.scope_metrics
+        for metric in scope.metrics
+        for point in metric.data.data_points
+        if point.attributes.get("gen_ai.request.model") == "otel-once"
+    }
+    ids = set(model.get_stats())
+    assert {(name, pid) for name in GAUGES for pid in ids} - seen == set()
+    assert len(ids) == 3
 
 
 def test_no_series_carries_anything_of_a_key(

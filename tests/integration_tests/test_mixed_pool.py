@@ -27,6 +27,11 @@ from langchain_pllm.testing import (
     Reply,
 )
 
+# One transport (tests/integration_tests/conftest.py): cross-vendor conversion and balancing over
+# intact replies (network faults at volume are in test_chat_balancing, per vendor in
+# test_transport_faults); a cut stream runs on both.
+pytestmark = pytest.mark.one_transport
+
 VENDOR_SERVERS: dict[str, type[FakeVendorServer]] = {
     "openai": FakeOpenAIServer,
     "siliconflow": FakeOpenAIServer,
@@ -109,6 +114,7 @@ async def test_abatch_of_300_with_faults(servers: dict[str, FakeVendorServer]) -
     _check_batch(servers, prompts, answers)
 
 
+@pytest.mark.both_transports
 @pytest.mark.parametrize("mode", ["sync", "async"])
 async def test_stream_cut_before_content_fails_over_unseen(
     servers: dict[str, FakeVendorServer], mode: str

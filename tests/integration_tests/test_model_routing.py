@@ -11,6 +11,9 @@ from langchain_pllm.balancer import ManualClock
 from langchain_pllm.testing import FakeVendorServer
 from tests.integration_tests.vendor_pool import entry, sent_by, servers
 
+# One transport (tests/integration_tests/conftest.py): routing picks the keys before a byte is sent.
+pytestmark = pytest.mark.one_transport
+
 __all__ = ["servers"]  # the module-scoped fixture, used by name
 
 

@@ -15,6 +15,10 @@ from langchain_pllm import BalancedChatModel, BalancedEmbeddings, PllmProgress
 from langchain_pllm.balancer import ManualClock
 from langchain_pllm.testing import FakeAnthropicServer, FakeOpenAIServer, Fault
 
+# One transport (tests/integration_tests/conftest.py): progress counts items, failures and retries
+# the balancer reports.
+pytestmark = pytest.mark.one_transport
+
 ESCAPE = re.compile(r"\x1b\[")
 FAULTS = [Fault(status=500), Fault(status=503), Fault(status=429, retry_after=0)]
 # Faults must never open a breaker or run out of retries here: every item ends answered.

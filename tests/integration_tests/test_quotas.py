@@ -26,6 +26,10 @@ from langchain_pllm.testing import (
     RateBudget,
 )
 
+# One transport (tests/integration_tests/conftest.py): what the balancer decides from status codes
+# and bodies; the rate-limit headers the transport hands over run on both.
+pytestmark = pytest.mark.one_transport
+
 LA = ZoneInfo("America/Los_Angeles")
 
 
@@ -179,6 +183,7 @@ def test_a_per_minute_gemini_quota_is_a_rate_limit_not_a_spent_key(
     assert model.get_stats()["spent"]["state"] == "closed"
 
 
+@pytest.mark.both_transports
 @pytest.mark.parametrize("mode", ["invoke", "stream", "ainvoke", "astream"])
 async def test_remaining_requests_0_rests_the_key_until_the_header_reset(
     fake_openai_server: FakeOpenAIServer, mode: str

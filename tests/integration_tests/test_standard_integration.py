@@ -37,6 +37,11 @@ from langchain_pllm.testing import (
     Reply,
 )
 
+# One transport (tests/integration_tests/conftest.py): LangChain's contract over intact replies;
+# streams and network faults on both transports are in test_chat_streaming, test_stream_deadline and
+# test_transport_faults.
+pytestmark = pytest.mark.one_transport
+
 CHAT_VENDORS: dict[str, type[FakeVendorServer]] = {
     "openai": FakeOpenAIServer,
     "anthropic": FakeAnthropicServer,

@@ -67,6 +67,8 @@ async def released(model: BalancedChatModel) -> None:
     assert_released(model)
 
 
+# The stream under test is a sync one (sync clients always speak httpx): one transport.
+@pytest.mark.one_transport
 @pytest.mark.parametrize("vendor", VENDORS)
 async def test_a_slow_stream_ends_at_the_deadline_sync(
     servers: dict[str, FakeVendorServer], vendor: str

@@ -20,6 +20,10 @@ from langchain_pllm import BalancedChatModel
 from langchain_pllm.balancer import ManualClock
 from langchain_pllm.testing import FakeOpenAIServer, Fault
 
+# One transport (tests/integration_tests/conftest.py): which tier and which key serve is decided
+# from intact replies.
+pytestmark = pytest.mark.one_transport
+
 MODEL = "gpt-4o-mini"
 SYSTEM = "You are a careful research agent. " * 20  # a long prefix, as agents send
 

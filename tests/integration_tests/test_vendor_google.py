@@ -30,6 +30,10 @@ from langchain_pllm import BalancedChatModel, BalancedEmbeddings
 from langchain_pllm.testing import FakeGeminiServer, Fault, Reply
 from langchain_pllm.testing.replies import embedding_vector
 
+# One transport (tests/integration_tests/conftest.py): the google-genai SDK never takes
+# ``http_backend``: both runs would be one.
+pytestmark = pytest.mark.one_transport
+
 KEY = "AIza-secret-key"
 PNG = (
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk"

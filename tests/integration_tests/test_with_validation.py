@@ -13,6 +13,9 @@ from langchain_pllm import BalancedChatModel, JsonValidator, RegexValidator, Tex
 from langchain_pllm.exceptions import ValidationFailedError
 from langchain_pllm.testing import FakeOpenAIServer, Reply
 
+# One transport (tests/integration_tests/conftest.py): validators read intact replies.
+pytestmark = pytest.mark.one_transport
+
 
 class Person(BaseModel):
     name: str
