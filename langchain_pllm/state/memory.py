@@ -45,6 +45,7 @@ class _KeyState:
         "probe_out",
         "quota",
         "rest_until",
+        "seen",
         "starts",
         "token_sum",
         "tokens",
@@ -71,6 +72,21 @@ class _KeyState:
         self.cost = 0.0
         self.cached_tokens = 0
         self.quota: Windows | None = None  # the ``limits:`` windows, built on first use
+        self.seen = -math.inf  # the newest ``now`` an acquire or snapshot of this key brought
+
+    def start_time(self, now: float) -> float:
+        """The key's time for an acquire or snapshot at ``now``: never older than one seen.
+
+        A caller reads the clock before it takes the lock, so another thread may read a later
+        time and be granted (or expire the windows) first. The late caller's request is sent
+        after that, so a start recorded at its stale time would leave the windows early (a
+        fifth request in a 4/min window) and out of order in deques that expire from the
+        left. A release keeps its own ``now``: a rest counts from the reply, which came first.
+        """
+        if now < self.seen:
+            return self.seen
+        self.seen = now
+        return now
 
     def windows(self, limits: Limits) -> Windows:
         quota = self.quota
@@ -122,6 +138,7 @@ class MemoryState(StateBackend):
         """Check breaker, rest, concurrency and every window; reserve all."""
         with self._lock:
             s = self._get(key)
+            now = s.start_time(now)
             probe = False
             if s.breaker is not CLOSED:
                 if s.breaker in _RESTING:
@@ -226,6 +243,7 @@ class MemoryState(StateBackend):
         """Read one key's state."""
         with self._lock:
             s = self._get(key)
+            now = s.start_time(now)  # it expires windows: never with a time older than seen
             s.expire(now, limits.window)
             state = s.breaker
             if state in _RESTING and now >= s.open_until:
