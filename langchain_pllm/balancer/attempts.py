@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import contextvars
 import math
+import sys
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, TypeVar
 
@@ -181,7 +182,10 @@ class Attempts:
         """The next chunk of an async stream, within the request's deadline.
 
         On the deadline the pending read is cancelled, which closes the vendor's stream inside
-        the provider (its ``async with``), and a timeout error is raised.
+        the provider (its ``async with``), and a timeout error is raised. The read runs in the
+        caller's task (``asyncio.timeout``), not in a task of its own as ``wait_for`` runs it
+        on Python 3.11: what the provider reports through context variables while it reads
+        (the reply's rate-limit headers, read when the stream opens) must reach the release.
         """
         if self.deadline == math.inf:
             return await anext(it)
@@ -189,7 +193,10 @@ class Attempts:
         if left <= 0:
             raise self.deadline_error(m)
         try:
-            return await asyncio.wait_for(anext(it), left)
+            if sys.version_info >= (3, 11):
+                async with asyncio.timeout(left):
+                    return await anext(it)
+            return await asyncio.wait_for(anext(it), left)  # 3.10: headers stay in its task
         except asyncio.TimeoutError:
             raise self.deadline_error(m) from None
 

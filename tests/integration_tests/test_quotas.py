@@ -184,14 +184,19 @@ def test_a_per_minute_gemini_quota_is_a_rate_limit_not_a_spent_key(
 
 
 @pytest.mark.both_transports
+@pytest.mark.parametrize("timeout", [None, 30.0])
 @pytest.mark.parametrize("mode", ["invoke", "stream", "ainvoke", "astream"])
 async def test_remaining_requests_0_rests_the_key_until_the_header_reset(
-    fake_openai_server: FakeOpenAIServer, mode: str
+    fake_openai_server: FakeOpenAIServer, mode: str, timeout: float | None
 ) -> None:
+    # With a request_timeout an async stream's reads are bounded by the deadline: the headers
+    # its first read reports must still reach the balancer (no task of its own on 3.11+).
     srv = fake_openai_server
     srv.set_budget(RateBudget().pin("requests", limit=60, remaining=0, reset=20), "sk-a")
     clock = ManualClock()
-    model = BalancedChatModel(providers=_pool_of(srv, "openai", ["sk-a", "sk-b"]), clock=clock)
+    model = BalancedChatModel(
+        providers=_pool_of(srv, "openai", ["sk-a", "sk-b"]), clock=clock, request_timeout=timeout
+    )
 
     async def call() -> str:
         if mode == "invoke":
