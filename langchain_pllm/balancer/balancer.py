@@ -91,7 +91,10 @@ class Balancer:
     # Acquire / release -------------------------------------------------------------------------
 
     def _wait_target(self, req: Attempts, wake: float, now: float) -> float:
-        """Nothing has capacity until ``wake``: the time to wait until, or raise."""
+        """Nothing has capacity until ``wake``: the time to wait until, or raise.
+
+        The caller notes the request's attempts on what this raises (``Attempts.gave_up``).
+        """
         if req.wait_until is None:
             self.observer.waited()
         until = req.wait_target(wake, now)
@@ -100,11 +103,10 @@ class Balancer:
         # After a real failure, the caller gets that failure: "no capacity" would mask it (the
         # remaining keys are resting or open because of errors like it).
         if req.last_error is not None:
-            raise req.gave_up(req.last_error)
+            raise req.last_error
         waited = now - req.wait_start
         max_wait = self.config.max_wait
-        error = no_provider_error(self.members, self.state, req.only, now, waited, max_wait)
-        raise req.gave_up(error)
+        raise no_provider_error(self.members, self.state, req.only, now, waited, max_wait)
 
     def _refused(self, m: Member, wake: float, now: float) -> None:
         with self._lock:
@@ -134,9 +136,10 @@ class Balancer:
                 try:
                     c.provider.prepare(False)
                     r = self._take(c, tokens, now)
-                except BaseException:
+                except BaseException as e:
                     self.limits.keep(held, None)
                     self._abandoned(c)
+                    req.gave_up(e)  # a state error or a cancellation ends the request too
                     raise
                 if held is not None:
                     self.limits.keep(held, r)
@@ -147,7 +150,11 @@ class Balancer:
                     return c, r
                 self._refused(c, r, now)
                 continue
-            clock.wait(event, self._wait_target(req, c, now))
+            try:
+                clock.wait(event, self._wait_target(req, c, now))
+            except BaseException as e:  # given up, or interrupted while waiting
+                req.gave_up(e)
+                raise
 
     async def _aacquire(self, req: Attempts, tokens: int) -> tuple[Member, Lease]:
         clock = self.clock
@@ -173,9 +180,10 @@ class Balancer:
                         r = await self.state.aacquire(
                             c.key, c.limits, tokens, now, self.breaker, **extra
                         )
-                except BaseException:
+                except BaseException as e:
                     self.limits.keep(held, None)
                     self._abandoned(c)
+                    req.gave_up(e)  # a state error or a cancellation ends the request too
                     raise
                 if held is not None:
                     self.limits.keep(held, r)
@@ -186,7 +194,11 @@ class Balancer:
                     return c, r
                 self._refused(c, r, now)
                 continue
-            await clock.await_event(event, self._wait_target(req, c, now))
+            try:
+                await clock.await_event(event, self._wait_target(req, c, now))
+            except BaseException as e:  # given up, or cancelled while waiting
+                req.gave_up(e)
+                raise
 
     def _take(self, c: Member, tokens: int, now: float) -> Lease | float:
         """The state's sync acquire: the extra keywords only for keys that have them.
@@ -330,8 +342,9 @@ class Balancer:
             The result, the member that served it and the number of attempts made.
 
         Raises:
-            BaseException: The last attempt's error, or ``NoProviderAvailableError`` when no
-                key had capacity in time; either carries ``attempts``, the attempts made.
+            BaseException: The last attempt's error, ``NoProviderAvailableError`` when no
+                key had capacity in time, or what interrupted the request (a cancellation, a
+                state error); each carries ``attempts``, the attempts made.
         """
         req = self.policy.start(avoid, only, affinity, spill, resume)
         if req.affinity is not None and self.affinity is not None:

@@ -599,3 +599,46 @@ def test_hooks_stay_off_the_hot_path_until_configured_or_learned() -> None:
     providers[1].script = [refusal]
     crowded.call(lambda p: p.run())
     assert not crowded.limits.idle
+
+
+class _WaitsUntilCancelled(ManualClock):
+    """A clock whose async waits end only by a wake-up or a cancellation (a long real wait)."""
+
+    async def await_event(self, event: asyncio.Event, deadline: float) -> None:
+        await event.wait()
+
+
+async def test_a_request_cancelled_while_it_waits_to_retry_carries_its_attempts() -> None:
+    # The error a request ends with carries its attempts on every path, a cancellation while
+    # it waits for a key to retry on included: PllmProgress counts the retries it made.
+    balancer, providers, _ = make_balancer(1, clock=_WaitsUntilCancelled(), max_retries=3)
+    providers[0].script = [err(ModelRateLimitError, retry_after=30.0)]
+    task = asyncio.ensure_future(balancer.acall(lambda p: p.arun()))  # type: ignore[attr-defined]
+    for _ in range(3):  # the attempt fails and is released; the request waits for the rest
+        await asyncio.sleep(0)
+    assert len(providers[0].calls) == 1
+    assert not task.done()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError) as caught:
+        await task
+    assert getattr(caught.value, "attempts", None) == 1
+    assert balancer.get_stats()["openai-0"]["active_requests"] == 0
+
+
+def test_a_state_error_ends_a_request_with_its_attempts() -> None:
+    balancer, providers, _ = make_balancer(2, max_retries=3)
+    providers[0].script = [err(ModelAPIError)]
+    providers[1].script = [err(ModelAPIError)]
+    acquire = balancer.state.acquire
+    taken: list[str] = []
+
+    def failing_acquire(key: str, *args: Any, **kwargs: Any) -> Any:
+        if len(taken) == 2:
+            raise ConnectionError("the state is away")
+        taken.append(key)
+        return acquire(key, *args, **kwargs)
+
+    balancer.state.acquire = failing_acquire  # type: ignore[method-assign]
+    with pytest.raises(ConnectionError) as caught:
+        call(balancer)
+    assert getattr(caught.value, "attempts", None) == 2
