@@ -181,29 +181,28 @@ class LocalFallback:
         """This process's share of ``limits`` (rounded down in ``exact`` mode, else up)."""
         scaled = self._scaled.get(limits)
         if scaled is None:
-            share = self.local_share
-            count = self._process_count or 1
-            exact = self.exact
-
-            def part(limit: int | None) -> int | None:
-                if limit is None:
-                    return None
-                if exact:
-                    if share is not None:
-                        return math.floor(limit * share + 1e-9)  # 0.3 * 10 is 2.9999...
-                    return limit // count
-                if share is not None:
-                    return max(1, math.ceil(limit * share))
-                return max(1, -(-limit // count))  # ceil without float rounding
-
-            scaled = Limits(
-                part(limits.rate_limit),
-                part(limits.tpm),
-                part(limits.max_concurrency),
-                limits.window,
-            )
-            self._scaled[limits] = scaled
+            scaled = self._scaled[limits] = self.share_of(limits, self._process_count or 1)
         return scaled
+
+    def share_of(self, limits: Limits, count: int) -> Limits:
+        """The share of ``limits`` each of ``count`` processes takes while Redis is away."""
+        share = self.local_share
+        exact = self.exact
+
+        def part(limit: int | None) -> int | None:
+            if limit is None:
+                return None
+            if exact:
+                if share is not None:
+                    return math.floor(limit * share + 1e-9)  # 0.3 * 10 is 2.9999...
+                return limit // count
+            if share is not None:
+                return max(1, math.ceil(limit * share))
+            return max(1, -(-limit // count))  # ceil without float rounding
+
+        return Limits(
+            part(limits.rate_limit), part(limits.tpm), part(limits.max_concurrency), limits.window
+        )
 
     def redis_retry(self, now: float) -> float:
         """When Redis will be tried again, in the caller's clock."""

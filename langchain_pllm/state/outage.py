@@ -95,6 +95,8 @@ class Returns:
         self._heartbeat = heartbeat
         self._outage: Outage | None = None
         self._pending: set[str] = set()
+        self._met: set[str] | None = None
+        self._lost = True
         self._lock = threading.Lock()
 
     def outage(self, back: float) -> Outage:
@@ -125,35 +127,71 @@ class Returns:
         """
         out: list[tuple[str, Call]] = []
         replayed = {key for key, _, _ in replays}
+        # A copy first: other threads add keys (``dict.copy`` runs under the GIL at once).
+        known = self.known.copy()
         for key, window, entries in replays:
-            out.append((key, self._call(key, window, now, ref, entries, outage)))
+            out.append((key, self._call(key, window, known.get(key), now, ref, entries, outage)))
         if outage is not None and self._fallback.exact:
-            # A copy first: other threads add keys (``dict.copy`` runs under the GIL at once).
-            for key, limits in self.known.copy().items():
+            for key, limits in known.items():
                 if key not in replayed and self._relevant(limits, ref, outage):
-                    out.append((key, self._call(key, limits.window, now, ref, [], outage)))
+                    out.append((key, self._call(key, limits.window, limits, now, ref, [], outage)))
         return out
 
-    def ended(self, outage: Outage, keys: list[str]) -> None:
-        """Redis is back after ``outage``; ``keys`` were reconciled in the same round trip."""
+    def ended(
+        self, outage: Outage, keys: list[str], *, every_key: bool = True, lost: bool = True
+    ) -> None:
+        """Redis is back after ``outage``; ``keys`` were reconciled in the same round trip.
+
+        Args:
+            outage: The outage that ended.
+            keys: The keys reconciled already.
+            every_key: Mend keys first met after the return too (an outage this process
+                served through); else only keys it had used (a Redis found to forget it).
+            lost: Whether Redis may have lost its data (its heartbeat did not list this
+                process): then keys first met get stand-ins as well as placeholders.
+        """
         if not self._fallback.exact:
             return
         with self._lock:
             self._outage = outage
-            self._pending = set(self.known.copy()).difference(keys)
+            known = set(self.known.copy())
+            self._pending = known.difference(keys)
+            self._met = known.union(keys) if every_key else None
+            self._lost = lost
 
     def pending(self, key: str, limits: Limits, now: float, ref: float) -> Call | None:
-        """The call to send before ``key``'s acquire, when the last outage still matters to it."""
+        """The call to send before ``key``'s acquire, when the last outage still matters to it.
+
+        A key this process had used is mended as after any outage. A key first met after an
+        outage this process served through is mended too: others may have used it before
+        (a restart lost their starts) or serve it locally still, and whoever acquires it
+        first on the returned Redis must hold their room (``Outage`` placeholders); only when
+        Redis may have lost its data does it get stand-ins.
+        """
         outage = self._outage
-        if outage is None or key not in self._pending:
+        met = self._met
+        if outage is None or (key not in self._pending and (met is None or key in met)):
             return None
         with self._lock:
-            if key not in self._pending:
+            if key in self._pending:
+                self._pending.discard(key)
+                stand_ins = True
+            elif self._met is not None and key not in self._met:
+                self._met.add(key)
+                stand_ins = self._lost
+            else:
                 return None
-            self._pending.discard(key)
         if not self._relevant(limits, ref, outage):
             return None
-        return self._call(key, limits.window, now, ref, [], outage)
+        return self._call(key, limits.window, limits, now, ref, [], outage, stand_ins)
+
+    def retry(self, key: str) -> None:
+        """``pending``'s call for ``key`` did not complete (cancelled, failed): send it again."""
+        with self._lock:
+            if self._met is not None and key not in self.known:
+                self._met.discard(key)
+            else:
+                self._pending.add(key)
 
     def stand_ins(self, key: str, limits: Limits, now: float, ref: float, start: float) -> Call:
         """The call filling ``key``'s windows as of ``start`` if its state was lost."""
@@ -171,24 +209,33 @@ class Returns:
         self,
         key: str,
         window: float,
+        limits: Limits | None,
         now: float,
         ref: float,
         entries: list[tuple[str, float, int | None]],
         outage: Outage | None,
+        stand_ins: bool = True,
     ) -> Call:
         own = self._heartbeat.process_id
-        limits = self.known.get(key)
         if outage is None or limits is None or not self._fallback.exact:
             return self._layout.reconcile(key, window, now, own, entries)
-        lost = (max(0.0, ref - outage.start), limits.rate_limit, limits.tpm)
+        # Without stand-ins the outage's age still travels (no limits to stand in for): the
+        # script needs it to skip processes back since the outage began.
+        lost = (
+            max(0.0, ref - outage.start),
+            limits.rate_limit if stand_ins else None,
+            limits.tpm if stand_ins else None,
+        )
         placeholders = None
         until = outage.back + self.cover
         if outage.peers and until >= outage.last_ok + limits.window:
-            share = self._fallback.scaled(limits)
+            # The share each of them took, as counted before the outage: the heartbeat of the
+            # return may list only the processes back so far.
+            share = self._fallback.share_of(limits, len(outage.peers) + 1)
             requests, tokens = share.rate_limit or 0, share.tpm or 0
             if requests or tokens:
                 placeholders = (until - ref, requests, tokens, outage.peers)
-        return self._layout.reconcile(key, window, now, own, entries, lost, placeholders)
+        return self._layout.reconcile(key, limits.window, now, own, entries, lost, placeholders)
 
 
 class DownKeys:

@@ -360,7 +360,7 @@ class RedisState(RedisRejoin, RedisReads, StateBackend):
             self._heartbeat.lost_data = False
             if now is not None:
                 ref = self._ref(now)
-                self._returns.ended(self._returns.forgotten(ref), [])
+                self._returns.ended(self._returns.forgotten(ref), [], every_key=False)
 
     # acquire -----------------------------------------------------------------------------------
 
@@ -374,6 +374,11 @@ class RedisState(RedisRejoin, RedisReads, StateBackend):
         if self._down is not None and (start := self._down.started(key)) is not None:
             return self._returns.stand_ins(key, limits, now, ref, start)
         return self._returns.pending(key, limits, now, ref)
+
+    def _mend_later(self, key: str) -> None:
+        """The ``RECONCILE`` before ``key``'s acquire did not complete: the next one sends it."""
+        if self._down is None:  # a cluster's away key is mended until an acquire succeeds
+            self._returns.retry(key)
 
     def _answered(self, key: str, limits: Limits, now: float) -> None:
         self._returns.last_ok = self._ref(now)
@@ -460,7 +465,11 @@ class RedisState(RedisRejoin, RedisReads, StateBackend):
                     if self._down is None:
                         raise  # one server: Redis is away; a cluster: that node only
             if (first := self._first_call(key, limits, now)) is not None:
-                self._run(RECONCILE, *first)
+                try:
+                    self._run(RECONCILE, *first)
+                except BaseException:
+                    self._mend_later(key)
+                    raise
             reply = self._run(ACQUIRE, keys, args)
         except UNAVAILABLE as exc:
             return self._acquire_failed(exc, key, limits, tokens, now, breaker)
@@ -499,7 +508,11 @@ class RedisState(RedisRejoin, RedisReads, StateBackend):
                     if self._down is None:
                         raise
             if (first := self._first_call(key, limits, now)) is not None:
-                await self._arun(RECONCILE, *first)
+                try:
+                    await self._arun(RECONCILE, *first)
+                except BaseException:  # a cancelled caller too: the next acquire mends it
+                    self._mend_later(key)
+                    raise
             # In a task of its own, so that a cancelled caller does not cut the exchange short
             # and lose the reply: the server may grant the lease all the same.
             call = asyncio.ensure_future(self._arun(ACQUIRE, keys, args))

@@ -99,10 +99,13 @@ class RedisRejoin:
 
     def _rejoined(self, plan: _Rejoin, replies: list[Any]) -> None:
         if plan.beat:
-            if isinstance(replies[0], list):
-                self._seen(replies[0])
+            beat = replies[0]
+            listed = isinstance(beat, list) and bool(int(beat[0]))
+            if isinstance(beat, list):
+                self._seen(beat)
             if plan.outage is not None:
-                self._returns.ended(plan.outage, plan.keys)
+                # Still listed in the heartbeat: Redis kept its data, nothing to stand in for.
+                self._returns.ended(plan.outage, plan.keys, lost=not listed)
             self._fallback.came_back()
         failed = [r for r in replies if isinstance(r, Exception)]
         if failed:

@@ -20,6 +20,7 @@ import pytest
 from langchain_pllm.config.quotas import QuotaWindow
 from langchain_pllm.state.base import Lease, Limits, Outcome
 from langchain_pllm.state.redis import RedisState
+from langchain_pllm.state.redis_scripts import RECONCILE
 from tests.unit_tests.test_state_backends import (
     BREAKER,
     KEY,
@@ -380,3 +381,85 @@ class TestExactOutage:
         assert grants.heaviest() == (4, 800)
         # One window after the last of them, the key is free again.
         take(a, lim, back + W, tokens=200)
+
+    def test_a_key_first_used_after_a_short_outage_is_held_for_the_lost_starts(
+        self, redis_server: RedisServer, redis_url: str
+    ) -> None:
+        a, b = process(redis_url, "a"), process(redis_url, "b", retry_interval=1.5)
+        lim = limits(rate=4, tpm=1000)
+        grants = Grants()
+        take(a, lim, T0, key=OTHER)  # a is one of the fleet, and has not used KEY
+        for _ in range(3):
+            assert isinstance(grants.take(b, lim, T0, 100), Lease)
+        redis_server.stop()
+        for state in (a, b):  # both see the outage (a on another key)
+            r = state.acquire(OTHER if state is a else KEY, lim, 0, T0 + 1, BREAKER)
+            assert refused(r, T0 + 1, T0 + 1 + W)
+        redis_server.start()  # empty: b's 3 starts are lost
+        time.sleep(0.25)
+        # a is back first and had never used KEY: the restart may have lost others' starts on
+        # it all the same, so its windows count as full as of the outage's start here.
+        assert refused(grants.take(a, lim, T0 + 2, 100), T0 + 2, T0 + 1 + W)
+        assert a.is_redis_available
+        time.sleep(1.5)  # b's retry interval
+        assert refused(grants.take(b, lim, T0 + 3, 100), T0 + 3, T0 + 1 + W)
+        assert b.is_redis_available
+        assert grants.heaviest() == (3, 300)
+
+    def test_a_key_first_used_after_a_long_outage_holds_room_for_those_not_back(
+        self, redis_server: RedisServer, redis_url: str
+    ) -> None:
+        a = process(redis_url, "a")
+        b = process(redis_url, "b", retry_interval=1.5)  # b comes back later than a
+        lim = limits(rate=4, tpm=1000)
+        for state in (a, b, a):  # each sees the other: a share is half
+            take(state, lim, T0, key=OTHER)
+        grants = Grants()
+        redis_server.stop()
+        assert refused(a.acquire(OTHER, lim, 0, T0 + 1, BREAKER), T0 + 1, T0 + 1 + W)
+        assert refused(grants.take(b, lim, T0 + 1, 200), T0 + 1, T0 + 1 + W)
+        later = T0 + 1 + W  # b serves its floor share of KEY locally
+        for _ in range(2):
+            assert isinstance(grants.take(b, lim, later, 200), Lease)
+        redis_server.start()
+        time.sleep(0.25)
+        back = later + 1
+        # a is back and had never used KEY; b, still away, may hold its share of it: a gets
+        # the other half only.
+        for _ in range(2):
+            assert isinstance(grants.take(a, lim, back, 200), Lease)
+        assert refused(grants.take(a, lim, back, 200), back, back + W + 1)
+        assert a.is_redis_available
+        time.sleep(1.5)
+        assert refused(grants.take(b, lim, back + 1, 200), back + 1, back + W + 1)
+        assert b.is_redis_available
+        assert grants.heaviest() == (4, 800)
+
+    async def test_a_cancelled_mend_is_sent_again_before_the_next_acquire(
+        self, redis_server: RedisServer, redis_url: str
+    ) -> None:
+        a, b = process(redis_url, "a"), process(redis_url, "b")
+        lim = limits(rate=4)
+        take(a, lim, T0, key=OTHER)
+        for _ in range(3):
+            take(b, lim, T0)
+        redis_server.stop()
+        assert refused(a.acquire(OTHER, lim, 0, T0 + 1, BREAKER), T0 + 1, T0 + 1 + W)
+        redis_server.start()  # empty: b's starts are lost
+        await asyncio.sleep(0.25)
+        assert refused(a.acquire(OTHER, lim, 0, T0 + 2, BREAKER), T0 + 2, T0 + 1 + W)
+        assert a.is_redis_available
+        # The mend of KEY (a's first acquire on it since the return) is cut short by a cancel...
+        real = a._arun
+
+        async def cancelled(script: object, *args: object) -> object:
+            if script is RECONCILE:
+                raise asyncio.CancelledError
+            return await real(script, *args)  # type: ignore[arg-type]
+
+        a._arun = cancelled  # type: ignore[method-assign]
+        with pytest.raises(asyncio.CancelledError):
+            await a.aacquire(KEY, lim, 0, T0 + 2, BREAKER)
+        a._arun = real  # type: ignore[method-assign]
+        # ...so the next acquire sends it: the lost starts are stood in for.
+        assert refused(await a.aacquire(KEY, lim, 0, T0 + 2, BREAKER), T0 + 2, T0 + 1 + W)
