@@ -20,12 +20,15 @@ Three things can break a limit once Redis answers again, and one ``RECONCILE`` s
    was back already, or died, leaves one share unused for at most ``cover`` plus one window.
 
 In ``share`` mode only 2 happens (the old behaviour). Keys this process started requests on
-are reconciled in the round trip that rejoins Redis. A process that never saw the outage but
-whose heartbeat finds it was forgotten by Redis (``heartbeat.py``) treats that moment as an
+are reconciled in the round trip that rejoins Redis; any other key before this process's first
+acquire on it after the return: others may have used it before the outage (a restart lost their
+starts) or serve it locally still, and the first process back to acquire it must hold their
+room. Stand-ins go only to the keys this process had used, or to every key when the rejoin's
+heartbeat found this process unlisted (Redis may have lost its data; still listed, it kept
+them, and a new or idle key has nothing to stand in for). A process that never saw the outage
+but whose heartbeat finds it was forgotten by Redis (``heartbeat.py``) treats that moment as an
 outage that began and ended then, and reconciles each key it had used before its next acquire
-on it. A process reconciles only keys it started requests on (a new key, or one only others
-used, is theirs to mend): a key that no process had used gets no stand-ins, and one used by
-others is mended as soon as the first of them is back.
+on it (only those: after every ``FLUSHALL`` any key first met would wait a window).
 
 On a cluster in ``exact`` mode there is no local serving at all (``DownKeys``): a cluster
 fails one master at a time, and a process that never met the away master would keep acquiring
