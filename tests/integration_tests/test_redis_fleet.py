@@ -657,13 +657,12 @@ def test_on_a_cluster_four_processes_keep_the_limit_through_a_killed_master(
 ) -> None:
     """Redis Cluster (3 masters, 3 replicas, password): a master SIGKILLed mid-run.
 
-    While its replica takes over (about 2.5 s, longer than the 2 s window), each process that
-    meets the dead node counts every window as full for one window, then serves from its floor
-    share (``local_share`` 1/4: the heartbeat's count may still be 1 this early in a run), and
-    on its return writes those starts into Redis with placeholders for the processes not back
-    yet; no request is lost. The fallback is the whole state's, not the dead node's slots only,
-    so every key of the pool falls under the outage rule, and no window span holds more than
-    the limit (of Redis's reservations, where every start is written, and of arrivals).
+    While its replica takes over (about 2.5 s, longer than the 2 s window), nothing is served
+    locally (``outage: exact`` on a cluster): the dead node's key refuses in every process that
+    meets it, the balancer sends its requests to the two keys on live masters, and one caller
+    per retry interval asks the node again; before that key's first acquire after the
+    promotion, stand-ins fill its windows if the failover lost its state. No request is lost,
+    and no window span holds more than the limit (of Redis's reservations and of arrivals).
     """
     keys = ["sk-cluster-one", "sk-cluster-two", "sk-cluster-three"]
     model = pool(server, cluster_url, keys, rate_limit=LIMIT, balancer={"local_share": 0.25})
