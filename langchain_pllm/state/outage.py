@@ -39,8 +39,10 @@ What stays best effort: a process that made no call during the outage, and whose
 not due, acquires on the returned Redis without knowing of it, before any process back has
 reconciled the key; a failover's last writes the replica had not received (milliseconds,
 asynchronous replication) are lost with the state hash still present, so no stand-ins; the
-``limits:`` windows a restart lost get no stand-ins; and shares assume every process sees the
-same count of live processes.
+``limits:`` windows a restart lost get no stand-ins; shares assume every process sees the
+same count of live processes; a process that cannot reach a Redis the others still use serves
+its share beside them once a window has passed; and a ``back|<id>`` marker cannot tell that its
+process went away again since (Redis flapping), so its room is not held.
 """
 
 from __future__ import annotations
