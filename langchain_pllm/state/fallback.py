@@ -15,8 +15,10 @@ Two modes (``outage`` in the balancer settings):
   ``floor(limit / n)`` for the ``n`` live processes the heartbeat counted: ``n`` such shares
   sum to at most the limit, and none shares a window with a start from before the outage. A
   share of 0, and every key with ``limits:`` windows (day quotas, budgets: they need Redis's
-  counters), waits for Redis. The concurrency cap gets a floor share too; requests other
-  processes had in flight before the outage are unknown to it (best effort).
+  counters), waits for Redis, and so does a process that never counted the live processes
+  (Redis away since it started) without ``local_share``. The concurrency cap gets a floor
+  share too; requests other processes had in flight before the outage are unknown to it (best
+  effort).
 - ``share``: availability first, as before: each limit's share rounded up (at least 1) from
   the first failure, no ``limits:`` windows; a window spanning the outage may hold the starts
   before it plus every process's share.
@@ -144,7 +146,9 @@ class LocalFallback:
                 return
             self.active = True
             self.start = at
-        if self.exact:
+        if self.exact and self.local_share is None and self._process_count is None:
+            share = "nothing with a request or token limit: no process count seen yet"
+        elif self.exact:
             share = "none for one window, then a floor share"
         elif self.local_share is not None:
             share = f"{self.local_share:.3g} of each limit"
@@ -213,6 +217,10 @@ class LocalFallback:
         if limits.windows:
             return self.redis_retry(now)
         if limits.rate_limit is not None or limits.tpm is not None:
+            if self.local_share is None and self._process_count is None:
+                # Never counted the fleet (Redis was away from the start): any share may be
+                # too large, the whole limit surely is.
+                return self.redis_retry(now)
             full_until = self.start + limits.window
             if now < full_until:
                 return min(full_until, self.redis_retry(now))

@@ -6,7 +6,8 @@ extra script folded into an ``acquire`` then, or into the round trip that rejoin
 an outage. The script drops expired members and answers the live ones, which the state
 remembers: the local fallback divides each limit by their count, and after an outage the
 returning process holds room for the others (``outage.py``). Before the first count a process
-knows of no other, and takes the whole limit.
+knows of no other: in ``share`` mode it takes the whole limit, in ``exact`` mode it waits for
+Redis (unless ``local_share`` is set).
 
 The script also says whether this process was still listed. A process that beat less than a
 TTL ago and is missing was forgotten by Redis (a restart without persistence): ``lost_data``

@@ -463,3 +463,17 @@ class TestExactOutage:
         a._arun = real  # type: ignore[method-assign]
         # ...so the next acquire sends it: the lost starts are stood in for.
         assert refused(await a.aacquire(KEY, lim, 0, T0 + 2, BREAKER), T0 + 2, T0 + 1 + W)
+
+    def test_a_process_that_never_counted_the_fleet_waits_for_redis(self) -> None:
+        # Redis away since this process started: it cannot know its share, and the whole
+        # limit beside the others' shares would break it.
+        state = unreachable()
+        lim = limits(rate=4, tpm=1000)
+        assert refused(state.acquire(KEY, lim, 1, T0, BREAKER), T0, T0 + 0.21)
+        assert refused(state.acquire(KEY, lim, 1, T0 + W, BREAKER), T0 + W, T0 + W + 0.21)
+        # With a share of its own it serves that share after one window, as any process.
+        given = unreachable(local_share=0.5)
+        assert refused(given.acquire(KEY, lim, 1, T0, BREAKER), T0, T0 + 0.21)
+        take(given, lim, T0 + W, tokens=1)
+        # A key with no window limit is served at once.
+        take(state, limits(conc=2), T0, key=OTHER)
