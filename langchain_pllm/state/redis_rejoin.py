@@ -1,9 +1,10 @@
 """Back to Redis after an outage: one caller per retry interval tries, in one round trip.
 
 The round trip carries the heartbeat and one ``RECONCILE`` per key (``outage.py`` says what it
-mends); starts that other threads made on the fallback meanwhile go in a second one. While it
-is under way other callers keep serving from the fallback. ``RedisRejoin`` is a mixin of
-``RedisState`` (``redis.py``), which holds the connections, the fallback and the heartbeat.
+mends); starts that other threads made on the fallback meanwhile go in a second one, and only
+then does this process use Redis again. While it is under way other callers keep serving from
+the fallback. ``RedisRejoin`` is a mixin of ``RedisState`` (``redis.py``), which holds the
+connections, the fallback and the heartbeat.
 """
 
 from __future__ import annotations
@@ -106,7 +107,6 @@ class RedisRejoin:
             if plan.outage is not None:
                 # Still listed in the heartbeat: Redis kept its data, nothing to stand in for.
                 self._returns.ended(plan.outage, plan.keys, lost=not listed)
-            self._fallback.came_back()
         failed = [r for r in replies if isinstance(r, Exception)]
         if failed:
             logger.debug("reconciling keys after an outage failed: %s", failed[0])
@@ -114,7 +114,9 @@ class RedisRejoin:
     def _rejoin(self, now: float) -> bool:
         """Try Redis again: heartbeat and replay of the fallback's starts, one round trip.
 
-        Starts recorded by other threads during that round trip are replayed in a second one.
+        Starts recorded by other threads during that round trip are replayed in a second one
+        (and so on), before the fallback hands over: nobody acquires on Redis before every
+        start this process made without it is there.
         """
         beat = True
         while (plan := self._rejoin_plan(now, beat)) is not None:
@@ -126,6 +128,7 @@ class RedisRejoin:
                 raise
             self._rejoined(plan, replies)
             beat = False
+        self._fallback.came_back()
         return True
 
     async def _arejoin(self, now: float) -> bool:
@@ -140,4 +143,5 @@ class RedisRejoin:
                 raise
             self._rejoined(plan, replies)
             beat = False
+        self._fallback.came_back()
         return True

@@ -477,3 +477,41 @@ class TestExactOutage:
         take(given, lim, T0 + W, tokens=1)
         # A key with no window limit is served at once.
         take(state, limits(conc=2), T0, key=OTHER)
+
+    def test_starts_made_during_the_rejoin_are_on_redis_before_anyone_acquires_there(
+        self, redis_server: RedisServer, redis_url: str
+    ) -> None:
+        a, b = (process(redis_url, name, local_share=0.5) for name in "ab")
+        lim = limits(rate=2)
+        for state in (a, b, a):
+            take(state, limits(rate=10), T0, key=OTHER)
+        grants = Grants()
+        redis_server.stop()
+        for state in (a, b):
+            assert refused(grants.take(state, lim, T0 + 1), T0 + 1, T0 + 1 + W)
+        redis_server.start()
+        time.sleep(0.25)
+        later = T0 + 1 + W
+        # b is back first: its half, and a's half held for a.
+        assert isinstance(grants.take(b, lim, later), Lease)
+        assert refused(grants.take(b, lim, later), later, later + W + 1)
+        # a comes back; while its round trip is under way, another thread of a starts on the
+        # fallback (a's share: 1), and the moment a is back on Redis, b asks again.
+        send_all, came_back = a._send_all, a._fallback.came_back
+        during: list[Lease | float] = []
+
+        def sending(calls: list) -> list:  # type: ignore[type-arg]
+            if not during:
+                during.append(grants.take(a, lim, later))
+            return send_all(calls)
+
+        def back() -> None:
+            came_back()
+            during.append(grants.take(b, lim, later))
+
+        a._send_all = sending  # type: ignore[method-assign]
+        a._fallback.came_back = back  # type: ignore[method-assign]
+        assert refused(grants.take(a, lim, later), later, later + W)
+        assert isinstance(during[0], Lease)  # on a's fallback, written back in a second trip
+        assert refused(during[1], later, later + W)  # b saw it there
+        assert grants.heaviest() == (2, 0)
