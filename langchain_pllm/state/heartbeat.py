@@ -9,10 +9,11 @@ returning process holds room for the others (``outage.py``). Before the first co
 knows of no other: in ``share`` mode it takes the whole limit, in ``exact`` mode it waits for
 Redis (unless ``local_share`` is set).
 
-The script also says whether this process was still listed. A process that beat less than a
-TTL ago and is missing was forgotten by Redis (a restart without persistence): ``lost_data``
-tells the state, which then treats the key windows as possibly lost, even if this process
-itself never saw Redis fail.
+The script also says whether this process was still listed. A process that beat before and is
+missing was forgotten by Redis (a restart without persistence), or idle past its TTL: either
+way ``lost_data`` tells the state, which then treats the windows of the keys it used within
+one window as possibly lost (the script finds whether their state is gone), even if this
+process itself never saw Redis fail.
 
 This module builds the call and keeps the count; the ``RedisState`` runs the call.
 """
@@ -64,10 +65,10 @@ class Heartbeat:
         self.members: tuple[str, ...] = ()
         """Their names, as last seen."""
         self.lost_data = False
-        """Set when Redis forgot this process within its TTL; the state clears it."""
+        """Set when Redis no longer listed this process after a beat; the state clears it."""
         self._process_id = process_id
         self._key = f"{key_prefix}:procs"
-        self._ttl = ttl = max(3 * interval, _MIN_PROCESS_TTL)
+        ttl = max(3 * interval, _MIN_PROCESS_TTL)
         self._ttl_args = (repr(float(ttl)), str(math.ceil(ttl * 1000)))
         self._due_at = 0.0
         self._beaten_at: float | None = None
@@ -98,8 +99,10 @@ class Heartbeat:
         """Remember what a ``HEARTBEAT`` answered; True when the count changed."""
         had, *members = reply
         t = time.monotonic()
-        # A second short of the TTL: a beat that was late by the clocks' skew is no loss.
-        if not had and self._beaten_at is not None and t - self._beaten_at < self._ttl - 1.0:
+        # Missing after a beat of its own: Redis forgot it, or it expired while this process was
+        # idle past its TTL; which one, nobody can tell, and an idle process may still have
+        # starts in a window. The state mends only keys it used within their window since.
+        if not had and self._beaten_at is not None:
             self.lost_data = True
         self._beaten_at = t
         self.members = tuple(str(m) for m in members)

@@ -27,8 +27,10 @@ room. Stand-ins go only to the keys this process had used, or to every key when 
 heartbeat found this process unlisted (Redis may have lost its data; still listed, it kept
 them, and a new or idle key has nothing to stand in for). A process that never saw the outage
 but whose heartbeat finds it was forgotten by Redis (``heartbeat.py``) treats that moment as an
-outage that began and ended then, and reconciles each key it had used before its next acquire
-on it (only those: after every ``FLUSHALL`` any key first met would wait a window).
+outage that began and ended then, and reconciles each key it used within its window before
+its next acquire on it (only those: after every ``FLUSHALL`` any key first met would wait a
+window; and a process idle past its heartbeat's TTL, which looks the same, pays one round trip
+per such key, no capacity, when Redis kept their state).
 
 On a cluster in ``exact`` mode there is no local serving at all (``DownKeys``): a cluster
 fails one master at a time, and a process that never met the away master would keep acquiring
@@ -93,6 +95,8 @@ class Returns:
         self.cover = cover
         self.known: dict[str, Limits] = {}
         """Every key this process started a request on, with its latest limits."""
+        self.used: dict[str, float] = {}
+        """When Redis last granted this process a start on each key, in the records' clock."""
         self.last_ok = -math.inf
         """When Redis last answered an acquire, in the caller's clock."""
         self._layout = layout
@@ -160,6 +164,13 @@ class Returns:
         with self._lock:
             self._outage = outage
             known = set(self.known.copy())
+            if not every_key:
+                # Forgotten: only starts of this process can be lost (those that made none lately
+                # may have been idle past their heartbeat's TTL just as well, not lost anything).
+                used, windows = self.used.copy(), self.known.copy()
+                known = {
+                    k for k in known if used.get(k, -math.inf) > outage.start - windows[k].window
+                }
             self._pending = known.difference(keys)
             self._met = known.union(keys) if every_key else None
             self._lost = lost

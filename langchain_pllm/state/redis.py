@@ -381,7 +381,7 @@ class RedisState(RedisRejoin, RedisReads, StateBackend):
             self._returns.retry(key)
 
     def _answered(self, key: str, limits: Limits, now: float) -> None:
-        self._returns.last_ok = self._ref(now)
+        self._returns.last_ok = self._returns.used[key] = self._ref(now)
         self._returns.known[key] = limits
         if self._down is not None and self._down.any:
             self._down.came_back(key)

@@ -515,3 +515,23 @@ class TestExactOutage:
         assert isinstance(during[0], Lease)  # on a's fallback, written back in a second trip
         assert refused(during[1], later, later + W)  # b saw it there
         assert grants.heaviest() == (2, 0)
+
+    def test_a_process_idle_past_its_heartbeat_ttl_still_finds_the_restart(
+        self, redis_server: RedisServer, redis_url: str
+    ) -> None:
+        a = process(redis_url, "a")
+        lim = limits(rate=4)
+        grants = Grants()
+        for _ in range(4):
+            assert isinstance(grants.take(a, lim, T0), Lease)
+        redis_server.restart()  # nobody called meanwhile: nobody fell back
+        # a was idle longer than its heartbeat's TTL (20 s here, 15 s at least): Redis would
+        # have dropped it from the live processes anyway, yet its starts are in the window.
+        a._heartbeat._beaten_at = time.monotonic() - 20.0  # as if it beat 20 s ago
+        assert refused(grants.take(a, lim, T0 + 20), T0 + 20, T0 + 20 + W)
+        assert grants.heaviest() == (4, 0)
+        # A key it last used more than a window ago holds nothing of its own: no stand-ins.
+        take(a, lim, T0 + 20 + W, key=OTHER)
+        redis_server.restart()
+        a._heartbeat._beaten_at = time.monotonic() - 20.0
+        take(a, lim, T0 + 30 + 2 * W, key=OTHER)
