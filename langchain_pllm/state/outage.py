@@ -251,7 +251,7 @@ class Returns:
             requests, tokens = share.rate_limit or 0, share.tpm or 0
             if requests or tokens:
                 placeholders = (until - ref, requests, tokens, outage.peers)
-        return self._layout.reconcile(key, limits.window, now, own, entries, lost, placeholders)
+        return self._layout.reconcile(key, window, now, own, entries, lost, placeholders)
 
 
 class DownKeys:
