@@ -22,7 +22,7 @@ from langchain_core.exceptions import (
 )
 from langchain_core.messages import AIMessage, AIMessageChunk
 
-from langchain_pllm.exceptions import model_error
+from langchain_pllm.exceptions import InvalidCallError, model_error
 from langchain_pllm.providers.anthropic_convert import (
     AnthropicStreamReader,
     message_of,
@@ -182,10 +182,16 @@ class AnthropicProvider(Provider):
             options["timeout"] = body.pop("timeout")
         elif client.timeout == anthropic.DEFAULT_TIMEOUT:
             # What ``create`` does first: refuse a non-streaming call that may outrun the
-            # default 10 minutes (the caller should stream), else keep that default.
-            options["timeout"] = client._calculate_nonstreaming_timeout(
-                body["max_tokens"], _NONSTREAMING_TOKENS.get(body["model"])
-            )
+            # default 10 minutes (the caller should stream), else keep that default. The
+            # guard is a private SDK method: an SDK without it keeps the client's timeout.
+            guard = getattr(client, "_calculate_nonstreaming_timeout", None)
+            if guard is not None:
+                try:
+                    options["timeout"] = guard(
+                        body["max_tokens"], _NONSTREAMING_TOKENS.get(body["model"])
+                    )
+                except ValueError as e:  # nothing was sent: every key would refuse it alike
+                    raise InvalidCallError(f"{self.id}: {e}") from e
         return {"body": body, "options": options, "cast_to": httpx2.Response}
 
     def _raw_message(self, raw: httpx2.Response, json_format: JsonFormat | None) -> AIMessage:
@@ -202,8 +208,9 @@ class AnthropicProvider(Provider):
         """One Messages API call."""
         payload, json_format = self._payload(request)
         client = self.sync_client
+        args = self._post_args(client, payload)  # a refused call raises before the try
         try:
-            raw = client.post("/v1/messages", **self._post_args(client, payload))
+            raw = client.post("/v1/messages", **args)
         except _SDK_ERRORS as e:
             raise classify_anthropic_error(e, self.id) from e
         return self._raw_message(raw, json_format)
@@ -212,8 +219,9 @@ class AnthropicProvider(Provider):
         """One Messages API call, async."""
         payload, json_format = self._payload(request)
         client = self.async_client
+        args = self._post_args(client, payload)  # a refused call raises before the try
         try:
-            raw = await client.post("/v1/messages", **self._post_args(client, payload))
+            raw = await client.post("/v1/messages", **args)
         except _SDK_ERRORS as e:
             raise classify_anthropic_error(e, self.id) from e
         return self._raw_message(raw, json_format)

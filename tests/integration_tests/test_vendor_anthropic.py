@@ -31,6 +31,7 @@ from langchain_core.messages import (
 from pydantic import BaseModel
 
 from langchain_pllm import BalancedChatModel
+from langchain_pllm.exceptions import InvalidCallError
 from langchain_pllm.testing import FakeAnthropicServer, Fault, Reply
 
 KEY = "sk-ant-secret-key"
@@ -624,3 +625,32 @@ def test_v1_stream_of_blocks_ends_without_a_stray_empty_text_block(
     assert isinstance(merged.content, list)
     assert [b["type"] for b in merged.content] == ["tool_call"]  # type: ignore[index]
     assert merged.tool_calls[0]["name"] == "add"
+
+
+# The non-streaming guard reads a private SDK method ------------------------------------------
+
+
+async def test_a_call_still_works_on_an_sdk_without_the_private_timeout_guard(
+    fake_anthropic_server: FakeAnthropicServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # ``create`` refuses long non-streaming calls through ``_calculate_nonstreaming_timeout``,
+    # a private method a later SDK may drop: the raw post then keeps the client's timeout.
+    from anthropic._base_client import BaseClient
+
+    monkeypatch.delattr(BaseClient, "_calculate_nonstreaming_timeout")
+    model = model_for(fake_anthropic_server)
+    assert model.invoke("hi").content == "echo: hi"
+    assert (await model.ainvoke("hi")).content == "echo: hi"
+
+
+async def test_a_non_streaming_call_that_may_outrun_the_default_timeout_is_refused(
+    fake_anthropic_server: FakeAnthropicServer,
+) -> None:
+    model = model_for(fake_anthropic_server)
+    sent = len(fake_anthropic_server.requests)
+    # The caller's error, found before a byte was sent: not retried, no key blamed.
+    with pytest.raises(InvalidCallError, match="Streaming is required"):
+        model.invoke("hi", max_tokens=100_000)
+    with pytest.raises(InvalidCallError, match="Streaming is required"):
+        await model.ainvoke("hi", max_tokens=100_000)
+    assert len(fake_anthropic_server.requests) == sent  # refused before anything was sent
