@@ -88,11 +88,12 @@ def aiohttp_connection_failure(exc: BaseException) -> bool:
 class _LoopPools:
     """The shared clients of one event loop, and the parked generator that closes them."""
 
-    __slots__ = ("clients", "closer", "closing", "transports")
+    __slots__ = ("clients", "closer", "closing", "limits", "transports")
 
     def __init__(self) -> None:
         self.clients: dict[tuple[Any, ...], Any] = {}
         self.transports: dict[tuple[Any, ...], Any] = {}
+        self.limits: dict[tuple[Any, str], int] = {}  # per (client class, endpoint): largest pool
         # What to await when the loop ends: each aiohttp pool's ``aclose``, each httpx-backed
         # base client's ``close``.
         self.closing: list[Callable[[], Awaitable[Any]]] = []
@@ -120,6 +121,7 @@ async def _close_with_loop(
             pools.closing.clear()
             pools.transports.clear()
             pools.clients.clear()
+            pools.limits.clear()
         for close in closing:
             await close()
 
@@ -175,6 +177,23 @@ def connection_limit(url: str) -> int:
     return sum(limit for limit in limits if limit is not None)
 
 
+def _sized(pools: _LoopPools, client_cls: Any, url: str, needed: int) -> int:
+    """The connection limit of the endpoint's aiohttp pool in this loop that covers ``needed``.
+
+    The loop's largest pool for the endpoint when it covers ``needed``; else a new one at
+    least twice its size: a pool declared later that raises the endpoint's sum needs a larger
+    pool for the keys built from then on (keys built earlier keep theirs, which covers them),
+    and doubling keeps a process that builds pools one after another (a key per tenant) to a
+    handful of sessions per loop instead of one per pool.
+    """
+    largest = pools.limits.get((client_cls, url), 0)
+    if largest >= needed:
+        return largest
+    limit = min(MAX_CONNECTIONS, max(needed, 2 * largest))
+    pools.limits[(client_cls, url)] = limit
+    return limit
+
+
 def _aiohttp_transport(client_cls: Any, limit: int) -> Any:
     """A new ``DefaultAioHttpClient`` of ``client_cls``'s SDK, at most ``limit`` connections."""
     import httpx2
@@ -218,12 +237,10 @@ def pooled_sdk_client(
     if inspect.iscoroutinefunction(getattr(client_cls, "close", None)):
         loop = asyncio.get_running_loop()
     aio = loop is not None and http_backend_of(config) == "aiohttp"
-    # One aiohttp pool serves every key of an endpoint, sized from their declared concurrency
-    # (a pool declared later on the same endpoint that raises the sum gets a larger pool for
-    # the keys built from then on); httpx pools are sharded by key.
-    limit = connection_limit(url) if aio else 0
+    # One aiohttp pool serves every key of an endpoint, sized from their declared concurrency;
+    # httpx pools are sharded by key.
+    needed = connection_limit(url) if aio else 0
     shard = -1 if aio else int(config.key_fingerprint[:8], 16) % _HTTPX_SHARDS
-    key = (client_cls, url, config.timeout, shard, limit)
     with _POOLS_LOCK:
         if loop is None:
             table = _SYNC_POOLS
@@ -231,6 +248,8 @@ def pooled_sdk_client(
         else:
             pools = _loop_pools(loop)
             table = pools.clients
+        limit = _sized(pools, client_cls, url, needed) if aio and pools is not None else 0
+        key = (client_cls, url, config.timeout, shard, limit)
         base = table.get(key)
         if base is None:
             args: dict[str, Any] = {

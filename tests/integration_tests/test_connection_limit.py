@@ -100,3 +100,26 @@ async def test_without_limits_the_same_flood_opens_a_connection_per_request() ->
         await _flood(emb, 20)
     assert srv.peak > 6
     assert len(srv.ports) > 6
+
+
+async def test_pools_built_one_after_another_do_not_each_open_a_session() -> None:
+    # A process building a pool per tenant (a new key each, each raising the endpoint's sum)
+    # must not keep a new aiohttp session per pool for the life of its event loop.
+    with PeerCountingServer() as srv:
+        for i in range(24):
+            emb = BalancedEmbeddings(
+                providers=[
+                    {
+                        "vendor": "openai",
+                        "api_key": f"tenant-{i}",
+                        "model": "text-embedding-3-small",
+                        "api_base": srv.base_url,
+                        "max_concurrency": 2,
+                    }
+                ]
+            )
+            assert len(await emb.aembed_documents(["a"])) == 1
+        pools = transport._loop_pools(asyncio.get_running_loop())
+        sessions = [t for (_, url, *_), t in pools.transports.items() if url == srv.base_url]
+    # Each pool's sum is covered (2 a key, all 24 in flight at most 48), in a handful of pools.
+    assert 1 <= len(sessions) <= 6
