@@ -272,7 +272,9 @@ def fan_out_table(rows: list[FanRow], per_key: int, latency: float) -> str:
 # Acceptance ------------------------------------------------------------------------------------
 
 
-def verdicts(contestants: list[Any], high: int, extra: list[tuple[str, float, float]]) -> str:
+def verdicts(
+    contestants: list[Any], low: int, high: int, extra: list[tuple[str, float, float]]
+) -> str:
     """The issue's acceptance ratios, each with its target, from this run."""
     by = {c.name: c for c in contestants}
     four = by.get("BalancedChatModel, 4 keys")
@@ -285,7 +287,7 @@ def verdicts(contestants: list[Any], high: int, extra: list[tuple[str, float, fl
     if four and raw4:
         checks.append(
             (
-                "4 keys c64 / 4 raw aiohttp clients",
+                f"4 keys c{low} / 4 raw aiohttp clients",
                 med(four.throughput) / med(raw4.throughput),
                 0.95,
             )
@@ -298,7 +300,9 @@ def verdicts(contestants: list[Any], high: int, extra: list[tuple[str, float, fl
             )
         )
     if four and lc:
-        checks.append(("4 keys c64 / ChatOpenAI", med(four.throughput) / med(lc.throughput), 2.0))
+        checks.append(
+            (f"4 keys c{low} / ChatOpenAI", med(four.throughput) / med(lc.throughput), 2.0)
+        )
         checks.append(
             (
                 f"4 keys c{high} / ChatOpenAI",
