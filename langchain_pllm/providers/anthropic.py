@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
@@ -119,6 +120,12 @@ _NONSTREAMING_TOKENS: Mapping[str, int] = getattr(
     sys.modules.get("anthropic._constants"), "MODEL_NONSTREAMING_TOKENS", {}
 )
 
+# The SDK's retired models and their end-of-life dates (``create`` warns from it), if it has one.
+try:
+    from anthropic.resources.messages.messages import DEPRECATED_MODELS as _RETIRED
+except ImportError:  # an SDK without the table: no warning, as it would give none
+    _RETIRED = {}
+
 
 class AnthropicProvider(Provider):
     """A key of Anthropic's Messages API."""
@@ -178,6 +185,14 @@ class AnthropicProvider(Provider):
         extra = body.pop("extra_body", None)
         if extra:
             options["extra_json"] = extra
+        retired = _RETIRED.get(body["model"])
+        if retired is not None:  # what ``create`` says (streams still go through it)
+            warnings.warn(
+                f"The model '{body['model']}' is deprecated and will reach end-of-life on "
+                f"{retired}.",
+                DeprecationWarning,
+                stacklevel=4,
+            )
         if "timeout" in body:
             options["timeout"] = body.pop("timeout")
         elif client.timeout == anthropic.DEFAULT_TIMEOUT:

@@ -654,3 +654,19 @@ async def test_a_non_streaming_call_that_may_outrun_the_default_timeout_is_refus
     with pytest.raises(InvalidCallError, match="Streaming is required"):
         await model.ainvoke("hi", max_tokens=100_000)
     assert len(fake_anthropic_server.requests) == sent  # refused before anything was sent
+
+
+async def test_a_retired_model_warns_on_invoke_as_on_stream(
+    fake_anthropic_server: FakeAnthropicServer,
+) -> None:
+    # ``create`` warns for a model the SDK lists as deprecated; the raw post must too.
+    from anthropic.resources.messages.messages import DEPRECATED_MODELS
+
+    retired = next(iter(DEPRECATED_MODELS))
+    model = model_for(fake_anthropic_server, provider={"model": retired})
+    with pytest.warns(DeprecationWarning, match=retired):
+        model.invoke("hi")
+    with pytest.warns(DeprecationWarning, match=retired):
+        await model.ainvoke("hi")
+    with pytest.warns(DeprecationWarning, match=retired):
+        list(model.stream("hi"))
