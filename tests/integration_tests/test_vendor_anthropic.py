@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import warnings
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -664,9 +665,20 @@ async def test_a_retired_model_warns_on_invoke_as_on_stream(
 
     retired = next(iter(DEPRECATED_MODELS))
     model = model_for(fake_anthropic_server, provider={"model": retired})
-    with pytest.warns(DeprecationWarning, match=retired):
-        model.invoke("hi")
-    with pytest.warns(DeprecationWarning, match=retired):
+
+    def warned(seen: list[warnings.WarningMessage]) -> bool:
+        return any(
+            issubclass(w.category, DeprecationWarning) and retired in str(w.message) for w in seen
+        )
+
+    # Only DeprecationWarning is let through (``pytest.warns`` would re-emit the sync pool's
+    # sockets' ResourceWarning at exit, noise unrelated to this test).
+    for call in (lambda: model.invoke("hi"), lambda: list(model.stream("hi"))):
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always", DeprecationWarning)
+            call()
+        assert warned(seen)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always", DeprecationWarning)
         await model.ainvoke("hi")
-    with pytest.warns(DeprecationWarning, match=retired):
-        list(model.stream("hi"))
+    assert warned(seen)
