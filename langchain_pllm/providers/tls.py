@@ -7,6 +7,11 @@ program that calls ``asyncio.run`` per request, paid that again and again. A con
 to share between clients and threads, so each kind is built once, exactly as the SDK would
 build it, and handed to every client. The certificate environment (``SSL_CERT_FILE``,
 ``SSL_CERT_DIR``) is read at every call, so changing it still takes effect for new clients.
+
+Not shared: the ``truststore`` context ``httpx2`` builds on macOS and Windows. It loads no
+bundle (the OS verifies), so there is nothing to save, and it holds one lock across each
+handshake, blocking ones included: shared, every client's handshakes would queue behind one
+another's, an event loop's behind a sync thread's connecting to a slow endpoint.
 """
 
 from __future__ import annotations
@@ -20,7 +25,12 @@ __all__ = ["bundled_context", "system_context"]
 
 def system_context() -> ssl.SSLContext:
     """What ``httpx2`` builds for ``verify=True``: the default of ``openai`` and ``anthropic``."""
-    return _system(os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
+    shared = _system(os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
+    if shared is not None:
+        return shared
+    import httpx2
+
+    return httpx2.create_ssl_context()  # a truststore context: one per client (module doc)
 
 
 def bundled_context() -> ssl.SSLContext:
@@ -30,10 +40,13 @@ def bundled_context() -> ssl.SSLContext:
 
 # Keyed by the certificate environment, which is all that shapes these contexts.
 @functools.lru_cache(maxsize=4)
-def _system(cert_file: str | None, cert_dir: str | None) -> ssl.SSLContext:
+def _system(cert_file: str | None, cert_dir: str | None) -> ssl.SSLContext | None:
+    """The shared context, or ``None`` where ``httpx2`` builds a ``truststore`` one."""
     import httpx2
 
-    return httpx2.create_ssl_context()
+    ctx = httpx2.create_ssl_context()
+    # ``type``, not ``isinstance``: a truststore context passes itself off as an ``SSLContext``.
+    return ctx if type(ctx) is ssl.SSLContext else None
 
 
 @functools.lru_cache(maxsize=4)

@@ -9,6 +9,7 @@ import pty
 import re
 import select
 import shutil
+import signal
 import socket
 import struct
 import subprocess
@@ -68,6 +69,17 @@ def test_demo_answers_every_prompt_and_shows_each_key() -> None:
     assert "| claude " in done.stdout  # the final table, in ASCII
 
 
+def _as_a_terminals_job() -> None:
+    """In the child: Ctrl-C (and Ctrl-\\) as a terminal's foreground job gets them.
+
+    A test run started in the background (``pytest ... &`` from a script, some CI runners)
+    ignores SIGINT and SIGQUIT, children inherit that, and Python then installs no
+    KeyboardInterrupt handler: the child would never see the test's Ctrl-C.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGQUIT, signal.SIG_DFL)
+
+
 class Terminal:
     """``python -m langchain_pllm ARGS`` on a pseudo-terminal of 160x50, read as it writes."""
 
@@ -84,6 +96,7 @@ class Terminal:
             env=env,
             close_fds=True,
             cwd=cwd,
+            preexec_fn=_as_a_terminals_job,
         )
         os.close(slave)
         self.master: int | None = master
@@ -389,8 +402,11 @@ def test_top_on_a_terminal_says_its_numbers_are_local_while_redis_is_away(tmp_pa
         assert fleet not in while_away[while_away.index("Redis away") :]
         redis_server.start()
         assert fleet in term.read(until=fleet, timeout=30), term.out  # back: fleet-wide again
+        term.proc.send_signal(signal.SIGINT)  # Ctrl-C ends the live view
+        assert term.close() == 0, term.out
     finally:
-        term.proc.kill()  # the view runs until stopped; how it stops is not checked here
+        if term.proc.poll() is None:
+            term.proc.kill()
         term.close(timeout=5)
         redis_server.close()
     assert "watched" in term.out

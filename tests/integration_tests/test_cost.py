@@ -138,6 +138,7 @@ def test_no_price_no_cost_but_cached_tokens_are_counted() -> None:
         assert stats["cached_tokens"] == server.requests[-1].cached_tokens > 0
 
 
+@pytest.mark.both_transports  # an async stream: its final usage chunk comes through the transport
 async def test_async_replies_and_streams_carry_their_cost() -> None:
     with FakeOpenAIServer(prompt_cache=True) as server:
         model = model_for("openai", server, price=PRICE)

@@ -66,6 +66,7 @@ def test_an_alias_is_a_group_each_key_sending_its_own_model(
     assert sent_by(servers["zhipu"], keys["glm"]) == []
 
 
+@pytest.mark.both_transports  # an async stream (Anthropic's) through the transport
 async def test_async_routing_and_no_model_means_every_key(
     pool: tuple[BalancedChatModel, dict[str, str]],
 ) -> None:

@@ -324,6 +324,8 @@ def test_unparsable_limit_headers_teach_nothing(fake_openai_server: FakeOpenAISe
     ) == {"tokens": (1000.0, 100.0, None)}
 
 
+# Both: what the vendor sees in flight at once is what the transport's connection pool lets out.
+@pytest.mark.both_transports
 async def test_zhipu_1302_lowers_the_keys_concurrency_then_it_grows_back(
     fake_zhipu_server: FakeZhipuServer,
 ) -> None:
