@@ -240,12 +240,15 @@ class LocalFallback:
             # Exact: a full local window frees at Redis's return at the latest.
             return min(r, self.redis_retry(now)) if self.exact and r != math.inf else r
         tpm_tokens = int(tokens) if limits.tpm is not None else None
-        start = _FallbackStart(self._new_member(), now, tpm_tokens, limits.window)
+        # The local state's start, not ``now``: a late caller's stale time is moved up to the
+        # newest it granted, and the replay must date the start as the local window does.
+        started = r.started
+        start = _FallbackStart(self._new_member(), started, tpm_tokens, limits.window)
         with self._records_lock:
             starts = self._records.get(key)
             if starts is None:
                 starts = self._records[key] = deque()
-            while starts and now - starts[0].started >= starts[0].window:
+            while starts and started - starts[0].started >= starts[0].window:
                 starts.popleft()  # out of its window: nothing left to replay
             starts.append(start)
         return Lease(key, r.started, r.tokens, r.probe, FallbackLease(r, start))

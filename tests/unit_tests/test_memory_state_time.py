@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from langchain_pllm.config.quotas import QuotaWindow
 from langchain_pllm.state.base import BreakerPolicy, Lease, Limits
+from langchain_pllm.state.fallback import LocalFallback
 from langchain_pllm.state.memory import MemoryState
 
 KEY = "0123456789abcdef"
@@ -57,3 +58,17 @@ def test_token_and_limits_windows_take_the_clamped_time_too() -> None:
     # Its 20 tokens stay in the 10 s window until 1080 and in the minute until 1130.
     assert state.acquire(KEY, lim, 20, 1079.0, BREAKER) == 1080.0
     assert state.snapshot(KEY, lim, 1129.0).tokens_in_window == 20
+
+
+def test_a_fallback_start_is_replayed_at_the_time_the_local_window_holds_it() -> None:
+    # The Redis fallback serves from a MemoryState and records each start to write back into
+    # Redis on its return: a late caller's start must be dated as the local window dates it,
+    # or it leaves the Redis window earlier than it left the local one.
+    fallback = LocalFallback("redis://test", 0.5, 1.0, lambda: "m", exact=False)
+    lim = Limits(4, None, None, 60.0)
+    fallback.went_away(ConnectionError("away"), 1000.0)
+    _lease(fallback.acquire(KEY, lim, 0, 1010.0, BREAKER))
+    late = _lease(fallback.acquire(KEY, lim, 0, 1005.0, BREAKER))  # read the clock first
+    assert late.started == 1010.0
+    [(_, _, entries)] = LocalFallback.replays(fallback.take(), 1060.0)
+    assert [age for _, age, _ in entries] == [50.0, 50.0]
