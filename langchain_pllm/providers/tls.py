@@ -7,6 +7,8 @@ program that calls ``asyncio.run`` per request, paid that again and again. A con
 to share between clients and threads, so each kind is built once, exactly as the SDK would
 build it, and handed to every client. The certificate environment (``SSL_CERT_FILE``,
 ``SSL_CERT_DIR``) is read at every call, so changing it still takes effect for new clients.
+Still built per client: ``google-genai``'s context for its own httpx clients (which one it
+would build depends on its private choice of backend) and ``zhipuai``'s sync client's.
 
 Not shared: the ``truststore`` context ``httpx2`` builds on macOS and Windows. It loads no
 bundle (the OS verifies), so there is nothing to save, and it holds one lock across each
