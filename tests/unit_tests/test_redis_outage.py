@@ -66,7 +66,8 @@ class Grants:
     def take(self, state: RedisState, lim: Limits, now: float, tokens: int = 0) -> Lease | float:
         r = state.acquire(KEY, lim, tokens, now, BREAKER)
         if isinstance(r, Lease):
-            self.starts.append((now, tokens))
+            # The state's start time: a fallback's memory state moves a stale ``now`` up.
+            self.starts.append((r.started, tokens))
         return r
 
     def heaviest(self, window: float = W) -> tuple[int, int]:
