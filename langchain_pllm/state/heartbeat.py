@@ -13,7 +13,8 @@ The script also says whether this process was still listed. A process that beat 
 missing was forgotten by Redis (a restart without persistence), or idle past its TTL: either
 way ``lost_data`` tells the state, which then treats the windows of the keys it used within
 one window as possibly lost (the script finds whether their state is gone), even if this
-process itself never saw Redis fail.
+process itself never saw Redis fail. A beat whose answer was lost (a timeout, a cancel) may
+have run and listed this process again, so the answer after it counts as "missing" too.
 
 This module builds the call and keeps the count; the ``RedisState`` runs the call.
 """
@@ -66,12 +67,16 @@ class Heartbeat:
         """Their names, as last seen."""
         self.lost_data = False
         """Set when Redis no longer listed this process after a beat; the state clears it."""
+        self.listed = False
+        """Whether the last answer listed this process (never after a beat left unanswered)."""
         self._process_id = process_id
         self._key = f"{key_prefix}:procs"
         ttl = max(3 * interval, _MIN_PROCESS_TTL)
         self._ttl_args = (repr(float(ttl)), str(math.ceil(ttl * 1000)))
         self._due_at = 0.0
         self._beaten_at: float | None = None
+        self._unanswered = False  # a beat was sent and its answer not read yet
+        self._doubt = False  # one was sent while another was unanswered
         self._lock = threading.Lock()
 
     @property
@@ -92,13 +97,22 @@ class Heartbeat:
         return True
 
     def call(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
-        """The keys and arguments of the ``HEARTBEAT`` script."""
+        """The keys and arguments of the ``HEARTBEAT`` script, about to be sent."""
+        with self._lock:
+            # A beat whose answer was lost (a timeout, a cancel) may have run all the same: if
+            # it found this process missing, it listed it again, and the next answer hides that.
+            self._doubt = self._doubt or self._unanswered
+            self._unanswered = True
         return (self._key,), (self.process_id, *self._ttl_args)
 
     def seen(self, reply: Any) -> bool:
         """Remember what a ``HEARTBEAT`` answered; True when the count changed."""
         had, *members = reply
         t = time.monotonic()
+        with self._lock:
+            doubt, self._doubt, self._unanswered = self._doubt, False, False
+        had = bool(int(had)) and not doubt  # after a lost answer, as if missing: mended
+        self.listed = had
         # Missing after a beat of its own: Redis forgot it, or it expired while this process was
         # idle past its TTL; which one, nobody can tell, and an idle process may still have
         # starts in a window. The state mends only keys it used within their window since.

@@ -101,9 +101,10 @@ class RedisRejoin:
     def _rejoined(self, plan: _Rejoin, replies: list[Any]) -> None:
         if plan.beat:
             beat = replies[0]
-            listed = isinstance(beat, list) and bool(int(beat[0]))
+            listed = False
             if isinstance(beat, list):
                 self._seen(beat)
+                listed = self._heartbeat.listed  # False after a beat whose answer was lost
             if plan.outage is not None:
                 # Still listed in the heartbeat: Redis kept its data, nothing to stand in for.
                 self._returns.ended(plan.outage, plan.keys, lost=not listed)

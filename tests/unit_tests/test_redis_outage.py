@@ -407,6 +407,38 @@ class TestExactOutage:
         assert b.is_redis_available
         assert grants.heaviest() == (3, 300)
 
+    def test_a_rejoin_whose_answer_was_lost_still_finds_redis_forgot_this_process(
+        self, redis_server: RedisServer, redis_url: str
+    ) -> None:
+        # As above, but a's first try to rejoin reaches the restarted server and times out
+        # before its answer: the server runs it on its return, and lists a again. a's next
+        # heartbeat finds itself listed, which says nothing now about whether Redis forgot it.
+        a, b = process(redis_url, "a"), process(redis_url, "b", retry_interval=1.5)
+        lim = limits(rate=4, tpm=1000)
+        grants = Grants()
+        take(a, lim, T0, key=OTHER)
+        for _ in range(3):
+            assert isinstance(grants.take(b, lim, T0, 100), Lease)
+        redis_server.stop()
+        for state in (a, b):
+            r = state.acquire(OTHER if state is a else KEY, lim, 0, T0 + 1, BREAKER)
+            assert refused(r, T0 + 1, T0 + 1 + W)
+        redis_server.start()  # empty: b's 3 starts are lost
+        a._client.ping()  # a's connection is open before the server freezes: the call is sent
+        redis_server.pause()
+        try:
+            time.sleep(0.25)
+            assert refused(a.acquire(OTHER, lim, 0, T0 + 2, BREAKER), T0 + 2, T0 + 1 + W)
+            assert not a.is_redis_available
+        finally:
+            redis_server.resume()  # it runs the rejoin a gave up on
+        time.sleep(0.25)
+        assert refused(grants.take(a, lim, T0 + 2, 100), T0 + 2, T0 + 1 + W)
+        assert a.is_redis_available
+        time.sleep(1.5)  # b's retry interval
+        assert refused(grants.take(b, lim, T0 + 3, 100), T0 + 3, T0 + 1 + W)
+        assert grants.heaviest() == (3, 300)
+
     def test_a_key_first_used_after_a_long_outage_holds_room_for_those_not_back(
         self, redis_server: RedisServer, redis_url: str
     ) -> None:
