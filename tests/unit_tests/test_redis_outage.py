@@ -12,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 import pytest
@@ -514,7 +516,10 @@ class TestExactOutage:
     def test_starts_made_during_the_rejoin_are_on_redis_before_anyone_acquires_there(
         self, redis_server: RedisServer, redis_url: str
     ) -> None:
-        a, b = (process(redis_url, name, local_share=0.5) for name in "ab")
+        # a retries Redis once a second: a second thread of a finds the retry not due while
+        # the first one's try waits for the server.
+        a = process(redis_url, "a", local_share=0.5, timeout=2.0, retry_interval=1.0)
+        b = process(redis_url, "b", local_share=0.5)
         lim = limits(rate=2)
         for state in (a, b, a):
             take(state, limits(rate=10), T0, key=OTHER)
@@ -528,25 +533,28 @@ class TestExactOutage:
         # b is back first: its half, and a's half held for a.
         assert isinstance(grants.take(b, lim, later), Lease)
         assert refused(grants.take(b, lim, later), later, later + W + 1)
-        # a comes back; while its round trip is under way, another thread of a starts on the
-        # fallback (a's share: 1), and the moment a is back on Redis, b asks again.
-        send_all, came_back = a._send_all, a._fallback.came_back
-        during: list[Lease | float] = []
-
-        def sending(calls: list) -> list:  # type: ignore[type-arg]
-            if not during:
-                during.append(grants.take(a, lim, later))
-            return send_all(calls)
-
-        def back() -> None:
-            came_back()
-            during.append(grants.take(b, lim, later))
-
-        a._send_all = sending  # type: ignore[method-assign]
-        a._fallback.came_back = back  # type: ignore[method-assign]
-        assert refused(grants.take(a, lim, later), later, later + W)
-        assert isinstance(during[0], Lease)  # on a's fallback, written back in a second trip
-        assert refused(during[1], later, later + W)  # b saw it there
+        # a comes back while the server is frozen: its rejoin's round trip waits, and meanwhile
+        # another thread of a starts on the fallback (a's share: 1; the retry is not due).
+        time.sleep(0.8)  # a's retry interval since its failure
+        a._client.ping()  # a's connection is open before the server freezes: the call is sent
+        redis_server.pause()
+        resume = threading.Timer(0.5, redis_server.resume)
+        resume.start()
+        try:
+            with ThreadPoolExecutor(1) as pool:
+                rejoining = pool.submit(grants.take, a, lim, later)
+                time.sleep(0.2)  # the rejoin is sent and waits for the server
+                during = grants.take(a, lim, later)
+                assert not rejoining.done()
+                rejoined = rejoining.result(timeout=10)
+        finally:
+            resume.join()
+            redis_server.resume()
+        assert isinstance(during, Lease)  # on a's fallback, written back in a second trip
+        assert refused(rejoined, later, later + W)
+        assert a.is_redis_available
+        # The moment a is back on Redis, b sees that start there.
+        assert refused(grants.take(b, lim, later), later, later + W)
         assert grants.heaviest() == (2, 0)
 
     def test_a_process_idle_past_its_heartbeat_ttl_still_finds_the_restart(
