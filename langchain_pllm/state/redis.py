@@ -24,7 +24,7 @@ never retried by the client. On an error the state serves from the local fallbac
 (``fallback.py``: in the default ``exact`` mode nothing for one window, then a floor share of
 each limit; in ``share`` mode a share at once; the share follows the count of live processes
 kept by the fleet heartbeat, ``heartbeat.py``) and tries Redis again at most every
-``retry_interval`` seconds (``redis_rejoin.py``); the heartbeat and one ``RECONCILE`` per key
+``retry_interval`` seconds (``redis_away.py``); the heartbeat and one ``RECONCILE`` per key
 (``outage.py``: stand-ins for windows a restart lost, the fallback's starts, placeholders for
 processes not back yet) go out in the one pipelined round trip that rejoins Redis. On a cluster
 in ``exact`` mode nothing is served locally: a key whose master is away waits for its replica,
@@ -37,7 +37,7 @@ Reads and counters (``snapshot``, ``count_spend``, conversation affinity) are in
 ``redis_counts.py``, a mixin of ``RedisState``.
 
 Sync and async twins: what each operation sends is built once (``redis_layout.py``, and
-``redis_rejoin.py``, and ``_release_plan`` here, which also routes to the fallback), and the twins
+``redis_away.py``, and ``_release_plan`` here, which also routes to the fallback), and the twins
 only do the I/O.
 
 Cancellation: the async ``acquire`` runs its script in a task of its own; if the caller is
@@ -59,7 +59,6 @@ import logging
 import os
 import secrets
 import threading
-import time
 import weakref
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -77,6 +76,7 @@ from langchain_pllm.state.base import (
 from langchain_pllm.state.fallback import LocalFallback
 from langchain_pllm.state.heartbeat import DEFAULT_INTERVAL, Heartbeat
 from langchain_pllm.state.outage import DownKeys, Returns
+from langchain_pllm.state.redis_away import RedisAway
 from langchain_pllm.state.redis_client import (
     LOST,
     UNAVAILABLE,
@@ -88,7 +88,6 @@ from langchain_pllm.state.redis_client import (
 )
 from langchain_pllm.state.redis_counts import RedisReads
 from langchain_pllm.state.redis_layout import Call, RedisLayout, RedisLease
-from langchain_pllm.state.redis_rejoin import RedisRejoin
 from langchain_pllm.state.redis_scripts import (
     ACQUIRE,
     HEARTBEAT,
@@ -110,7 +109,7 @@ _STATS_TTL = 86_400.0
 _URL_OPTIONS = ("lease_ttl", "key_prefix")
 
 
-class RedisState(RedisRejoin, RedisReads, StateBackend):
+class RedisState(RedisAway, RedisReads, StateBackend):
     """Windows, breakers, leases and counters in Redis, shared by every process using it.
 
     Args:
@@ -328,85 +327,7 @@ class RedisState(RedisRejoin, RedisReads, StateBackend):
                 replies.append(exc)
         return replies
 
-    def _ref(self, now: float | None) -> float:
-        """``now`` in the fallback's records' clock: with the server's clock, this moment.
-
-        A call without ``now`` under a manual clock is dated by the last acquire Redis answered.
-        """
-        if self.server_time:
-            return time.monotonic()
-        return now if now is not None else max(0.0, self._returns.last_ok)
-
-    def _away(self, exc: BaseException, now: float | None = None) -> None:
-        """A call failed: the fallback takes over, the outage dated by this moment.
-
-        On a cluster in ``exact`` mode nothing is served locally: only the acquires of a key
-        whose master is away wait for it (``DownKeys``); other calls just fail softly.
-        """
-        if self._down is not None:
-            self._down.went_away(None, exc, 0.0, 0.0)
-            return
-        self._fallback.went_away(exc, self._ref(now))
-
-    def _seen(self, reply: Any, now: float | None = None) -> None:
-        """A heartbeat's live processes: the fallback's shares follow their count.
-
-        Given ``now`` (a heartbeat outside a rejoin), a Redis found to have forgotten this
-        process counts as an outage that began and ended now (``outage.py``).
-        """
-        if self._heartbeat.seen(reply):
-            self._fallback.processes_seen(self._heartbeat.count or 1)
-        if self._heartbeat.lost_data:
-            self._heartbeat.lost_data = False
-            if now is not None:
-                ref = self._ref(now)
-                self._returns.ended(self._returns.forgotten(ref), [], every_key=False)
-
     # acquire -----------------------------------------------------------------------------------
-
-    def _key_waits(self, key: str, now: float) -> float | None:
-        """On a cluster (exact), whether ``key`` waits while its master is away."""
-        return None if self._down is None else self._down.wait(key, now)
-
-    def _first_call(self, key: str, limits: Limits, now: float) -> Call | None:
-        """What ``RECONCILE`` must mend before this acquire, if anything (``outage.py``)."""
-        ref = self._ref(now)
-        if self._down is not None and (start := self._down.started(key)) is not None:
-            return self._returns.stand_ins(key, limits, now, ref, start)
-        return self._returns.pending(key, limits, now, ref)
-
-    def _mend_later(self, key: str) -> None:
-        """The ``RECONCILE`` before ``key``'s acquire did not complete: the next one sends it."""
-        if self._down is None:  # a cluster's away key is mended until an acquire succeeds
-            self._returns.retry(key)
-
-    def _answered(self, key: str, limits: Limits, now: float) -> None:
-        self._returns.last_ok = self._returns.used[key] = self._ref(now)
-        self._returns.known[key] = limits
-        if self._down is not None and self._down.any:
-            self._down.came_back(key)
-
-    def _acquire_failed(
-        self,
-        exc: BaseException,
-        key: str,
-        limits: Limits,
-        tokens: int,
-        now: float,
-        breaker: BreakerPolicy,
-    ) -> Lease | float:
-        """Redis did not answer: the fallback serves, or on a cluster (exact) the key waits."""
-        if self._down is not None:
-            return self._down.went_away(key, exc, self._ref(now), now)
-        self._away(exc, now)
-        return self._local(key, limits, tokens, now, breaker)
-
-    def _local(
-        self, key: str, limits: Limits, tokens: int, now: float, breaker: BreakerPolicy
-    ) -> Lease | float:
-        """The fallback's acquire; the key is reconciled on the return (``outage.py``)."""
-        self._returns.known[key] = limits
-        return self._fallback.acquire(key, limits, tokens, now, breaker)
 
     def _disown(self, key: str, lease_id: str, now: float, breaker: BreakerPolicy) -> None:
         with contextlib.suppress(*UNAVAILABLE):  # then it expires with its lease
