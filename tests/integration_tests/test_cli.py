@@ -354,10 +354,6 @@ def test_top_reports_a_bad_config() -> None:
 
 
 def test_check_ping_reports_a_spent_key_as_spent_and_fails(tmp_path: Path) -> None:
-    from langchain_pllm.providers import errors
-
-    if not hasattr(errors, "mark_spent"):  # providers learn spent keys with issue 10
-        pytest.skip("providers do not mark spent keys yet")
     with FakeOpenAIServer() as srv:
         srv.spend_key("sk-ping-spent")  # OpenAI: 429 insufficient_quota, no Retry-After
         path = tmp_path / "pllm.yaml"

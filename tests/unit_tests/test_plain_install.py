@@ -56,7 +56,7 @@ print(validator.validate('{"nom": "Ada"}').error)
 
 def _plain_install() -> set[str]:
     """The distributions a plain install of the project brings: its dependencies, transitively."""
-    tomllib = pytest.importorskip("tomllib")
+    tomllib = pytest.importorskip("tomllib", reason="Python 3.10 has no tomllib (3.11+)")
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     found = {canonicalize_name(project["name"])}
     pending = [Requirement(spec) for spec in project["dependencies"]]
