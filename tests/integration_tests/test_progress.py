@@ -31,23 +31,22 @@ def servers() -> Iterator[tuple[FakeOpenAIServer, FakeAnthropicServer]]:
         yield openai_srv, anthropic_srv
 
 
+def openai_keys(
+    srv: FakeOpenAIServer, *keys: str, model: str = "m", **extra: Any
+) -> list[dict[str, Any]]:
+    """One OpenAI entry per key on the fake server."""
+    return [
+        {"vendor": "openai", "api_key": k, "model": model, "api_base": srv.base_url, **extra}
+        for k in keys
+    ]
+
+
 def chat_pool(
     openai_srv: FakeOpenAIServer, anthropic_srv: FakeAnthropicServer, **kwargs: Any
 ) -> BalancedChatModel:
     return BalancedChatModel(
         providers=[
-            {
-                "vendor": "openai",
-                "api_key": "sk-p-1",
-                "model": "m",
-                "api_base": openai_srv.base_url,
-            },
-            {
-                "vendor": "openai",
-                "api_key": "sk-p-2",
-                "model": "m",
-                "api_base": openai_srv.base_url,
-            },
+            *openai_keys(openai_srv, "sk-p-1", "sk-p-2"),
             {
                 "vendor": "anthropic",
                 "api_key": "sk-p-3",
@@ -93,9 +92,7 @@ def test_a_chain_batch_counts_items_failures_and_learns_its_total(
 ) -> None:
     openai_srv, _ = servers
     model = BalancedChatModel(
-        providers=[
-            {"vendor": "openai", "api_key": "sk-c-1", "model": "m", "api_base": openai_srv.base_url}
-        ],
+        providers=[*openai_keys(openai_srv, "sk-c-1")],
         balancer=FORGIVING,
         max_retries=0,
     )
@@ -119,15 +116,7 @@ def test_items_that_finally_fail_still_count_their_retries(
 ) -> None:
     openai_srv, _ = servers
     model = BalancedChatModel(
-        providers=[
-            {
-                "vendor": "openai",
-                "api_key": f"sk-r-{i}",
-                "model": "m",
-                "api_base": openai_srv.base_url,
-            }
-            for i in range(3)
-        ],
+        providers=openai_keys(openai_srv, *(f"sk-r-{i}" for i in range(3))),
         balancer=FORGIVING,
         max_retries=2,
     )
@@ -166,16 +155,9 @@ def test_embed_documents_reports_texts_and_retries_through_callbacks(
     openai_srv, _ = servers
     progress = PllmProgress(display="none")
     emb = BalancedEmbeddings(
-        providers=[
-            {
-                "vendor": "openai",
-                "api_key": f"sk-e-{i}",
-                "model": "text-embedding-3-small",
-                "api_base": openai_srv.base_url,
-                "batch_size": 10,
-            }
-            for i in range(2)
-        ],
+        providers=openai_keys(
+            openai_srv, "sk-e-0", "sk-e-1", model="text-embedding-3-small", batch_size=10
+        ),
         balancer=FORGIVING,
         max_retries=20,
         callbacks=[progress],
@@ -195,15 +177,7 @@ async def test_embeddings_show_progress_draws_and_a_failed_call_counts_its_texts
 ) -> None:
     openai_srv, _ = servers
     emb = BalancedEmbeddings(
-        providers=[
-            {
-                "vendor": "openai",
-                "api_key": "sk-s-1",
-                "model": "text-embedding-3-small",
-                "api_base": openai_srv.base_url,
-                "batch_size": 5,
-            }
-        ],
+        providers=openai_keys(openai_srv, "sk-s-1", model="text-embedding-3-small", batch_size=5),
         show_progress=True,
     )
     assert len(await emb.aembed_documents([f"t{i}" for i in range(20)])) == 20
@@ -213,15 +187,7 @@ async def test_embeddings_show_progress_draws_and_a_failed_call_counts_its_texts
 
     progress = PllmProgress(display="none")
     broken = BalancedEmbeddings(
-        providers=[
-            {
-                "vendor": "openai",
-                "api_key": "sk-s-2",
-                "model": "text-embedding-3-small",
-                "api_base": openai_srv.base_url,
-                "batch_size": 5,
-            }
-        ],
+        providers=openai_keys(openai_srv, "sk-s-2", model="text-embedding-3-small", batch_size=5),
         max_retries=0,
         callbacks=[progress],
     )
@@ -237,15 +203,7 @@ def test_a_failed_embedding_call_counts_the_retries_it_made(
     openai_srv, _ = servers
     progress = PllmProgress(display="none")
     emb = BalancedEmbeddings(
-        providers=[
-            {
-                "vendor": "openai",
-                "api_key": f"sk-f-{i}",
-                "model": "text-embedding-3-small",
-                "api_base": openai_srv.base_url,
-            }
-            for i in range(2)
-        ],
+        providers=openai_keys(openai_srv, "sk-f-0", "sk-f-1", model="text-embedding-3-small"),
         balancer=FORGIVING,
         max_retries=1,
         callbacks=[progress],
