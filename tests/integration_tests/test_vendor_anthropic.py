@@ -415,40 +415,29 @@ def test_timeout(fake_anthropic_server: FakeAnthropicServer) -> None:
         model_for(srv, provider={"timeout": 0.2}).invoke("hi")
 
 
-def test_usage_counts_cached_input_and_thinking() -> None:
-    # The fake reports no cache use; the SDK's own Usage type stands in for a real reply.
+@pytest.mark.parametrize("form", ["sdk model", "reply json"])
+def test_usage_counts_cached_input_and_thinking(form: str) -> None:
+    # The fake reports no cache use, so the usage is built here. Plain calls read the reply's
+    # JSON (a raw post); streams read the SDK's own Usage model: both count the same.
     import anthropic
 
     from langchain_pllm.providers.anthropic_convert import usage_of
 
-    usage = anthropic.types.Usage.model_validate(
-        {
-            "input_tokens": 10,
-            "output_tokens": 5,
-            "cache_read_input_tokens": 100,
-            "cache_creation_input_tokens": 20,
-            "output_tokens_details": {"thinking_tokens": 3},
-        }
-    )
+    usage: Any = {
+        "input_tokens": 10,
+        "output_tokens": 5,
+        "cache_read_input_tokens": 100,
+        "cache_creation_input_tokens": 20,
+        "output_tokens_details": {"thinking_tokens": 3},
+    }
+    if form == "sdk model":
+        usage = anthropic.types.Usage.model_validate(usage)
     assert usage_of(usage) == {
         "input_tokens": 130,
         "output_tokens": 5,
         "total_tokens": 135,
         "input_token_details": {"cache_read": 100, "cache_creation": 20},
         "output_token_details": {"reasoning": 3},
-    }
-
-
-def test_usage_from_a_reply_json_counts_the_same() -> None:
-    # Plain calls read the reply's JSON (a raw post); streams read the SDK's models.
-    from langchain_pllm.providers.anthropic_convert import usage_of
-
-    usage = {
-        "input_tokens": 10,
-        "output_tokens": 5,
-        "cache_read_input_tokens": 100,
-        "cache_creation_input_tokens": 20,
-        "output_tokens_details": {"thinking_tokens": 3},
     }
     assert usage_of(usage) == {
         "input_tokens": 130,

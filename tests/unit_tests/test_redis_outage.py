@@ -48,6 +48,18 @@ def process(url: str, name: str, **options: object) -> RedisState:
     return shared(url, process_id=name, **settings)
 
 
+def met_each_other(url: str) -> tuple[RedisState, RedisState, Limits]:
+    """Processes ``a`` and ``b`` (back later than ``a``) that each counted the other: a share
+    is half of ``rate=4, tpm=1000``."""
+    a = process(url, "a")
+    b = process(url, "b", retry_interval=1.5)
+    lim = limits(rate=4, tpm=1000)
+    for state in (a, b, a):
+        take(state, lim, T0, key=OTHER)
+    assert (a.process_count, b.process_count) == (2, 2)
+    return a, b, lim
+
+
 def unreachable(**options: object) -> RedisState:
     """A state whose Redis was never there."""
     with socket.socket() as sock:  # a port nothing listens on
@@ -348,12 +360,7 @@ class TestExactOutage:
     def test_a_long_outage_holds_room_for_the_processes_not_back_yet(
         self, redis_server: RedisServer, redis_url: str
     ) -> None:
-        a = process(redis_url, "a")
-        b = process(redis_url, "b", retry_interval=1.5)  # b comes back later than a
-        lim = limits(rate=4, tpm=1000)
-        for state in (a, b, a):  # each sees the other: a share is half
-            take(state, lim, T0, key=OTHER)
-        assert (a.process_count, b.process_count) == (2, 2)
+        a, b, lim = met_each_other(redis_url)
         grants = Grants()
         redis_server.stop()
         for state in (a, b):
@@ -443,11 +450,7 @@ class TestExactOutage:
     def test_a_key_first_used_after_a_long_outage_holds_room_for_those_not_back(
         self, redis_server: RedisServer, redis_url: str
     ) -> None:
-        a = process(redis_url, "a")
-        b = process(redis_url, "b", retry_interval=1.5)  # b comes back later than a
-        lim = limits(rate=4, tpm=1000)
-        for state in (a, b, a):  # each sees the other: a share is half
-            take(state, lim, T0, key=OTHER)
+        a, b, lim = met_each_other(redis_url)
         grants = Grants()
         redis_server.stop()
         assert refused(a.acquire(OTHER, lim, 0, T0 + 1, BREAKER), T0 + 1, T0 + 1 + W)
