@@ -161,13 +161,14 @@ def _embeddings(base_url: str, keys: int, per_key: int) -> Any:
     )
 
 
-def _raw_clients(base_url: str, keys: int) -> list[Any]:
+def aiohttp_clients(base_url: str, prefix: str, keys: int) -> list[Any]:
+    """One raw `AsyncOpenAI` client per key (`prefix-0`, ...), each on its own aiohttp pool."""
     import openai
 
     return [
         openai.AsyncOpenAI(
             base_url=base_url,
-            api_key=f"sk-rawemb{keys}-{i}",
+            api_key=f"{prefix}-{i}",
             max_retries=0,
             http_client=openai.DefaultAioHttpClient(),
         )
@@ -232,7 +233,7 @@ async def fan_out(
     out = []
     for keys in key_counts:
         model = _embeddings(base_url, keys, per_key)
-        clients = _raw_clients(base_url, keys)
+        clients = aiohttp_clients(base_url, f"sk-rawemb{keys}", keys)
         row = FanRow(keys, keys * per_key / latency)
         texts = [f"text {i}" for i in range(max(keys * per_key, int(row.nominal * seconds)))]
         await model.aembed_documents(texts[: keys * per_key])

@@ -18,6 +18,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from overhead_async import aiohttp_clients
+
 # Before anything imports LiteLLM: never fetch the cost map, tokenizers or release checks.
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("LITELLM_OFFLINE_MODE", "true")
@@ -123,6 +125,18 @@ def _timeout() -> Any:
     return httpx2.Timeout(600.0, connect=CONNECT_TIMEOUT)
 
 
+def chat_model(name: str, model: Any, warmup: int, **closers: Any) -> Contestant:
+    """A LangChain chat model as a contestant: ``invoke``/``ainvoke`` of the one prompt."""
+    return Contestant(
+        name=name,
+        call=lambda: model.invoke(PROMPT),
+        acall=lambda: model.ainvoke(PROMPT),
+        warmup_calls=warmup,
+        check=lambda r: r.content,
+        **closers,
+    )
+
+
 def raw_sdk(base_url: str, warmup: int) -> Contestant:
     import openai
 
@@ -151,15 +165,7 @@ def raw_sdk_aiohttp(base_url: str, warmup: int, keys: int) -> Contestant:
     import openai
 
     client = openai.OpenAI(base_url=base_url, api_key="sk-aio", max_retries=0)
-    aclients = [
-        openai.AsyncOpenAI(
-            base_url=base_url,
-            api_key=f"sk-aio{keys}-{i}",
-            max_retries=0,
-            http_client=openai.DefaultAioHttpClient(),
-        )
-        for i in range(keys)
-    ]
+    aclients = aiohttp_clients(base_url, f"sk-aio{keys}", keys)
     turn = itertools.cycle(aclients)
 
     async def aclose() -> None:
@@ -187,13 +193,7 @@ def chat_openai(base_url: str, warmup: int) -> Contestant:
         max_retries=0,
         timeout=_timeout(),
     )
-    return Contestant(
-        name="langchain-openai ChatOpenAI",
-        call=lambda: model.invoke(PROMPT),
-        acall=lambda: model.ainvoke(PROMPT),
-        warmup_calls=warmup,
-        check=lambda r: r.content,
-    )
+    return chat_model("langchain-openai ChatOpenAI", model, warmup)
 
 
 def raw_post(base_url: str, warmup: int) -> Contestant:
@@ -250,12 +250,10 @@ def langchain_floor(base_url: str, warmup: int) -> Contestant:
             return reply(await aclient.chat.completions.create(model=MODEL, messages=wire))
 
     model = SdkFloor()
-    return Contestant(
-        name="floor: bare BaseChatModel over the SDK",
-        call=lambda: model.invoke(PROMPT),
-        acall=lambda: model.ainvoke(PROMPT),
-        warmup_calls=warmup,
-        check=lambda r: r.content,
+    return chat_model(
+        "floor: bare BaseChatModel over the SDK",
+        model,
+        warmup,
         close=client.close,
         aclose=aclient.close,
     )
@@ -303,10 +301,6 @@ def balanced(base_url: str, warmup: int, keys: int) -> Contestant:
         ]
     )
     # Every key builds its SDK clients and opens its connection on first use: use them all.
-    return Contestant(
-        name=f"BalancedChatModel, {keys:,} key{'s' if keys > 1 else ''}",
-        call=lambda: model.invoke(PROMPT),
-        acall=lambda: model.ainvoke(PROMPT),
-        warmup_calls=max(warmup, keys),
-        check=lambda r: r.content,
+    return chat_model(
+        f"BalancedChatModel, {keys:,} key{'s' if keys > 1 else ''}", model, max(warmup, keys)
     )
