@@ -260,6 +260,8 @@ class _MixedPoolChatTests(ChatModelIntegrationTests):
     #: its API documents (set per pool below).
     pdf_inputs = True
     media_in_tool_results = True
+    # LangChain's VCR tests (skipped: "VCR not set up") replay cassettes recorded from a real
+    # vendor; tests here never call one, so `enable_vcr_tests` stays off.
 
     @pytest.fixture(autouse=True)
     def first_call_goes_to(self, request: pytest.FixtureRequest, model: BalancedChatModel) -> str:
@@ -328,6 +330,8 @@ class _MixedPoolChatTests(ChatModelIntegrationTests):
 
     @property
     def supports_audio_inputs(self) -> bool:
+        # Skips LangChain's audio test: OpenAI takes `input_audio` only on its audio models
+        # and Anthropic documents no audio input, so no pool here can promise it.
         return False
 
     @property

@@ -13,6 +13,9 @@ _BASE = "http://127.0.0.1:9/v1"
 
 
 class TestBalancedChatModelStandard(ChatModelUnitTests):
+    # Two tests of this suite skip, by design: no `init_from_env_params` (a pool's keys come
+    # from its providers or its YAML's `${VAR}`s, not from one environment variable) and not
+    # serializable (`is_lc_serializable` is False: a pool holds keys and live state).
     @property
     def chat_model_class(self) -> type[BalancedChatModel]:
         return BalancedChatModel
